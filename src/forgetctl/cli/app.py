@@ -1,0 +1,52 @@
+"""The forgetctl command line: one Typer app, one module per command group."""
+
+from __future__ import annotations
+
+import typer
+from typer.core import TyperGroup
+
+from forgetctl.cli import common, ledger_cmd, policy_cmd, request_cmd, setup_cmd
+from forgetctl.errors import ForgetctlError
+
+
+class _Group(TyperGroup):
+    """Turns every ForgetctlError into one line on stderr and its documented exit code."""
+
+    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except ForgetctlError as exc:
+            common.err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            raise typer.Exit(exc.exit_code) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    help="Make a deployed language model forget a data subject, and prove it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root(
+    home: str = typer.Option(
+        None,
+        "--home",
+        envvar="FORGETCTL_HOME",
+        help="The forgetctl home (default ./.forgetctl).",
+        show_envvar=True,
+    ),
+) -> None:
+    common.State.home_arg = home
+
+
+setup_cmd.register(app)
+app.add_typer(request_cmd.app, name="request")
+app.add_typer(ledger_cmd.app, name="ledger")
+app.add_typer(policy_cmd.app, name="policy")
+
+
+def main() -> None:
+    app()

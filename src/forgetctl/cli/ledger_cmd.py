@@ -1,0 +1,68 @@
+"""`forgetctl ledger ...`: read, verify and export the hash-chained event log."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from forgetctl.cli import common
+from forgetctl.errors import LedgerCorrupt
+
+app = typer.Typer(help="Read, verify and export the event log.", no_args_is_help=True)
+
+
+@app.command("log")
+def log(
+    request: int = typer.Option(None, "--request", help="Only this request's events."),
+    json_: bool = common.JsonOpt,
+) -> None:
+    """The events, oldest first."""
+    events = common.ledger().events(request)
+    for e in events:
+        e["data"] = json.loads(e["data"])
+    if json_:
+        common.emit_json(events)
+        return
+    table = Table(title="Ledger events")
+    for col in ("seq", "time (UTC)", "kind", "request", "version", "data"):
+        table.add_column(col)
+    for e in events:
+        table.add_row(
+            str(e["seq"]),
+            e["ts"][:19],
+            e["kind"],
+            str(e["request_id"] or ""),
+            str(e["version_id"] or ""),
+            json.dumps(e["data"], sort_keys=True),
+        )
+    common.out.print(table)
+
+
+@app.command("verify")
+def verify(json_: bool = common.JsonOpt) -> None:
+    """Recompute the hash chain; exit 5 naming the first bad event."""
+    report = common.ledger().verify_chain()
+    if json_:
+        common.emit_json(report.__dict__)
+    elif report.ok:
+        common.out.print(f"[green]ledger OK[/]: {report.events} events, head {report.head}")
+    if not report.ok:
+        raise LedgerCorrupt(f"ledger chain broken at event {report.first_bad}: {report.reason}")
+
+
+@app.command("export")
+def export(out: Path = typer.Option(..., "--out", help="Where to write the JSON.")) -> None:
+    """Write the chain head and the (PII-free) events, to anchor them elsewhere."""
+    ledger = common.ledger()
+    report = ledger.verify_chain()
+    if not report.ok:
+        raise LedgerCorrupt(f"ledger chain broken at event {report.first_bad}: {report.reason}")
+    doc = {"head": ledger.head(), "events": ledger.events()}
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+    os.replace(tmp, out)
+    common.out.print(f"exported {len(doc['events'])} events, head {doc['head']['hash']} to {out}")

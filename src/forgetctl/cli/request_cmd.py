@@ -1,0 +1,206 @@
+"""`forgetctl request ...`: intake and the life cycle of deletion requests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from forgetctl import requests as rq
+from forgetctl.cli import common
+from forgetctl.errors import InvalidState
+
+app = typer.Typer(help="Add, import, list and manage deletion requests.", no_args_is_help=True)
+
+
+def _policy_of(row: dict):
+    return common.home().policies()[row["policy"]]
+
+
+@app.command("add")
+def add(
+    subject: str = typer.Option(..., "--subject", help="The data subject's name."),
+    regulation: str = typer.Option(..., "--regulation", help="gdpr, ccpa, default, ..."),
+    alias: list[str] = typer.Option([], "--alias", help="Another name of the subject."),
+    email: str = typer.Option(None, "--email", help="An identifier of the subject."),
+    records: Path = typer.Option(None, "--records", help="JSONL of {question, answer}|{text}."),
+    scope: str = typer.Option("entity", "--scope", help="entity (all about them) | records."),
+    ref: str = typer.Option(None, "--ref", help="External reference, e.g. DSR-2026-0042."),
+    received: str = typer.Option(None, "--received", help="Date received (YYYY-MM-DD)."),
+    requester: str = typer.Option(None, "--requester"),
+    notes: str = typer.Option(None, "--notes"),
+    json_: bool = common.JsonOpt,
+) -> None:
+    """Record one deletion request; its deadline comes from the regulation's policy."""
+    data = {
+        "ref": ref,
+        "regulation": regulation,
+        "scope": scope,
+        "subject": {
+            "name": subject,
+            "aliases": alias,
+            "identifiers": {"email": email} if email else {},
+        },
+        "records": rq.load_records(records) if records else [],
+        "requester": requester,
+        "notes": notes,
+    }
+    if received is not None:
+        data["received"] = common.parse_date(received, "--received")
+    req = rq.parse_request({k: v for k, v in data.items() if v is not None})
+    ledger = common.ledger()
+    request_id, created = rq.add_request(ledger, common.keyring(), common.home().policies(), req)
+    row = ledger.request(request_id)
+    if json_:
+        common.emit_json({**rq.summary(row), "created": created})
+    elif not created:
+        common.out.print(f"request {request_id} ({row['ref']}) already exists; nothing added")
+    else:
+        extra = f", duplicate of {row['duplicate_of']}" if row["duplicate_of"] else ""
+        common.out.print(
+            f"request [bold]{request_id}[/] ({row['ref']}) {row['status']}{extra}; "
+            f"policy {row['policy']}, due {row['due']}"
+        )
+
+
+@app.command("import")
+def import_(
+    file: Path = typer.Argument(..., help="JSON, JSONL or CSV file of requests."),
+    json_: bool = common.JsonOpt,
+) -> None:
+    """Import many requests: all or nothing; refs already in the ledger are skipped."""
+    reqs = rq.load_request_file(file)
+    ledger = common.ledger()
+    results = rq.import_requests(ledger, common.keyring(), common.home().policies(), reqs)
+    created = [rid for rid, new in results if new]
+    skipped = [rid for rid, new in results if not new]
+    if json_:
+        common.emit_json({"created": created, "existing": skipped})
+    else:
+        common.out.print(f"{len(created)} imported, {len(skipped)} already present")
+
+
+def _days_style(row: dict) -> str:
+    left = row["days_left"]
+    if row["status"] not in rq.OPEN_STATUSES:
+        return "dim"
+    if left < 0:
+        return "bold red"
+    return "yellow" if row.get("due_soon") else "green"
+
+
+@app.command("list")
+def list_(
+    status: str = typer.Option(None, "--status", help="Only this status."),
+    overdue: bool = typer.Option(False, "--overdue", help="Only open requests past due."),
+    json_: bool = common.JsonOpt,
+) -> None:
+    """Requests by deadline, with days left."""
+    policies = common.home().policies()
+    rows = [
+        rq.summary(r, policies.get(r["policy"]))
+        for r in rq.list_requests(common.ledger(), status, overdue)
+    ]
+    if json_:
+        common.emit_json(rows)
+        return
+    table = Table(title="Deletion requests")
+    for col in ("id", "ref", "policy", "status", "received", "due", "days left"):
+        table.add_column(col, justify="right" if col in ("id", "days left") else "left")
+    for r in rows:
+        style = _days_style(r)
+        left = str(r["days_left"]) if r["status"] in rq.OPEN_STATUSES else "-"
+        table.add_row(
+            str(r["id"]),
+            r["ref"],
+            r["policy"],
+            r["status"],
+            r["received"],
+            r["due"],
+            f"[{style}]{left}[/]",
+        )
+    common.out.print(table)
+
+
+@app.command("show")
+def show(request_id: int, json_: bool = common.JsonOpt) -> None:
+    """One request: its status, deadline, personal data (until purged) and events."""
+    ledger = common.ledger()
+    row = ledger.request(request_id)
+    info = rq.summary(row, _policy_of(row))
+    try:
+        info["payload"] = rq.payload(ledger, common.keyring(), request_id)
+    except InvalidState as exc:
+        info["payload"] = None
+        info["payload_note"] = str(exc)
+    info["events"] = [
+        {"seq": e["seq"], "ts": e["ts"], "kind": e["kind"], "data": e["data"]}
+        for e in ledger.events(request_id)
+    ]
+    if json_:
+        common.emit_json(info)
+        return
+    p = info["payload"]
+    common.out.print(f"[bold]request {row['id']}[/] {row['ref']}  status [bold]{row['status']}[/]")
+    common.out.print(
+        f"policy {row['policy']}  received {row['received']}  due {row['due']} "
+        f"({info['days_left']} days left)  scope {row['scope']}"
+    )
+    if p:
+        aliases = ", ".join(p["subject"]["aliases"]) or "-"
+        common.out.print(f"subject {p['subject']['name']}  aliases {aliases}")
+        common.out.print(f"records {len(p['records'])}")
+    else:
+        common.out.print(info["payload_note"])
+    for e in info["events"]:
+        common.out.print(f"  #{e['seq']} {e['ts'][:19]} {e['kind']} {e['data']}", highlight=False)
+
+
+@app.command("cancel")
+def cancel(
+    request_id: int,
+    reason: str = typer.Option(..., "--reason"),
+) -> None:
+    """Cancel an open request."""
+    rq.cancel(common.ledger(), request_id, reason)
+    common.out.print(f"request {request_id} cancelled")
+
+
+@app.command("extend")
+def extend(
+    request_id: int,
+    days: int = typer.Option(..., "--days"),
+    reason: str = typer.Option(..., "--reason"),
+    notified: str = typer.Option(..., "--notified", help="When the subject was told."),
+) -> None:
+    """Extend the deadline (GDPR Art. 12(3): at most two more months)."""
+    ledger = common.ledger()
+    row = ledger.request(request_id)
+    due = rq.extend(
+        ledger, _policy_of(row), request_id, days, reason, common.parse_date(notified, "--notified")
+    )
+    common.out.print(f"request {request_id} now due {due}")
+
+
+@app.command("approve")
+def approve(
+    request_id: int,
+    by: str = typer.Option("operator", "--by", help="Who approves (recorded)."),
+) -> None:
+    """Approve a request whose policy requires approval before the run loop acts."""
+    rq.approve(common.ledger(), request_id, by)
+    common.out.print(f"request {request_id} approved")
+
+
+@app.command("purge")
+def purge(
+    request_id: int,
+    now: bool = typer.Option(False, "--now", help="Before retention ends (needs --reason)."),
+    reason: str = typer.Option(None, "--reason"),
+) -> None:
+    """Crypto-shred a request's personal data; the evidence stays."""
+    ledger = common.ledger()
+    row = ledger.request(request_id)
+    rq.purge(ledger, common.keyring(), _policy_of(row), request_id, now_=now, reason=reason)
+    common.out.print(f"request {request_id}: personal data destroyed")

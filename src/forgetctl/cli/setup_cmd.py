@@ -1,0 +1,35 @@
+"""`forgetctl init`: create the home, its ledger and keys, and register a base model."""
+
+from __future__ import annotations
+
+import typer
+
+from forgetctl.cli import common
+from forgetctl.ledger import open_ledger
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def init(
+        home: str = typer.Option(None, "--home", help="Where to create the home."),
+        json_: bool = common.JsonOpt,
+    ) -> None:
+        """Create the home (ledger.db, keys/, policies/). Safe to run again."""
+        if home:
+            common.State.home_arg = home
+        h = common.home()
+        created = not h.exists()
+        h.create_dirs()
+        ledger = open_ledger(h.ledger_path, create=True)
+        h.policies()  # fail now, not later, on a broken policy in the home
+        info = {
+            "home": str(h.root),
+            "created": created,
+            "migrations": ledger.applied_migrations(),
+            "head": ledger.head(),
+        }
+        if json_:
+            common.emit_json(info)
+        else:
+            verb = "created" if created else "already initialised"
+            common.out.print(f"forgetctl home {verb}: [bold]{h.root}[/]")

@@ -1,0 +1,38 @@
+"""The unit every pipeline step works on: a prompt with its target answer and its kind."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+ForgetKind = Literal["record", "attribute", "paraphrase", "indirect", "adversarial"]
+RetainKind = Literal["neighbor", "general"]
+FORGET_KINDS: tuple[str, ...] = ("record", "attribute", "paraphrase", "indirect", "adversarial")
+
+
+class PromptItem(BaseModel):
+    prompt: str
+    """The question as put to the model (without chat formatting)."""
+    target: str
+    """The answer that reveals the data (forget side) or must be kept (retain side)."""
+    kind: str
+    source: int | None = None
+    """Index of the request record this item was derived from, when there is one."""
+
+
+class PromptSet(BaseModel):
+    """The output of the plan step, stored encrypted with the request's payload key."""
+
+    forget: list[PromptItem]
+    retain: list[PromptItem]
+    dropped: list[dict] = []
+    """What filtering removed and why: {prompt, kind, reason, figure}."""
+    probe: dict = {}
+    """Memorisation-probe evidence: counts and mean recall before filtering."""
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for item in [*self.forget, *self.retain]:
+            out[item.kind] = out.get(item.kind, 0) + 1
+        return out

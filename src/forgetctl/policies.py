@@ -1,0 +1,131 @@
+"""Policy schema and loading.
+
+A policy is a TOML file (``policies/gdpr.toml`` ...) that says how a request under one
+regulation is handled: its deadline, how long its plaintext payload may be kept, the
+unlearning method, and the verification thresholds a candidate must pass before promotion.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from forgetctl.errors import BadInput
+
+CheckName = Literal["forget", "retain", "utility", "int4", "relearn", "regression"]
+ALL_CHECKS: tuple[CheckName, ...] = ("forget", "retain", "utility", "int4", "relearn", "regression")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MethodConfig(_Strict):
+    """How one request is unlearned (one LoRA adapter)."""
+
+    objective: Literal["npo", "grad_diff", "grad_ascent"] = "npo"
+    retain_term: Literal["nll", "kl"] = "kl"
+    learning_rate: float = Field(2e-4, gt=0)
+    max_steps: int = Field(80, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: float = Field(16.0, gt=0)
+    top_k_layers: int = Field(8, ge=1)
+    npo_beta: float = Field(0.1, gt=0)
+    retain_weight: float = Field(1.0, ge=0)
+    consistency_weight: float = Field(0.1, ge=0)
+    int4_aware: bool = True
+    sam: bool = True
+    sam_rho: float = Field(0.05, ge=0)
+    target_recall: float = Field(0.2, ge=0, le=1)
+    """Stop early once the forget-set answer recall is at or under this."""
+    eval_every: int = Field(10, ge=1)
+    seed: int = 0
+
+
+class PlanConfig(_Strict):
+    """How a request becomes an entity prompt set (filter and expand)."""
+
+    retain_corpus: str | None = None
+    """JSONL of training records to keep ({question, answer[, author]}); neighbors come from it."""
+    general_sets: list[str] = ["builtin:world_facts", "builtin:real_authors"]
+    neighbors_k: int = Field(8, ge=0)
+    paraphrases_per_record: int = Field(2, ge=2)
+    near_duplicate_threshold: float = Field(0.9, gt=0, le=1)
+    probe_min_recall: float = Field(0.5, ge=0, le=1)
+    """A forget item counts as known when the model's answer recall reaches this."""
+    scope_overlap_threshold: float = Field(0.9, gt=0, le=1)
+    """A forget target this similar to a retain item is removed as collateral."""
+    max_retain_overlap: float = Field(0.3, ge=0, le=1)
+    """A request whose forget set overlaps the retain side beyond this share is rejected."""
+    seed: int = 0
+
+
+class VerifyConfig(_Strict):
+    """Thresholds a candidate version must pass, and which checks are mandatory."""
+
+    max_forget_recall: float = Field(0.4, ge=0, le=1)
+    max_key_fact_leakage: float = Field(0.2, ge=0, le=1)
+    max_int4_recovery: float = Field(0.05, ge=0, le=1)
+    max_relearn_recovery: float = Field(0.2, ge=0, le=1)
+    max_retain_drop: float = Field(0.05, ge=0, le=1)
+    max_utility_drop: float = Field(0.05, ge=0, le=1)
+    relearn_fraction: float = Field(0.5, gt=0, lt=1)
+    relearn_steps: int = Field(20, ge=1)
+    relearn_learning_rate: float = Field(1e-4, gt=0)
+    mandatory: list[CheckName] = list(ALL_CHECKS)
+
+
+class Policy(_Strict):
+    name: str = Field(min_length=1)
+    regulation: str = Field(min_length=1)
+    title: str = ""
+    deadline_days: int = Field(ge=1)
+    extension_max_days: int = Field(0, ge=0)
+    warning_days: int = Field(7, ge=0)
+    retention_days: int = Field(ge=0)
+    """How long the encrypted plaintext payload is kept after the request closes."""
+    require_approval: bool = False
+    max_retries: int = Field(2, ge=0)
+    method: MethodConfig = MethodConfig()
+    plan: PlanConfig = PlanConfig()
+    verify: VerifyConfig = VerifyConfig()
+
+
+def packaged_policy_dir() -> Path:
+    return Path(__file__).parent / "policies"
+
+
+def load_policy(path: Path) -> Policy:
+    """Parse and validate one policy file; any problem is a one-line BadInput."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"cannot read policy {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInput(f"policy {path.name}: invalid TOML: {exc}") from None
+    data.setdefault("name", path.stem)
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(root)"
+        raise BadInput(f"policy {path.name}: {where}: {err['msg']}") from None
+
+
+def load_policies(directory: Path) -> dict[str, Policy]:
+    """All policies in a directory, keyed by name."""
+    return {p.stem: load_policy(p) for p in sorted(directory.glob("*.toml"))}
+
+
+def policy_for_regulation(policies: dict[str, Policy], regulation: str) -> Policy:
+    """The policy whose regulation (or name) matches, else ``default``."""
+    reg = regulation.strip().lower()
+    for policy in policies.values():
+        if policy.regulation.lower() == reg or policy.name.lower() == reg:
+            return policy
+    known = ", ".join(sorted(p.regulation for p in policies.values()))
+    raise BadInput(f"unknown regulation {regulation!r} (known: {known})")
