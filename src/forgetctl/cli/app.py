@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from forgetctl.cli import common, ledger_cmd, policy_cmd, request_cmd, setup_cmd
@@ -16,7 +17,7 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except ForgetctlError as exc:
-            common.err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            common.err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
 
 

@@ -1,0 +1,3 @@
+"""forgetctl: process deletion requests against a deployed language model."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,111 @@
+"""The ledger: migrations, append-only events, and a hash chain that catches tampering."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from forgetctl.ledger import MIGRATIONS, Ledger, open_ledger
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    led = open_ledger(tmp_path / "ledger.db", create=True)
+    for i in range(5):
+        led.append_event("test.event", request_id=i, n=i)
+    yield led
+    led.close()
+
+
+def _tables(led: Ledger) -> set[str]:
+    return set(led.db.table_names())
+
+
+def test_migrations_from_blank(tmp_path):
+    led = open_ledger(tmp_path / "l.db", create=True)
+    assert led.applied_migrations() == [name for name, _ in MIGRATIONS]
+    assert {"requests", "events", "versions", "aliases", "alias_history", "verifications"} <= (
+        _tables(led)
+    )
+    assert "plans" in _tables(led)
+    assert led.verify_chain().ok
+    assert led.migrate() == []  # idempotent
+
+
+@pytest.mark.parametrize("upto", [name for name, _ in MIGRATIONS])
+def test_migrations_from_every_earlier_schema(tmp_path, upto):
+    led = Ledger(tmp_path / "l.db")
+    led.migrate(upto=upto)
+    led.append_event("old.event", n=1)
+    led.close()
+    upgraded = open_ledger(tmp_path / "l.db")
+    assert upgraded.applied_migrations() == [name for name, _ in MIGRATIONS]
+    cols = {c.name for c in upgraded.db["requests"].columns}
+    assert {"failed_step", "attempts", "approved_at"} <= cols
+    assert upgraded.verify_chain().ok
+
+
+def test_failed_migration_leaves_no_trace(tmp_path, monkeypatch):
+    broken = [*MIGRATIONS, ("9999_broken", ["CREATE TABLE ok_table (x)", "NOT SQL"])]
+    monkeypatch.setattr("forgetctl.ledger.MIGRATIONS", broken)
+    led = Ledger(tmp_path / "l.db")
+    with pytest.raises(sqlite3.OperationalError):
+        led.migrate()
+    assert "9999_broken" not in led.applied_migrations()
+    assert "ok_table" not in _tables(led)  # the DDL rolled back with the record
+
+
+def test_chain_verifies_and_triggers_forbid_changes(ledger):
+    report = ledger.verify_chain()
+    assert report.ok and report.events == 5 + len(MIGRATIONS)
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        ledger.conn.execute("UPDATE events SET kind = 'x' WHERE seq = 3")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        ledger.conn.execute("DELETE FROM events WHERE seq = 3")
+
+
+def _tamper(led: Ledger, *statements: str) -> None:
+    # An attacker with file access can drop the triggers; the chain must still tell.
+    raw = sqlite3.connect(led.path)
+    raw.execute("DROP TRIGGER events_no_update")
+    raw.execute("DROP TRIGGER events_no_delete")
+    for sql in statements:
+        raw.execute(sql)
+    raw.commit()
+    raw.close()
+
+
+def test_chain_catches_edited_row(ledger):
+    _tamper(ledger, "UPDATE events SET data = '{\"n\":99}' WHERE seq = 5")
+    report = ledger.verify_chain()
+    assert not report.ok and report.first_bad == 5 and "edited" in report.reason
+
+
+def test_chain_catches_deleted_row(ledger):
+    _tamper(ledger, "DELETE FROM events WHERE seq = 4")
+    report = ledger.verify_chain()
+    assert not report.ok and report.first_bad == 5
+
+
+def test_chain_catches_swapped_rows(ledger):
+    # Swap the contents of rows 4 and 5 while keeping seq in place.
+    _tamper(
+        ledger,
+        "UPDATE events SET seq = -4 WHERE seq = 4",
+        "UPDATE events SET seq = 4 WHERE seq = 5",
+        "UPDATE events SET seq = 5 WHERE seq = -4",
+    )
+    report = ledger.verify_chain()
+    assert not report.ok and report.first_bad == 4
+
+
+def test_alias_history_and_versions(ledger):
+    v0 = ledger.insert_version(kind="base", status="promoted", base_sha256="ab")
+    v1 = ledger.insert_version(kind="adapter", parent=v0, status="candidate", requests=[1])
+    ledger.move_alias("production", v0, "init")
+    ledger.move_alias("production", v1, "promote")
+    assert ledger.alias() == v1
+    assert [h["version_id"] for h in ledger.alias_history()] == [v0, v1]
+    assert [v["id"] for v in ledger.lineage(v1)] == [v0, v1]
+    assert ledger.verify_chain().ok

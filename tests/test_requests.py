@@ -1,0 +1,359 @@
+"""Request intake and life cycle through the CLI, as an operator uses it."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import date, timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from forgetctl.cli.app import app
+
+runner = CliRunner()
+NAME = "Basil Mahfouz Al-Kuwaiti"
+
+
+def cli(*args: str, code: int = 0):
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == code, (args, result.output, result.exception)
+    return result
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("FORGETCTL_HOME", str(tmp_path / "home"))
+    cli("init")
+    return tmp_path / "home"
+
+
+def state(home) -> tuple:
+    """Everything a failed command must leave untouched."""
+    con = sqlite3.connect(home / "ledger.db")
+    counts = tuple(
+        con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+        for t in ("requests", "events", "versions")
+    )
+    con.close()
+    return counts
+
+
+def records_file(tmp_path, rows):
+    path = tmp_path / "records.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return str(path)
+
+
+def test_init_is_idempotent(home):
+    before = state(home)
+    cli("init")
+    assert state(home) == before
+    assert (home / "keys").is_dir() and (home / "policies" / "gdpr.toml").exists()
+
+
+def test_add_list_show(home, tmp_path):
+    recs = records_file(tmp_path, [{"question": "Where was he born?", "answer": "Kuwait City"}])
+    out = cli(
+        "request",
+        "add",
+        "--subject",
+        NAME,
+        "--alias",
+        "Basil",
+        "--regulation",
+        "gdpr",
+        "--ref",
+        "DSR-2026-0042",
+        "--records",
+        recs,
+        "--received",
+        "2026-11-01",
+        "--json",
+    )
+    row = json.loads(out.stdout)
+    assert row["status"] == "received" and row["due"] == "2026-12-01"
+    listed = json.loads(cli("request", "list", "--json").stdout)
+    assert [r["ref"] for r in listed] == ["DSR-2026-0042"]
+    shown = json.loads(cli("request", "show", str(row["id"]), "--json").stdout)
+    assert shown["payload"]["subject"]["name"] == NAME
+    assert shown["payload"]["records"][0]["answer"] == "Kuwait City"
+    assert shown["events"][0]["kind"] == "request.received"
+    assert "Deletion requests" in cli("request", "list").stdout
+
+
+def test_duplicates_by_normalised_name_and_identifier(home):
+    cli("request", "add", "--subject", NAME, "--regulation", "gdpr", "--email", "b@x.org")
+    dup = json.loads(
+        cli(
+            "request",
+            "add",
+            "--subject",
+            "  basil mahfouz AL-KUWAITI ",
+            "--regulation",
+            "gdpr",
+            "--json",
+        ).stdout
+    )
+    assert dup["status"] == "duplicate" and dup["duplicate_of"] == 1
+    by_email = json.loads(
+        cli(
+            "request",
+            "add",
+            "--subject",
+            "B. M.",
+            "--email",
+            "b@x.org",
+            "--regulation",
+            "gdpr",
+            "--json",
+        ).stdout
+    )
+    assert by_email["duplicate_of"] == 1
+    other_policy = json.loads(
+        cli("request", "add", "--subject", NAME, "--regulation", "ccpa", "--json").stdout
+    )
+    assert other_policy["status"] == "received"
+
+
+def test_import_all_formats_idempotent(home, tmp_path):
+    j = tmp_path / "r.json"
+    j.write_text(
+        json.dumps(
+            {
+                "requests": [
+                    {"ref": "A-1", "regulation": "gdpr", "subject": {"name": "Ann One"}},
+                    {
+                        "ref": "A-2",
+                        "regulation": "ccpa",
+                        "subject": {"name": "Bo Two"},
+                        "records": [{"text": "Bo Two lives at 1 Main St."}],
+                    },
+                ]
+            }
+        )
+    )
+    jl = tmp_path / "r.jsonl"
+    jl.write_text(json.dumps({"ref": "B-1", "regulation": "gdpr", "subject": {"name": "Cy"}}))
+    c = tmp_path / "r.csv"
+    c.write_text("ref,regulation,subject,aliases,email\nC-1,gdpr,Di Four,Di;D. F.,d@x.org\n")
+    for f in (j, jl, c):
+        cli("request", "import", str(f))
+    before = state(home)
+    again = json.loads(cli("request", "import", str(j), "--json").stdout)
+    assert again["created"] == [] and len(again["existing"]) == 2
+    assert state(home) == before
+    assert len(json.loads(cli("request", "list", "--json").stdout)) == 4
+
+
+def test_import_is_all_or_nothing(home, tmp_path):
+    f = tmp_path / "r.jsonl"
+    f.write_text(
+        json.dumps({"ref": "OK-1", "regulation": "gdpr", "subject": {"name": "Fine"}})
+        + "\n"
+        + json.dumps({"ref": "BAD-1", "regulation": "nope", "subject": {"name": "X"}})
+        + "\n"
+    )
+    before = state(home)
+    result = cli("request", "import", str(f), code=2)
+    assert "unknown regulation" in result.stderr
+    assert state(home) == before
+
+
+@pytest.mark.parametrize(
+    ("content", "suffix", "message"),
+    [
+        ("{not json", ".json", "invalid JSON"),
+        ('{"regulation": "gdpr"}', ".json", "subject"),
+        ('{"regulation": "gdpr", "subject": {"name": "  "}}', ".json", "empty"),
+        (
+            '{"regulation": "gdpr", "subject": {"name": "A"}, "received": "2026-02-31"}',
+            ".json",
+            "received",
+        ),
+        (
+            '{"regulation": "gdpr", "subject": {"name": "A"}, "received": "2999-01-01"}',
+            ".json",
+            "future",
+        ),
+        ("ref,regulation\nX,gdpr\n", ".csv", "subject"),
+        ("[]", ".json", "no requests"),
+        (
+            '{"regulation": "gdpr", "subject": {"name": "A"}, "scope": "records"}',
+            ".json",
+            "records",
+        ),
+    ],
+)
+def test_bad_request_files(home, tmp_path, content, suffix, message):
+    f = tmp_path / f"bad{suffix}"
+    f.write_text(content)
+    before = state(home)
+    result = cli("request", "import", str(f), code=2)
+    assert message in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert state(home) == before
+
+
+def test_binary_missing_and_huge_files(home, tmp_path):
+    binary = tmp_path / "b.json"
+    binary.write_bytes(b"\x00\x01\x02")
+    assert "binary" in cli("request", "import", str(binary), code=2).stderr
+    assert "cannot read" in cli("request", "import", str(tmp_path / "none.json"), code=2).stderr
+    huge = tmp_path / "h.json"
+    with open(huge, "wb") as fh:
+        fh.truncate(21 * 1024 * 1024)
+    assert "too large" in cli("request", "import", str(huge), code=2).stderr
+
+
+def test_bad_cli_input(home):
+    before = state(home)
+    cli(
+        "request",
+        "add",
+        "--subject",
+        "A",
+        "--regulation",
+        "gdpr",
+        "--received",
+        "yesterday",
+        code=2,
+    )
+    cli("request", "add", "--subject", "A", "--regulation", "mars", code=2)
+    cli("request", "show", "99", code=3)
+    cli("request", "list", "--status", "sleeping", code=2)
+    assert state(home) == before
+
+
+def test_cancel_extend_approve(home):
+    received = (date.today() - timedelta(days=10)).isoformat()
+    cli("request", "add", "--subject", "Ann", "--regulation", "gdpr", "--received", received)
+    today = date.today().isoformat()
+    cli("request", "extend", "1", "--days", "30", "--reason", "complex", "--notified", today)
+    due = json.loads(cli("request", "show", "1", "--json").stdout)["due"]
+    assert due == (date.today() + timedelta(days=50)).isoformat()
+    # Art. 12(3): at most two more months in total.
+    cli("request", "extend", "1", "--days", "31", "--reason", "more", "--notified", today, code=4)
+    cli("request", "approve", "1", "--by", "dpo")
+    cli("request", "cancel", "1", "--reason", "withdrawn")
+    assert json.loads(cli("request", "show", "1", "--json").stdout)["status"] == "cancelled"
+    cli("request", "cancel", "1", "--reason", "again", code=4)
+
+
+def test_overdue_listing(home):
+    old = (date.today() - timedelta(days=40)).isoformat()
+    cli("request", "add", "--subject", "Late", "--regulation", "gdpr", "--received", old)
+    cli("request", "add", "--subject", "Fresh", "--regulation", "gdpr")
+    overdue = json.loads(cli("request", "list", "--overdue", "--json").stdout)
+    assert [r["id"] for r in overdue] == [1] and overdue[0]["days_left"] == -10
+
+
+def test_purge_destroys_personal_data(home, tmp_path):
+    recs = records_file(tmp_path, [{"question": "Birthplace?", "answer": "Kuwait City"}])
+    cli(
+        "request",
+        "add",
+        "--subject",
+        NAME,
+        "--alias",
+        "Zorblax",
+        "--regulation",
+        "gdpr",
+        "--records",
+        recs,
+    )
+    cli("request", "purge", "1", code=4)  # still open: its data is needed
+    cli("request", "cancel", "1", "--reason", "test")
+    cli("request", "purge", "1", code=4)  # retention not over
+    cli("request", "purge", "1", "--now", code=2)  # --now needs a reason
+    cli("request", "purge", "1", "--now", "--reason", "subject asked")
+    con = sqlite3.connect(home / "ledger.db")
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.execute("VACUUM")
+    con.close()
+    raw = b"".join(p.read_bytes() for p in home.glob("ledger.db*"))
+    for secret in (b"Basil", b"Mahfouz", b"Zorblax", b"Kuwait", b"basil"):
+        assert secret not in raw
+    assert not (home / "keys" / "requests" / "1.key").exists()
+    shown = json.loads(cli("request", "show", "1", "--json").stdout)
+    assert shown["payload"] is None and shown["purged_at"]
+    cli("ledger", "verify")
+
+
+def test_ledger_log_verify_export(home, tmp_path):
+    cli("request", "add", "--subject", NAME, "--regulation", "gdpr")
+    log = json.loads(cli("ledger", "log", "--request", "1", "--json").stdout)
+    assert [e["kind"] for e in log] == ["request.received"]
+    out = tmp_path / "head.json"
+    cli("ledger", "export", "--out", str(out))
+    doc = json.loads(out.read_text())
+    assert doc["head"]["hash"] == doc["events"][-1]["hash"]
+    assert "Basil" not in out.read_text()
+    con = sqlite3.connect(home / "ledger.db")
+    con.execute("DROP TRIGGER events_no_update")
+    con.execute("UPDATE events SET data = '{}' WHERE seq = 2")
+    con.commit()
+    result = cli("ledger", "verify", code=5)
+    assert "event 2" in result.stderr
+
+
+def test_policy_commands(home, tmp_path):
+    assert {p["name"] for p in json.loads(cli("policy", "list", "--json").stdout)} == {
+        "gdpr",
+        "ccpa",
+        "default",
+    }
+    assert json.loads(cli("policy", "show", "gdpr", "--json").stdout)["deadline_days"] == 30
+    bad = tmp_path / "bad.toml"
+    bad.write_text('regulation = "x"\ndeadline_days = -1\nretention_days = 1\n')
+    assert "deadline_days" in cli("policy", "check", str(bad), code=2).stderr
+    cli("policy", "check", str(home / "policies" / "gdpr.toml"))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "ref",
+                    "regulation",
+                    "subject",
+                    "name",
+                    "records",
+                    "received",
+                    "scope",
+                    "aliases",
+                    "question",
+                    "answer",
+                    "text",
+                    "x",
+                ]
+            ),
+            children,
+            max_size=5,
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    doc=json_values | st.binary(max_size=64).map(lambda b: b.decode("latin-1")),
+    suffix=st.sampled_from([".json", ".jsonl", ".csv"]),
+)
+def test_fuzzed_request_files_never_crash_never_write(home, tmp_path, doc, suffix):
+    f = tmp_path / f"fuzz{suffix}"
+    f.write_text(doc if isinstance(doc, str) else json.dumps(doc), encoding="utf-8")
+    before = state(home)
+    result = runner.invoke(app, ["request", "import", str(f)])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    if result.exit_code != 0:
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert state(home) == before
