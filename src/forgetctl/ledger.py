@@ -327,7 +327,7 @@ class Ledger:
                 "version.created",
                 version_id=version_id,
                 parent=row.get("parent"),
-                kind=row["kind"],
+                version_kind=row["kind"],
                 status=row["status"],
                 adapter_sha256=row.get("adapter_sha256"),
                 base_sha256=row.get("base_sha256"),

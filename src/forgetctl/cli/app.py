@@ -17,7 +17,8 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except ForgetctlError as exc:
-            common.err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            message = f"[bold red]error:[/] {escape(str(exc))}"
+            common.err.print(message, highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
 
 
