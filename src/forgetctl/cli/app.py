@@ -6,7 +6,7 @@ import typer
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from forgetctl.cli import common, ledger_cmd, policy_cmd, request_cmd, setup_cmd
+from forgetctl.cli import common, ledger_cmd, model_cmd, policy_cmd, request_cmd, setup_cmd
 from forgetctl.errors import ForgetctlError
 
 
@@ -48,6 +48,7 @@ setup_cmd.register(app)
 app.add_typer(request_cmd.app, name="request")
 app.add_typer(ledger_cmd.app, name="ledger")
 app.add_typer(policy_cmd.app, name="policy")
+app.add_typer(model_cmd.app, name="model")
 
 
 def main() -> None:

