@@ -6,7 +6,16 @@ import typer
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from forgetctl.cli import common, ledger_cmd, model_cmd, policy_cmd, request_cmd, setup_cmd
+from forgetctl.cli import (
+    apply_cmd,
+    common,
+    gate_cmd,
+    ledger_cmd,
+    model_cmd,
+    policy_cmd,
+    request_cmd,
+    setup_cmd,
+)
 from forgetctl.errors import ForgetctlError
 
 
@@ -45,6 +54,8 @@ def _root(
 
 
 setup_cmd.register(app)
+apply_cmd.register(app)
+gate_cmd.register(app)
 app.add_typer(request_cmd.app, name="request")
 app.add_typer(ledger_cmd.app, name="ledger")
 app.add_typer(policy_cmd.app, name="policy")

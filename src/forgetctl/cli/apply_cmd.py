@@ -1,0 +1,45 @@
+"""`forgetctl apply`: unlearn planned requests, one LoRA adapter each."""
+
+from __future__ import annotations
+
+import typer
+
+from forgetctl.cli import common
+from forgetctl.cli.progress import training_bar
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def apply(
+        requests: list[int] = typer.Argument(None, help="Default: every planned request."),
+        json_: bool = common.JsonOpt,
+    ) -> None:
+        """Unlearn each request on top of production, as a new candidate version."""
+        from forgetctl.unlearn.step import apply_request
+
+        ledger = common.ledger()
+        home = common.home()
+        ids = requests or [
+            r["id"]
+            for r in ledger.db.query(
+                "SELECT id FROM requests WHERE status = 'planned' ORDER BY received, id"
+            )
+        ]
+        summary = []
+        for request_id in ids:
+            with training_bar(f"request {request_id}", quiet=json_) as bar:
+                version_id = apply_request(
+                    ledger, home, common.keyring(), home.policies(), request_id, progress=bar
+                )
+            metrics = ledger.version(version_id)["metrics"]
+            summary.append({"request": request_id, "version": version_id, **metrics})
+            if not json_:
+                common.out.print(
+                    f"request {request_id} -> candidate version [bold]{version_id}[/] "
+                    f"({metrics.get('steps')} steps, {metrics.get('wall_s')} s, "
+                    f"layers {metrics.get('layers')})"
+                )
+        if json_:
+            common.emit_json(summary)
+        elif not ids:
+            common.out.print("nothing planned to apply")

@@ -1,0 +1,86 @@
+"""The gate: `forgetctl verify`, `promote` and `rollback`."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from forgetctl.cli import common
+from forgetctl.cli.progress import status
+from forgetctl.errors import VerificationFailed
+
+
+def _fmt(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def check_table(results: list[dict], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("check", "verdict", "key figures", "seconds", "reasons"):
+        table.add_column(col)
+    for r in results:
+        figures = r["figures"]
+        keys = [k for k, v in figures.items() if isinstance(v, int | float) and k != "wall_s"]
+        table.add_row(
+            r["name"],
+            "[green]pass[/]" if r["passed"] else "[bold red]FAIL[/]",
+            " ".join(f"{k}={_fmt(figures[k])}" for k in keys[:4]),
+            _fmt(figures.get("wall_s", "")),
+            "; ".join(r["reasons"])[:200],
+        )
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def verify(
+        version: int = typer.Argument(None, help="Default: the newest candidate."),
+        int4: bool = typer.Option(False, "--int4", help="Also check the int4-quantized model."),
+        relearn: bool = typer.Option(False, "--relearn", help="Also run a relearning attack."),
+        json_: bool = common.JsonOpt,
+    ) -> None:
+        """Check a candidate against its parent; exit 7 if it is rejected."""
+        from forgetctl import versions
+        from forgetctl.verify.step import verify_version
+
+        ledger = common.ledger()
+        home = common.home()
+        vid = versions.newest_candidate(ledger) if version is None else version
+        with status(f"verifying version {vid}", quiet=json_) as say:
+            verdict, results = verify_version(
+                ledger, home, common.keyring(), home.policies(), vid,
+                int4=int4, relearn=relearn, progress=say,
+            )  # fmt: skip
+        rows = [r.to_dict() for r in results]
+        if json_:
+            common.emit_json({"version": vid, "status": verdict, "checks": rows})
+        else:
+            common.out.print(check_table(rows, f"Verification of version {vid}: {verdict}"))
+        if verdict == "rejected":
+            raise VerificationFailed(f"version {vid} rejected")
+
+    @app.command()
+    def promote(
+        version: int = typer.Argument(None, help="Default: the newest candidate."),
+        force: bool = typer.Option(False, "--force", help="Promote despite failed checks."),
+        reason: str = typer.Option(None, "--reason", help="Required with --force."),
+    ) -> None:
+        """Move production to a version that passed every check its policies require."""
+        from forgetctl import versions
+
+        ledger = common.ledger()
+        vid = versions.newest_candidate(ledger) if version is None else version
+        versions.promote(ledger, common.home().policies(), vid, force=force, reason=reason)
+        loud = " [bold red](FORCED: recorded in the ledger)[/]" if force else ""
+        common.out.print(f"production -> version [bold]{vid}[/]{loud}")
+
+    @app.command()
+    def rollback(
+        to: int = typer.Option(None, "--to", help="Default: production's parent."),
+        reason: str = typer.Option("rollback", "--reason"),
+    ) -> None:
+        """Move production back; its requests return to `received` for the run loop."""
+        from forgetctl import versions
+
+        target = versions.rollback(common.ledger(), to, reason)
+        common.out.print(f"production -> version [bold]{target}[/]")
