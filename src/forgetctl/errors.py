@@ -60,5 +60,7 @@ class ModelMissing(ForgetctlError):
     exit_code = 9
 
 
-# `forgetctl run` finished its work but requests remain past their deadline.
+# `forgetctl run` finished its work, but requests remain past their deadline.
 EXIT_OVERDUE = 10
+# `forgetctl run` finished its work, but some requests ended `failed` (a human must look).
+EXIT_FAILED = 11

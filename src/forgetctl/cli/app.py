@@ -14,6 +14,7 @@ from forgetctl.cli import (
     model_cmd,
     policy_cmd,
     request_cmd,
+    run_cmd,
     setup_cmd,
 )
 from forgetctl.errors import ForgetctlError
@@ -56,6 +57,7 @@ def _root(
 setup_cmd.register(app)
 apply_cmd.register(app)
 gate_cmd.register(app)
+run_cmd.register(app)
 app.add_typer(request_cmd.app, name="request")
 app.add_typer(ledger_cmd.app, name="ledger")
 app.add_typer(policy_cmd.app, name="policy")

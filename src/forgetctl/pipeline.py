@@ -1,0 +1,305 @@
+"""The run loop: every due request through plan, apply, verify and promote.
+
+Each step ends in one ledger transaction (the checkpoint), so a run killed at any moment
+leaves a ledger that verifies; the next run reads each request's status and continues
+from the last completed step. Leftovers of an interrupted step (temporary directories,
+adapters that no version row references) are removed at start.
+
+Single instance: an ``fcntl`` lock on ``HOME/run.lock``. The kernel drops the lock of a
+dead process; the pid written in the file tells us that a previous run died holding it,
+and the takeover is recorded.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+from forgetctl import requests as rq
+from forgetctl import versions
+from forgetctl.crypto import Keyring
+from forgetctl.errors import EXIT_FAILED, EXIT_OVERDUE, ForgetctlError, Locked
+from forgetctl.fsutil import clean_partial
+from forgetctl.home import Home
+from forgetctl.ledger import Ledger
+from forgetctl.plan.step import plan_request_step
+from forgetctl.policies import Policy
+from forgetctl.unlearn.step import apply_request
+from forgetctl.verify.step import verify_version
+
+log = logging.getLogger("forgetctl.run")
+
+STEPS = ("plan", "apply", "verify", "promote")
+
+
+@dataclass
+class Outcome:
+    request_id: int
+    ref: str
+    start: str
+    end: str
+    steps: list[str] = field(default_factory=list)
+    version: int | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class RunSummary:
+    outcomes: list[Outcome] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    due_soon: list[dict] = field(default_factory=list)
+    overdue: list[dict] = field(default_factory=list)
+    cleaned: list[str] = field(default_factory=list)
+    purged: list[int] = field(default_factory=list)
+    lock_takeover: int | None = None
+    dry_run: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        if any(o.end == "failed" for o in self.outcomes):
+            return EXIT_FAILED
+        return EXIT_OVERDUE if self.overdue else 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def run_lock(path: Path) -> Iterator[int | None]:
+    """Hold the run lock; yields the pid of a dead previous holder, if there was one."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise Locked(f"another forgetctl run holds {path} (pid {holder})") from None
+        previous = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        stale = int(previous) if previous.isdigit() and not _pid_alive(int(previous)) else None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        os.fsync(fd)
+        try:
+            yield stale
+        finally:
+            os.ftruncate(fd, 0)  # a clean exit leaves no pid behind
+    finally:
+        os.close(fd)
+
+
+def clean_leftovers(ledger: Ledger, home: Home) -> list[str]:
+    """Remove temporary dirs and adapters no version references (a crash mid-apply)."""
+    removed = [str(p) for root in (home.adapters, home.cache) for p in clean_partial(root)]
+    known = {r["adapter_path"] for r in ledger.db.query("SELECT adapter_path FROM versions")}
+    if home.adapters.exists():
+        for path in home.adapters.iterdir():
+            if path.is_dir() and str(path) not in known:
+                shutil.rmtree(path)
+                removed.append(str(path))
+    return removed
+
+
+def purge_expired(ledger: Ledger, keys: Keyring, policies: dict[str, Policy]) -> list[int]:
+    """Crypto-shred every closed request whose retention period has ended."""
+    purged = []
+    sql = "SELECT * FROM requests WHERE purged_at IS NULL ORDER BY id"
+    for row in [dict(r) for r in ledger.db.query(sql)]:
+        policy = policies[row["policy"]]
+        if row["status"] not in rq.OPEN_STATUSES and date.today() >= rq.retention_ends(row, policy):
+            rq.purge(ledger, keys, policy, row["id"])
+            purged.append(row["id"])
+    return purged
+
+
+def _open_version(ledger: Ledger, request_id: int) -> dict | None:
+    """The newest candidate/verified version built for a request, if any."""
+    for row in ledger.db.query(
+        "SELECT id FROM versions WHERE status IN ('candidate', 'verified') ORDER BY id DESC"
+    ):
+        version = ledger.version(row["id"])
+        if request_id in version["requests"]:
+            return version
+    return None
+
+
+class Runner:
+    """Drives requests through the steps; one instance per `forgetctl run`."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        home: Home,
+        keys: Keyring,
+        *,
+        say: Callable[[str], None] = log.info,
+        progress: Callable[[int, int, dict], None] | None = None,
+    ):
+        self.ledger, self.home, self.keys = ledger, home, keys
+        self.policies = home.policies()
+        self.say = say
+        self.progress = progress
+
+    def due(self) -> tuple[list[dict], list[dict]]:
+        """(requests to work on in deadline order, requests waiting for approval)."""
+        ready, waiting = [], []
+        for row in rq.list_requests(self.ledger):
+            if row["status"] not in rq.OPEN_STATUSES:
+                continue
+            policy = self.policies[row["policy"]]
+            if policy.require_approval and not row["approved_at"]:
+                waiting.append({"id": row["id"], "ref": row["ref"], "reason": "needs approval"})
+            else:
+                ready.append(row)
+        return ready, waiting
+
+    def _step(self, row: dict) -> str:
+        """Run the next step of one request; returns the step's name."""
+        request_id, status = row["id"], row["status"]
+        policy = self.policies[row["policy"]]
+        if status == "received":
+            self.say(f"request {request_id}: plan")
+            plan_request_step(self.ledger, self.home, self.keys, self.policies, request_id)
+            return "plan"
+        version = _open_version(self.ledger, request_id)
+        production = self.ledger.alias("production")
+        if status in ("applied", "verified") and (
+            version is None or version["parent"] != production
+        ):
+            # Production moved under this candidate (a rollback or another promotion): its
+            # adapter no longer stacks on what is served, so apply it again.
+            self.ledger.set_request_status(request_id, "planned", reason="production moved")
+            return "reapply"
+        if status == "planned":
+            self.say(f"request {request_id}: apply (attempt {row['attempts'] + 1})")
+            apply_request(self.ledger, self.home, self.keys, self.policies, request_id,
+                          attempt=row["attempts"], progress=self.progress)  # fmt: skip
+            return "apply"
+        if status == "applied":
+            mandatory = set(policy.verify.mandatory)
+            self.say(f"request {request_id}: verify version {version['id']}")
+            verdict, _ = verify_version(
+                self.ledger, self.home, self.keys, self.policies, version["id"],
+                int4="int4" in mandatory, relearn="relearn" in mandatory, progress=self.say,
+            )  # fmt: skip
+            if verdict == "rejected":
+                self._failed_attempt(row, "verify", f"version {version['id']} rejected")
+            return "verify"
+        # verified
+        self.say(f"request {request_id}: promote version {version['id']}")
+        versions.promote(self.ledger, self.policies, version["id"], reason="verified by run")
+        return "promote"
+
+    def _failed_attempt(self, row: dict, step: str, error: str) -> None:
+        """Count a failed attempt; retry from plan's output, or give up after max_retries."""
+        attempts = row["attempts"] + 1
+        policy = self.policies[row["policy"]]
+        with self.ledger.transaction():
+            self.ledger.db["requests"].update(
+                row["id"], {"attempts": attempts, "failed_step": step}
+            )
+            if attempts > policy.max_retries:
+                self.ledger.set_request_status(row["id"], "failed", step=step, error=error,
+                                               attempts=attempts)  # fmt: skip
+            elif row["status"] in ("applied", "verified"):
+                self.ledger.set_request_status(row["id"], "planned", retry=attempts,
+                                               step=step, error=error)  # fmt: skip
+            else:
+                self.ledger.append_event("request.retry", request_id=row["id"], step=step,
+                                         error=error, attempts=attempts)  # fmt: skip
+
+    def drive(self, request_id: int) -> Outcome:
+        row = self.ledger.request(request_id)
+        outcome = Outcome(request_id, row["ref"], row["status"], row["status"])
+        start = time.perf_counter()
+        while row["status"] in rq.OPEN_STATUSES:
+            try:
+                outcome.steps.append(self._step(row))
+            except (ForgetctlError, RuntimeError, OSError, ValueError) as exc:
+                # A step that fails (a refused promotion, a missing file, a torch error)
+                # costs the request one attempt; the run goes on with the others.
+                step = {"received": "plan", "planned": "apply", "applied": "verify"}.get(
+                    row["status"], "promote"
+                )
+                outcome.error = str(exc)
+                self.say(f"request {request_id}: {step} failed: {exc}")
+                log.debug("step failure", exc_info=True)
+                self._failed_attempt(row, step, str(exc))
+            row = self.ledger.request(request_id)
+        outcome.end = row["status"]
+        version = _open_version(self.ledger, request_id)
+        if row["status"] == "promoted":
+            outcome.version = self.ledger.alias("production")
+        elif version:
+            outcome.version = version["id"]
+        outcome.seconds = round(time.perf_counter() - start, 1)
+        return outcome
+
+
+def deadline_report(ledger: Ledger, policies: dict[str, Policy]) -> tuple[list, list]:
+    """(due within the policy's warning window, overdue) among open requests."""
+    soon, overdue = [], []
+    for row in rq.list_requests(ledger):
+        if row["status"] in rq.OPEN_STATUSES:
+            info = rq.summary(row, policies[row["policy"]])
+            if info["overdue"]:
+                overdue.append(info)
+            elif info.get("due_soon"):
+                soon.append(info)
+    return soon, overdue
+
+
+def run(
+    ledger: Ledger,
+    home: Home,
+    keys: Keyring,
+    *,
+    max_requests: int | None = None,
+    dry_run: bool = False,
+    say: Callable[[str], None] = log.info,
+    progress: Callable[[int, int, dict], None] | None = None,
+) -> RunSummary:
+    """One cron run. Raises Locked if another run holds the lock."""
+    summary = RunSummary(dry_run=dry_run)
+    with run_lock(home.lock_path) as stale:
+        runner = Runner(ledger, home, keys, say=say, progress=progress)
+        if stale is not None:
+            summary.lock_takeover = stale
+            ledger.append_event("run.lock_takeover", dead_pid=stale)
+        ready, summary.skipped = runner.due()
+        if max_requests is not None:
+            ready = ready[:max_requests]
+        if not dry_run:
+            summary.cleaned = clean_leftovers(ledger, home)
+            summary.purged = purge_expired(ledger, keys, runner.policies)
+            if ready:
+                ledger.append_event("run.started", requests=[r["id"] for r in ready])
+            for row in ready:
+                summary.outcomes.append(runner.drive(row["id"]))
+            if ready:
+                ledger.append_event(
+                    "run.finished",
+                    outcomes={str(o.request_id): o.end for o in summary.outcomes},
+                )
+        else:
+            summary.outcomes = [
+                Outcome(r["id"], r["ref"], r["status"], r["status"], steps=["(dry run)"])
+                for r in ready
+            ]
+        summary.due_soon, summary.overdue = deadline_report(ledger, runner.policies)
+    return summary
