@@ -5,6 +5,6 @@ cd "$(dirname "$0")/.."
 export FORGETCTL_HOME="${FORGETCTL_HOME:-$PWD/.forgetctl-demo}"
 F=.venv/bin/forgetctl
 $F init
-$F request import examples/requests.jsonl
+$F request import examples/batch/requests.jsonl
 $F request list
 $F ledger verify

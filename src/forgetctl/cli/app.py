@@ -13,6 +13,7 @@ from forgetctl.cli import (
     ledger_cmd,
     model_cmd,
     policy_cmd,
+    report_cmd,
     request_cmd,
     run_cmd,
     setup_cmd,
@@ -58,6 +59,7 @@ setup_cmd.register(app)
 apply_cmd.register(app)
 gate_cmd.register(app)
 run_cmd.register(app)
+report_cmd.register(app)
 app.add_typer(request_cmd.app, name="request")
 app.add_typer(ledger_cmd.app, name="ledger")
 app.add_typer(policy_cmd.app, name="policy")

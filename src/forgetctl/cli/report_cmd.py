@@ -1,0 +1,32 @@
+"""`forgetctl report`: audit evidence for a request or a version."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from forgetctl.cli import common
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def report(
+        target: str = typer.Argument(..., help="A request id or ref, or v<N> for a version."),
+        fmt: str = typer.Option("md", "--format", help="md, html or json."),
+        out: Path = typer.Option(None, "--out", help="Write to a file instead of stdout."),
+    ) -> None:
+        """What was done for a request, with figures, verdicts, hashes and the chain head."""
+        from forgetctl.verify.report import build_report, render
+
+        home = common.home()
+        doc = build_report(common.ledger(), common.keyring(), home.policies(), target)
+        text = render(doc, fmt)
+        if out is None:
+            common.out.print(text, markup=False, highlight=False, soft_wrap=True)
+            return
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out)
+        common.err.print(f"report written to {out}")
