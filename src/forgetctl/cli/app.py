@@ -12,6 +12,7 @@ from forgetctl.cli import (
     gate_cmd,
     ledger_cmd,
     model_cmd,
+    plan_cmd,
     policy_cmd,
     report_cmd,
     request_cmd,
@@ -56,6 +57,7 @@ def _root(
 
 
 setup_cmd.register(app)
+plan_cmd.register(app)
 apply_cmd.register(app)
 gate_cmd.register(app)
 run_cmd.register(app)

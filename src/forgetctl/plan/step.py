@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
+from pathlib import Path
 
+from forgetctl import requests as rq
+from forgetctl import versions
 from forgetctl.crypto import Keyring
+from forgetctl.data import load_jsonl
 from forgetctl.errors import InvalidState, NotFound
-from forgetctl.items import PromptSet
-from forgetctl.ledger import Ledger, now
+from forgetctl.home import Home
+from forgetctl.items import PromptItem, PromptSet
+from forgetctl.ledger import Ledger, now, require_status
+from forgetctl.policies import Policy
 
 
 def store_plan(ledger: Ledger, keys: Keyring, request_id: int, prompt_set: PromptSet) -> dict:
@@ -44,3 +51,72 @@ def load_plan(ledger: Ledger, keys: Keyring, request_id: int) -> PromptSet:
 def plan_counts(ledger: Ledger, request_id: int) -> dict | None:
     rows = list(ledger.db.query("SELECT counts FROM plans WHERE request_id = ?", [request_id]))
     return json.loads(rows[0]["counts"]) if rows else None
+
+
+def retain_corpus_path(home: Home, policy: Policy) -> Path | None:
+    """The policy's retain corpus (relative paths are inside the home), else the home's
+    ``retain-corpus.jsonl`` (what `demo build-model` writes: the deployed model's data)."""
+    configured = policy.plan.retain_corpus
+    if configured:
+        path = Path(configured).expanduser()
+        return path if path.is_absolute() else home.root / path
+    default = home.root / "retain-corpus.jsonl"
+    return default if default.exists() else None
+
+
+def _general_items(policy: Policy) -> list[PromptItem]:
+    return [
+        PromptItem(prompt=r["question"], target=r["answer"], kind="general")
+        for name in policy.plan.general_sets
+        for r in load_jsonl(name)
+    ]
+
+
+def plan_request_step(
+    ledger: Ledger,
+    home: Home,
+    keys: Keyring,
+    policies: dict[str, Policy],
+    request_id: int,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Plan a received request against production; sets planned, not_present, rejected
+    or duplicate. Returns {status, counts, reasons, figures}."""
+    from forgetctl.plan.planner import plan_request
+
+    row = ledger.request(request_id)
+    require_status(row, {"received"}, "plan")
+    policy = policies[row["policy"]]
+    production = ledger.alias("production")
+    # Already forgotten in production's lineage? Compared by blind index: no plaintext.
+    for earlier in versions.forgotten_requests(ledger, production):
+        if ledger.request(earlier)["subject_index"] == row["subject_index"]:
+            ledger.db["requests"].update(request_id, {"duplicate_of": earlier})
+            ledger.set_request_status(request_id, "duplicate", duplicate_of=earlier,
+                                      reason="subject already forgotten in production")  # fmt: skip
+            return {"status": "duplicate", "reasons": [f"already forgotten by request {earlier}"]}
+    data = rq.payload(ledger, keys, request_id)
+    corpus = retain_corpus_path(home, policy)
+    model, tokenizer = versions.load_version(ledger, home, production)
+    outcome = plan_request(
+        subject=data["subject"]["name"],
+        aliases=data["subject"]["aliases"],
+        records=data["records"],
+        scope=row["scope"],
+        model=model,
+        tokenizer=tokenizer,
+        cfg=policy.plan,
+        retain_corpus_rows=load_jsonl(corpus) if corpus else [],
+        general_items=_general_items(policy),
+        forgotten_subjects=[],
+        progress=progress,
+    )
+    result = {"status": outcome.verdict, "reasons": list(outcome.reasons),
+              "figures": outcome.figures}  # fmt: skip
+    with ledger.transaction():
+        if outcome.prompt_set is not None:
+            result.update(store_plan(ledger, keys, request_id, outcome.prompt_set))
+        ledger.set_request_status(request_id, outcome.verdict, reasons=list(outcome.reasons),
+                                  figures=outcome.figures)  # fmt: skip
+    return result

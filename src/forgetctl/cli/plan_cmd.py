@@ -1,0 +1,91 @@
+"""`forgetctl plan [REQUEST...]` and `forgetctl plan show ID`."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from forgetctl.cli import common
+from forgetctl.cli.progress import status
+from forgetctl.errors import BadInput, InvalidState
+
+
+def _show(request_id: int, json_: bool) -> None:
+    from forgetctl.plan.step import load_plan, plan_counts
+
+    ledger = common.ledger()
+    counts = plan_counts(ledger, request_id)
+    if counts is None:
+        raise InvalidState(f"request {request_id} has no plan (run `forgetctl plan {request_id}`)")
+    try:
+        prompt_set = load_plan(ledger, common.keyring(), request_id)
+        dropped, probe = prompt_set.dropped, prompt_set.probe
+    except InvalidState:
+        dropped, probe = None, None  # purged: only the counts remain
+    if json_:
+        common.emit_json({"request": request_id, "counts": counts, "probe": probe,
+                          "dropped": dropped})  # fmt: skip
+        return
+    table = Table(title=f"Prompt set of request {request_id}")
+    table.add_column("kind")
+    table.add_column("items", justify="right")
+    for kind, n in sorted(counts.items()):
+        table.add_row(kind, str(n))
+    common.out.print(table)
+    if probe:
+        common.out.print(f"memorisation probe: {probe}", highlight=False)
+    if dropped:
+        why = Table(title="Dropped")
+        for col in ("kind", "reason", "figure", "prompt"):
+            why.add_column(col)
+        for d in dropped:
+            why.add_row(str(d.get("kind")), str(d.get("reason")), str(d.get("figure", "")),
+                        str(d.get("prompt", ""))[:70])  # fmt: skip
+        common.out.print(why)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(
+        "plan",
+        help="Filter and expand requests into prompt sets: `plan [REQUEST...]` (default: "
+        "every received request), or `plan show ID` for counts and what was dropped.",
+    )
+    def plan(
+        targets: list[str] = typer.Argument(None, metavar="[REQUEST...] | show ID"),
+        json_: bool = common.JsonOpt,
+    ) -> None:
+        targets = targets or []
+        if targets[:1] == ["show"]:
+            if len(targets) != 2 or not targets[1].isdigit():
+                raise BadInput("usage: forgetctl plan show ID")
+            _show(int(targets[1]), json_)
+            return
+        if not all(t.isdigit() for t in targets):
+            raise BadInput("request ids are numbers (or: forgetctl plan show ID)")
+        from forgetctl.plan.step import plan_request_step
+
+        ledger = common.ledger()
+        home = common.home()
+        ids = [int(t) for t in targets] or [
+            r["id"]
+            for r in ledger.db.query(
+                "SELECT id FROM requests WHERE status = 'received' ORDER BY due, id"
+            )
+        ]
+        results = []
+        for request_id in ids:
+            with status(f"planning request {request_id}", quiet=json_) as say:
+                outcome = plan_request_step(
+                    ledger, home, common.keyring(), home.policies(), request_id, progress=say
+                )
+            results.append({"request": request_id, **outcome})
+            if not json_:
+                common.out.print(
+                    f"request {request_id}: [bold]{outcome['status']}[/] "
+                    f"{outcome.get('counts') or ''} {'; '.join(outcome.get('reasons', []))}",
+                    highlight=False,
+                )
+        if json_:
+            common.emit_json(results)
+        elif not ids:
+            common.out.print("nothing to plan")
