@@ -13,7 +13,7 @@ from forgetctl.crypto import Keyring
 from forgetctl.data import load_jsonl
 from forgetctl.errors import InvalidState, NotFound
 from forgetctl.home import Home
-from forgetctl.items import PromptItem, PromptSet
+from forgetctl.items import PromptSet
 from forgetctl.ledger import Ledger, now, require_status
 from forgetctl.policies import Policy
 
@@ -64,12 +64,8 @@ def retain_corpus_path(home: Home, policy: Policy) -> Path | None:
     return default if default.exists() else None
 
 
-def _general_items(policy: Policy) -> list[PromptItem]:
-    return [
-        PromptItem(prompt=r["question"], target=r["answer"], kind="general")
-        for name in policy.plan.general_sets
-        for r in load_jsonl(name)
-    ]
+def _general_rows(policy: Policy) -> list[dict]:
+    return [row for name in policy.plan.general_sets for row in load_jsonl(name)]
 
 
 def plan_request_step(
@@ -108,15 +104,19 @@ def plan_request_step(
         tokenizer=tokenizer,
         cfg=policy.plan,
         retain_corpus_rows=load_jsonl(corpus) if corpus else [],
-        general_items=_general_items(policy),
+        general_items=_general_rows(policy),
         forgotten_subjects=[],
         progress=progress,
+        identifiers=data["subject"]["identifiers"],
     )
     result = {"status": outcome.verdict, "reasons": list(outcome.reasons),
               "figures": outcome.figures}  # fmt: skip
     with ledger.transaction():
         if outcome.prompt_set is not None:
+            # Reasons can quote prompts or other people's names: they are kept only inside
+            # the encrypted prompt set; the event carries the PII-free figures.
+            outcome.prompt_set.probe["reasons"] = list(outcome.reasons)
             result.update(store_plan(ledger, keys, request_id, outcome.prompt_set))
-        ledger.set_request_status(request_id, outcome.verdict, reasons=list(outcome.reasons),
-                                  figures=outcome.figures)  # fmt: skip
+        ledger.set_request_status(request_id, outcome.verdict, figures=outcome.figures,
+                                  reasons=len(outcome.reasons))  # fmt: skip
     return result
