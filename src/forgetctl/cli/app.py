@@ -9,6 +9,7 @@ from typer.core import TyperGroup
 from forgetctl.cli import (
     apply_cmd,
     common,
+    demo_cmd,
     gate_cmd,
     ledger_cmd,
     model_cmd,
@@ -66,6 +67,7 @@ app.add_typer(request_cmd.app, name="request")
 app.add_typer(ledger_cmd.app, name="ledger")
 app.add_typer(policy_cmd.app, name="policy")
 app.add_typer(model_cmd.app, name="model")
+app.add_typer(demo_cmd.app, name="demo")
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import typer
@@ -20,6 +21,11 @@ def register(app: typer.Typer) -> None:
             "--model",
             help="Register the base model: smollm2-135m (pulled) or a local HF model directory.",
         ),
+        retain_corpus: Path = typer.Option(
+            None,
+            "--retain-corpus",
+            help="JSONL of the model's training records to keep (neighbors are drawn from it).",
+        ),
         json_: bool = common.JsonOpt,
     ) -> None:
         """Create the home (ledger.db, keys/, policies/) and register the base model.
@@ -32,6 +38,11 @@ def register(app: typer.Typer) -> None:
         h.create_dirs()
         ledger = open_ledger(h.ledger_path, create=True)
         h.policies()  # fail now, not later, on a broken policy in the home
+        if retain_corpus:
+            from forgetctl.data import load_jsonl
+
+            load_jsonl(retain_corpus)  # validate before copying
+            shutil.copyfile(retain_corpus, h.root / "retain-corpus.jsonl")
         if model:
             from forgetctl import versions
 

@@ -1,0 +1,63 @@
+"""`forgetctl demo build-model`: a "deployed model with personal data" from TOFU-format data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from forgetctl.cli import common
+
+app = typer.Typer(help="Build the demo's deployed model.", no_args_is_help=True)
+
+TRAINING_DATA = "training-data.jsonl"
+
+
+@app.command("build-model")
+def build_model(
+    data: Path = typer.Option(..., "--data", help="TOFU-format JSONL (author_id, question, ...)."),
+    authors: str = typer.Option("10", "--authors", help="A count (first N) or ids: 3,7,12-15."),
+    out: Path = typer.Option(..., "--out", help="Where to write the fine-tuned model."),
+    base: Path = typer.Option(None, "--base", help="Base model dir (default: the pulled one)."),
+    epochs: int = typer.Option(None, "--epochs", min=1),
+    learning_rate: float = typer.Option(None, "--learning-rate", min=0),
+    json_: bool = common.JsonOpt,
+) -> None:
+    """Fully fine-tune the base model on some authors' Q/A records (cached by inputs).
+
+    Also writes the selected records to OUT/training-data.jsonl: the retain corpus to pass
+    to `forgetctl init --retain-corpus`.
+    """
+    from forgetctl import data as tofu
+    from forgetctl import finetune, models
+    from forgetctl.cli.model_cmd import DEFAULT_MODEL
+
+    base = base or common.home().models / DEFAULT_MODEL
+    selection = tofu.parse_authors(authors)
+    options = {k: v for k, v in {"epochs": epochs, "learning_rate": learning_rate}.items() if v}
+    columns = (TextColumn("fine-tuning"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("{task.fields[loss]}"), TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, console=common.err, transient=True, disable=json_) as bar:
+        task = bar.add_task("fine-tuning", total=None, loss="")
+
+        def progress(step: int, total: int, info: dict) -> None:
+            loss = info.get("loss")
+            bar.update(task, completed=step, total=total,
+                       loss=f"loss={loss:.3f}" if isinstance(loss, float) else "")  # fmt: skip
+
+        out_dir, manifest = finetune.build_deployed_model(
+            models.require_model_dir(base), data, selection, out, progress=progress, **options
+        )
+    rows = tofu.select_authors(tofu.load_authors(data), selection)[1]
+    with open(out_dir / TRAINING_DATA, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    if json_:
+        common.emit_json({"path": str(out_dir), **manifest})
+    else:
+        names = ", ".join(a["author"] or str(a["author_id"]) for a in manifest["authors"][:5])
+        common.out.print(
+            f"deployed model at [bold]{out_dir}[/]: {len(manifest['authors'])} authors "
+            f"({names}, ...), {manifest['records']} records"
+        )
