@@ -42,7 +42,12 @@ class MethodConfig(_Strict):
     sam_rho: float = Field(0.05, ge=0)
     target_recall: float = Field(0.2, ge=0, le=1)
     """Stop early once the forget-set answer recall is at or under this."""
+    max_retain_drop: float = Field(0.05, ge=0, le=1)
+    """Retain guard: back off when retain recall falls this far (absolute) below the parent's."""
     eval_every: int = Field(10, ge=1)
+    eval_items: int = Field(40, ge=1)
+    """At most this many forget and this many retain items are answered at each evaluation
+    during training (a seeded sample spread over prompt kinds); verify measures them all."""
     seed: int = 0
 
 
@@ -61,6 +66,21 @@ class PlanConfig(_Strict):
     """A forget target this similar to a retain item is removed as collateral."""
     max_retain_overlap: float = Field(0.3, ge=0, le=1)
     """A request whose forget set overlaps the retain side beyond this share is rejected."""
+    generated_paraphrases: int = Field(2, ge=0)
+    """Model-generated rewordings tried per record question (kept only when valid)."""
+    paraphrase_min_similarity: float = Field(0.6, ge=0, le=1)
+    """A rewording must stay at least this close (cosine) to the question it rewords."""
+    indirect_per_record: int = Field(2, ge=1)
+    adversarial_per_record: int = Field(3, ge=0)
+    general_k: int = Field(32, ge=0)
+    """General-knowledge items sampled into the retain side."""
+    probe_derived: Literal["source", "item"] = "source"
+    """Keep a known record's paraphrase/indirect/adversarial prompts ("source"), or only
+    those the model itself answers ("item")."""
+    probe_max_new_tokens: int = Field(96, ge=8)
+    attribute_min_specificity: float = Field(0.5, ge=0)
+    """Without records, an attribute answer counts as the subject's when its mean token
+    log-prob exceeds that of the same answer about control names by this much (nats)."""
     seed: int = 0
 
 

@@ -42,10 +42,9 @@ def build_model(
     with Progress(*columns, console=common.err, transient=True, disable=json_) as bar:
         task = bar.add_task("fine-tuning", total=None, loss="")
 
-        def progress(step: int, total: int, info: dict) -> None:
-            loss = info.get("loss")
-            bar.update(task, completed=step, total=total,
-                       loss=f"loss={loss:.3f}" if isinstance(loss, float) else "")  # fmt: skip
+        def progress(info: dict) -> None:
+            bar.update(task, completed=info["step"], total=info["total_steps"],
+                       loss=f"epoch {info['epoch']} loss={info['loss']:.3f}")  # fmt: skip
 
         out_dir, manifest = finetune.build_deployed_model(
             models.require_model_dir(base), data, selection, out, progress=progress, **options
