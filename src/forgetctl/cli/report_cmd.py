@@ -26,6 +26,7 @@ def register(app: typer.Typer) -> None:
         if out is None:
             common.out.print(text, markup=False, highlight=False, soft_wrap=True)
             return
+        out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, out)
