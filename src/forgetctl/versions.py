@@ -12,14 +12,13 @@ retired (a later version replaced it or a rollback removed it).
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 from typing import Any
 
 from forgetctl import models
 from forgetctl.errors import InvalidState, NotFound, PromotionRefused
-from forgetctl.fsutil import atomic_dir, sha256_tree
+from forgetctl.fsutil import sha256_tree
 from forgetctl.home import Home
 from forgetctl.ledger import Ledger
 from forgetctl.policies import Policy
@@ -60,26 +59,13 @@ def _check_adapter(version: dict) -> Path:
     return path
 
 
-def _lineage_key(chain: list[dict]) -> str:
-    parts = [chain[0]["base_sha256"]] + [v["adapter_sha256"] for v in chain[1:]]
-    return hashlib.sha256("/".join(parts).encode()).hexdigest()[:24]
-
-
 def production_dir(ledger: Ledger, home: Home) -> Path:
     """A directory with production's merged weights (the base itself for version 0)."""
     chain = ledger.lineage(ledger.alias("production"))
-    if len(chain) == 1:
-        return models.require_model_dir(chain[0]["base_path"])
+    adapters = [_check_adapter(v) for v in chain[1:]]
     cache_root = home.cache / "merged"
-    dest = cache_root / _lineage_key(chain)
-    if not dest.exists():
-        model = models.merged_model(
-            Path(chain[0]["base_path"]), [_check_adapter(v) for v in chain[1:]]
-        )
-        tokenizer = models.load_tokenizer(chain[0]["base_path"])
-        with atomic_dir(dest) as tmp:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
+    dest = models.cached_merged(chain[0]["base_path"], adapters, cache_root)
+    if adapters:
         # Only production is cached: older merges are dropped to bound disk use.
         for old in cache_root.iterdir():
             if old != dest and not old.name.startswith(".tmp-"):

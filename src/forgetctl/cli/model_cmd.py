@@ -10,7 +10,6 @@ from rich.table import Table
 
 from forgetctl.cli import common
 from forgetctl.errors import BadInput
-from forgetctl.fsutil import atomic_dir
 
 # The model stack (torch, transformers) is imported inside the commands that need it, so
 # `forgetctl request list` and friends start in a fraction of a second.
@@ -95,7 +94,7 @@ def export(
     out: Path = typer.Option(..., "--out", help="A new directory for the merged model."),
 ) -> None:
     """Write a version's merged weights as plain safetensors that serve anywhere."""
-    from forgetctl import versions
+    from forgetctl import models, versions
 
     if out.exists():
         raise BadInput(f"{out} already exists")
@@ -103,8 +102,6 @@ def export(
     vid = _version_arg(version)
     with common.err.status(f"merging version {vid}..."):
         model, tokenizer = versions.load_version(ledger, common.home(), vid)
-        with atomic_dir(out) as tmp:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
+        models.save_merged(model, tokenizer, out, {"version": vid})
     ledger.append_event("version.exported", version_id=vid, path=str(out.resolve()))
     common.out.print(f"version {vid} written to [bold]{out}[/]")

@@ -1,0 +1,299 @@
+"""TOFU benchmark: sequential deletion requests through forgetctl, against baselines.
+
+    python benchmarks/tofu.py [--authors 20] [--forget 4] [--data FILE] [--eval-cap 40]
+
+1. The deployed model: the default model (SmolLM2-135M) fully fine-tuned on K TOFU authors.
+2. forgetctl: M requests (the first M authors), each through plan, apply, verify
+   (full precision, int4, relearning) and promote, in sequence on one ledger, as
+   `forgetctl run` does. After each request production is measured.
+3. Baselines on the same deployed model and authors: no-op; plain gradient ascent on the
+   M authors' records in full precision with no gate; retraining from scratch (the base
+   fine-tuned on the K-M retained authors only, timed: that is the cost to beat).
+
+Measured per model: forget recall (ROUGE-L recall of the answer) on the original questions,
+on TOFU's paraphrased questions (never used by planning) and on the planned indirect
+questions; TOFU truth ratio on the forgotten authors; recall on the other authors'
+questions, on world facts and on real authors; int4 recovery and relearning recovery.
+
+Output: benchmarks/results/tofu.json, tofu.md and tofu.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from forgetctl import models, versions
+from forgetctl import requests as rq
+from forgetctl.crypto import Keyring
+from forgetctl.data import load_authors, load_builtin, pairs_of, select_authors
+from forgetctl.finetune import build_deployed_model, finetune
+from forgetctl.home import Home
+from forgetctl.items import PromptItem
+from forgetctl.ledger import open_ledger
+from forgetctl.plan.step import load_plan, plan_request_step
+from forgetctl.policies import VerifyConfig
+from forgetctl.unlearn.step import apply_request
+from forgetctl.verify.int4 import quantize_model_int4
+from forgetctl.verify.metrics import TruthItem, evaluate, truth_ratio_forget, truth_ratios
+from forgetctl.verify.relearn import relearn_attack
+from forgetctl.verify.step import verify_version
+
+ROOT = Path(__file__).resolve().parent
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def items(rows, field: str, kind: str) -> list[PromptItem]:
+    return [PromptItem(prompt=r[field], target=r["answer"], kind=kind) for r in rows]
+
+
+class Suite:
+    """The fixed evaluation sets, measured the same way on every model."""
+
+    def __init__(self, rows, forget_ids, retain_ids, cap: int, seed: int = 0):
+        rng = random.Random(seed)
+        self.forget_rows = {a: [r for r in rows if r["author_id"] == a] for a in forget_ids}
+        others = [r for r in rows if r["author_id"] in retain_ids]
+        self.others = items(rng.sample(others, min(cap, len(others))), "question", "neighbor")
+        self.world = items(load_builtin("world_facts")[:cap], "question", "general")
+        self.real = items(load_builtin("real_authors")[:cap], "question", "general")
+
+    def measure(self, model, tokenizer, forgotten: list[int], indirect=()) -> dict:
+        def recall(its):
+            return evaluate(model, tokenizer, its, with_prob=False).mean("recall") if its else None
+
+        rows = [r for a in forgotten for r in self.forget_rows[a]]
+        truth = [
+            TruthItem(r["question"], r["paraphrased_answer"], r["perturbed_answers"]) for r in rows
+        ]
+        return {
+            "forget_original": recall(items(rows, "question", "record")),
+            "forget_paraphrased": recall(items(rows, "paraphrased_question", "paraphrase")),
+            "forget_indirect": recall(list(indirect)),
+            "truth_ratio": truth_ratio_forget(truth_ratios(model, tokenizer, truth))
+            if truth
+            else None,
+            "other_authors": recall(self.others),
+            "world_facts": recall(self.world),
+            "real_authors": recall(self.real),
+        }
+
+
+def robustness(model, tokenizer, rows, cfg: VerifyConfig) -> dict:
+    """int4 recovery and relearning recovery on the forgotten authors' questions."""
+    forget = items(rows, "question", "record")
+    full = evaluate(model, tokenizer, forget, with_prob=False).mean("recall")
+    q4 = evaluate(quantize_model_int4(model), tokenizer, forget, with_prob=False).mean("recall")
+    attack = relearn_attack(model, tokenizer, forget, cfg)
+    return {"int4_recovery": q4 - full, "relearn_recovery": attack.recovery}
+
+
+def run_forgetctl(work: Path, deployed: Path, corpus: Path, suite: Suite, forget_ids, log):
+    home = Home(work / "home")
+    if home.root.exists():
+        import shutil
+
+        shutil.rmtree(home.root)
+    home.create_dirs()
+    ledger = open_ledger(home.ledger_path, create=True)
+    versions.register_base(ledger, deployed)
+    (home.root / "retain-corpus.jsonl").write_bytes(corpus.read_bytes())
+    keys, policies = Keyring(home.keys), home.policies()
+    per_request, forgotten, indirect = [], [], []
+    for n, author in enumerate(forget_ids, 1):
+        rows = suite.forget_rows[author]
+        req = rq.parse_request({
+            "ref": f"TOFU-{author}", "regulation": "gdpr",
+            "subject": {"name": rows[0]["author"] or f"author {author}"},
+            "records": [{"question": r["question"], "answer": r["answer"]} for r in rows],
+        })  # fmt: skip
+        rid, _ = rq.add_request(ledger, keys, policies, req)
+        times = {}
+        t = time.perf_counter()
+        plan = plan_request_step(ledger, home, keys, policies, rid)
+        times["plan"] = time.perf_counter() - t
+        if plan["status"] != "planned":
+            per_request.append({"author": author, "plan": plan["status"], "times": times})
+            continue
+        prompt_set = load_plan(ledger, keys, rid)
+        t = time.perf_counter()
+        vid = apply_request(ledger, home, keys, policies, rid)
+        times["apply"] = time.perf_counter() - t
+        t = time.perf_counter()
+        verdict, checks = verify_version(ledger, home, keys, policies, vid, int4=True,
+                                         relearn=True)  # fmt: skip
+        times["verify"] = time.perf_counter() - t
+        if verdict == "verified":
+            versions.promote(ledger, policies, vid)
+            forgotten.append(author)
+            indirect += [i for i in prompt_set.forget if i.kind == "indirect"]
+        figures = {c.name: c.figures for c in checks}
+        model, tokenizer = versions.load_version(ledger, home, ledger.alias("production"))
+        metrics = suite.measure(model, tokenizer, forget_ids[:n], indirect)
+        per_request.append({
+            "author": author, "request": rid, "version": vid, "verdict": verdict,
+            "counts": prompt_set.counts(), "times_s": {k: round(v, 1) for k, v in times.items()},
+            "int4_recovery": figures.get("int4", {}).get("requests", {}).get(str(rid), {})
+            .get("recovery"),
+            "relearn_recovery": figures.get("relearn", {}).get("requests", {}).get(str(rid), {})
+            .get("recovery"),
+            "training": ledger.version(vid)["metrics"],
+            "cumulative": metrics, "peak_rss_mb": round(peak_rss_mb()),
+        })  # fmt: skip
+        log(f"request {n}/{len(forget_ids)} author {author}: {verdict} {times} {metrics}")
+    return per_request
+
+
+def gradient_ascent(model, tokenizer, rows, steps: int, lr: float) -> float:
+    """The naive baseline: full-model gradient ascent on the records, no retain term."""
+    from forgetctl.models import encode_pairs
+
+    t = time.perf_counter()
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    pairs = pairs_of(rows)
+    rng = random.Random(0)
+    for _ in range(steps):
+        batch = encode_pairs(tokenizer, rng.sample(pairs, min(8, len(pairs))))
+        loss = -model(**batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return time.perf_counter() - t
+
+
+def table(results: dict) -> str:
+    cols = ["forget_original", "forget_paraphrased", "forget_indirect", "truth_ratio",
+            "other_authors", "world_facts", "real_authors", "int4_recovery",
+            "relearn_recovery", "wall_s"]  # fmt: skip
+    lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, row in results["models"].items():
+        cells = [f"{row[c]:.3f}" if isinstance(row.get(c), float) else str(row.get(c, ""))
+                 for c in cols]  # fmt: skip
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = ["forget_original", "forget_paraphrased", "other_authors", "world_facts"]
+    names = list(results["models"])
+    fig, ax = plt.subplots(figsize=(9, 3.8), dpi=110)
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        vals = [results["models"][name].get(m) or 0.0 for m in metrics]
+        ax.bar([k + i * width for k in range(len(metrics))], vals, width, label=name)
+    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(metrics))], metrics)
+    ax.set_ylabel("answer recall")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    ax.set_title(f"TOFU: K={results['config']['authors']} authors, "
+                 f"M={results['config']['forget']} forgotten")  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--data", default=str(ROOT.parent.parent / "shared/data/tofu/authors.jsonl")
+    )
+    parser.add_argument("--authors", type=int, default=20, help="K: authors in the deployed model")
+    parser.add_argument("--forget", type=int, default=4, help="M: sequential requests")
+    parser.add_argument("--eval-cap", type=int, default=40, help="items per retain/utility set")
+    parser.add_argument("--work", default=str(ROOT / ".work"))
+    parser.add_argument("--out", default=str(ROOT / "results"))
+    parser.add_argument("--skip-retrain", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    work, out = Path(args.work), Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def log(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    base = models.pull_default(work / "smollm2-135m", work / "wheels")
+    rows = load_authors(args.data)
+    ids, selected = select_authors(rows, args.authors)
+    forget_ids, retain_ids = ids[: args.forget], ids[args.forget :]
+    t = time.perf_counter()
+    deployed, manifest = build_deployed_model(
+        base, args.data, ids, work / f"deployed-{args.authors}"
+    )
+    log(f"deployed model: {time.perf_counter() - t:.0f} s (cached if fast)")
+    corpus = work / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in selected))
+    suite = Suite(selected, forget_ids, retain_ids, args.eval_cap)
+    cfg = VerifyConfig()
+    forget_rows = [r for a in forget_ids for r in suite.forget_rows[a]]
+    results: dict = {"config": vars(args) | {"machine": platform.processor() or platform.machine(),
+                                              "threads": torch.get_num_threads()},
+                     "deployed_training": manifest["training"], "models": {}}  # fmt: skip
+
+    def record(name, model, tokenizer, wall, indirect=()):
+        row = suite.measure(model, tokenizer, forget_ids, indirect)
+        row.update(robustness(model, tokenizer, forget_rows, cfg))
+        row["wall_s"] = round(wall, 1)
+        results["models"][name] = row
+        log(f"{name}: {row}")
+
+    model, tokenizer = models.load_model(deployed)
+    record("no-op (deployed)", model, tokenizer, 0.0)
+
+    per_request = run_forgetctl(work, deployed, corpus, suite, forget_ids, log)
+    results["forgetctl_requests"] = per_request
+    home = Home(work / "home")
+    ledger = open_ledger(home.ledger_path)
+    model, tokenizer = versions.load_version(ledger, home, ledger.alias("production"))
+    total = sum(sum(r.get("times_s", {}).values()) for r in per_request)
+    indirect = [
+        i
+        for r in per_request
+        if "request" in r
+        for i in load_plan(ledger, Keyring(home.keys), r["request"]).forget
+        if i.kind == "indirect"
+    ]
+    record("forgetctl", model, tokenizer, total, indirect)
+
+    model, tokenizer = models.load_model(deployed)
+    steps = 80  # the default policy's max_steps
+    wall = gradient_ascent(model, tokenizer, forget_rows, steps, lr=1e-5)
+    record("gradient ascent (no gate)", model, tokenizer, wall, indirect)
+
+    if not args.skip_retrain:
+        model, tokenizer = models.load_model(base)
+        retained = [r for r in selected if r["author_id"] in retain_ids]
+        t = time.perf_counter()
+        epochs = manifest["training"]["epochs"]
+        lr = manifest["training"]["learning_rate"]
+        stats = finetune(model, tokenizer, pairs_of(retained), epochs=epochs, learning_rate=lr,
+                         batch_size=manifest["training"]["batch_size"])  # fmt: skip
+        wall = time.perf_counter() - t
+        results["retrain_training"] = stats
+        record("retrain from scratch", model, tokenizer, wall, indirect)
+
+    results["peak_rss_mb"] = round(peak_rss_mb())
+    (out / "tofu.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / "tofu.md").write_text(table(results) + "\n")
+    plot(results, out / "tofu.png")
+    log("\n" + table(results))
+
+
+if __name__ == "__main__":
+    main()
