@@ -368,6 +368,12 @@ def list_requests(ledger: Ledger, status: str | None = None, overdue: bool = Fal
     return rows
 
 
+def ids_in_status(ledger: Ledger, status: str) -> list[int]:
+    """Requests in one status, in deadline order (the order the run loop works in)."""
+    sql = "SELECT id FROM requests WHERE status = ? ORDER BY due, id"
+    return [r["id"] for r in ledger.db.query(sql, [status])]
+
+
 # -- life cycle --------------------------------------------------------------------------
 def cancel(ledger: Ledger, request_id: int, reason: str) -> None:
     if not reason.strip():

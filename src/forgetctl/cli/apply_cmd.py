@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from forgetctl import requests as rq
 from forgetctl.cli import common
 from forgetctl.cli.progress import training_bar
 
@@ -19,12 +20,7 @@ def register(app: typer.Typer) -> None:
 
         ledger = common.ledger()
         home = common.home()
-        ids = requests or [
-            r["id"]
-            for r in ledger.db.query(
-                "SELECT id FROM requests WHERE status = 'planned' ORDER BY received, id"
-            )
-        ]
+        ids = requests or rq.ids_in_status(ledger, "planned")
         summary = []
         for request_id in ids:
             with training_bar(f"request {request_id}", quiet=json_) as bar:

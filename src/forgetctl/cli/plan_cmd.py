@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
+from forgetctl import requests as rq
 from forgetctl.cli import common
 from forgetctl.cli.progress import status
 from forgetctl.errors import BadInput, InvalidState
@@ -66,12 +67,7 @@ def register(app: typer.Typer) -> None:
 
         ledger = common.ledger()
         home = common.home()
-        ids = [int(t) for t in targets] or [
-            r["id"]
-            for r in ledger.db.query(
-                "SELECT id FROM requests WHERE status = 'received' ORDER BY due, id"
-            )
-        ]
+        ids = [int(t) for t in targets] or rq.ids_in_status(ledger, "received")
         results = []
         for request_id in ids:
             with status(f"planning request {request_id}", quiet=json_) as say:
