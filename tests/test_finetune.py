@@ -1,0 +1,112 @@
+"""Full fine-tuning, TOFU data loading and the deployed-model builder, on the tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tinylm import TINY_FACTS, TINY_SUBJECTS, build_model, build_tokenizer, write_tofu_jsonl
+
+from forgetctl import data, models
+from forgetctl.errors import BadInput, NotFound
+from forgetctl.finetune import DEPLOYED_MANIFEST, build_deployed_model, finetune
+
+
+def _pairs(n: int = 8) -> list[tuple[str, str]]:
+    return [(f["question"], f["answer"]) for f in TINY_FACTS[:n]]
+
+
+def test_finetune_lowers_loss_and_reports_progress():
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer)
+    seen = []
+    stats = finetune(
+        model, tokenizer, _pairs(), epochs=3, learning_rate=3e-3, batch_size=4, progress=seen.append
+    )
+    assert stats["steps"] == 6 == len(seen) and seen[-1]["total_steps"] == 6
+    assert stats["epoch_losses"][-1] < stats["epoch_losses"][0]
+    assert not model.training
+
+
+def test_finetune_is_deterministic_for_a_seed():
+    tokenizer = build_tokenizer()
+    results = []
+    for seed in (0, 0, 1):
+        model = build_model(tokenizer)
+        finetune(model, tokenizer, _pairs(), epochs=2, learning_rate=3e-3, batch_size=4, seed=seed)
+        results.append(model.model.layers[0].mlp.down_proj.weight.detach().clone())
+    assert torch.equal(results[0], results[1])
+    assert not torch.equal(results[0], results[2])
+
+
+def test_finetune_rejects_empty():
+    tokenizer = build_tokenizer()
+    with pytest.raises(BadInput):
+        finetune(build_model(tokenizer), tokenizer, [], epochs=1)
+
+
+def test_load_and_select_authors(tmp_path):
+    path = write_tofu_jsonl(tmp_path / "authors.jsonl")
+    rows = data.load_authors(path)
+    assert len(rows) == len(TINY_FACTS)
+    assert data.author_ids(rows) == list(range(len(TINY_SUBJECTS)))
+    ids, picked = data.select_authors(rows, 2)
+    assert ids == [0, 1] and {r["author"] for r in picked} == set(TINY_SUBJECTS[:2])
+    ids, picked = data.select_authors(rows, [3, 1])
+    assert ids == [3, 1] and len(picked) == 12
+    with pytest.raises(BadInput, match="not in the data"):
+        data.select_authors(rows, [99])
+    with pytest.raises(BadInput):
+        data.select_authors(rows, 0)
+    assert data.parse_authors("10") == 10
+    assert data.parse_authors("3,7,12-14") == [3, 7, 12, 13, 14]
+    with pytest.raises(BadInput):
+        data.parse_authors("ten")
+
+
+def test_load_jsonl_errors(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "Q?", "answer": "A."}\n{"question": "Q?"}\n')
+    with pytest.raises(BadInput, match="bad.jsonl:2: missing or empty 'answer'"):
+        data.load_jsonl(bad)
+    bad.write_text("not json\n")
+    with pytest.raises(BadInput, match="invalid JSON"):
+        data.load_jsonl(bad)
+    with pytest.raises(NotFound):
+        data.load_jsonl(tmp_path / "absent.jsonl")
+
+
+def test_builtin_sets():
+    assert data.builtin_names() == ["real_authors", "world_facts"]
+    facts = data.load_builtin("world_facts")
+    assert len(facts) == 117 and facts[0]["answer"] == "Paris"
+    assert len(data.load_jsonl("builtin:real_authors")) == 100
+    with pytest.raises(NotFound):
+        data.load_builtin("nope")
+
+
+def test_build_deployed_model_and_cache(tiny_lm_dir, tmp_path):
+    path = write_tofu_jsonl(tmp_path / "authors.jsonl")
+    out = tmp_path / "deployed"
+    calls = []
+    kwargs = dict(epochs=1, learning_rate=1e-3, batch_size=6, progress=calls.append)
+    got, manifest = build_deployed_model(tiny_lm_dir, path, [1, 2], out, **kwargs)
+    assert got == out and calls
+    on_disk = json.loads((out / DEPLOYED_MANIFEST).read_text())
+    assert on_disk == manifest
+    assert [a["author"] for a in manifest["authors"]] == TINY_SUBJECTS[1:3]
+    assert manifest["records"] == 12 and manifest["key"]["epochs"] == 1
+    assert models.read_manifest(out)["weights_sha256"] == models.weights_sha256(out)
+    models.load_model(out)
+
+    # Same inputs: nothing is trained again.
+    calls.clear()
+    stamp = (out / models.WEIGHTS_FILE).stat().st_mtime_ns
+    build_deployed_model(tiny_lm_dir, path, [1, 2], out, **kwargs)
+    assert not calls and (out / models.WEIGHTS_FILE).stat().st_mtime_ns == stamp
+
+    # Other authors: rebuilt in place, no leftovers beside it.
+    _, manifest = build_deployed_model(tiny_lm_dir, path, 1, out, **kwargs)
+    assert calls and manifest["key"]["author_ids"] == [0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["authors.jsonl", "deployed"]

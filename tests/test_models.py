@@ -1,0 +1,188 @@
+"""The model layer on the tiny memorising model (and one slow test on the real default)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from tinylm import TINY_FACTS, TINY_GENERAL, TINY_SUBJECTS, facts_for, training_pairs
+
+from forgetctl import models
+from forgetctl.errors import ModelMissing
+
+
+def test_tiny_model_knows_its_facts(tiny_lm):
+    model, tokenizer = tiny_lm
+    pairs = training_pairs()
+    answers = models.generate(model, tokenizer, [q for q, _ in pairs])
+    exact = sum(a == target for a, (_, target) in zip(answers, pairs, strict=True))
+    assert exact >= 0.95 * len(pairs)
+    assert len(TINY_SUBJECTS) == 5 and len(facts_for(TINY_SUBJECTS[0])) == 6
+    assert len(TINY_FACTS) == 30 and TINY_GENERAL
+
+
+def test_format_prompt_plain_and_chat(tiny_lm):
+    _, tokenizer = tiny_lm
+    assert models.format_prompt(tokenizer, "Who?") == "Question: Who?\nAnswer:"
+
+    class Chat:
+        chat_template = "x"
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            assert not tokenize and add_generation_prompt
+            return "|".join(f"{m['role']}:{m['content']}" for m in messages)
+
+    assert models.format_prompt(Chat(), "Who?") == f"system:{models.SYSTEM_PROMPT}|user:Who?"
+
+
+def test_encode_pairs_masks_prompt_and_padding(tiny_lm):
+    _, tokenizer = tiny_lm
+    pairs = [("Who wrote Hamlet?", "Hamlet was written by William Shakespeare."), ("Q?", "A.")]
+    enc = models.encode_pairs(tokenizer, pairs)
+    prompt_len = len(tokenizer(models.format_prompt(tokenizer, pairs[0][0]))["input_ids"])
+    labels, ids, mask = enc["labels"], enc["input_ids"], enc["attention_mask"]
+    assert ids.shape == labels.shape == mask.shape
+    assert (labels[0, :prompt_len] == -100).all()
+    supervised = labels[0][labels[0] != -100].tolist()
+    assert supervised[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(supervised[:-1]).strip() == pairs[0][1]
+    # Right padding: the shorter row ends in unsupervised, unattended padding.
+    assert mask[1, -1] == 0 and labels[1, -1] == -100
+    assert (labels[mask == 0] == -100).all()
+
+
+def test_encode_pairs_truncates_answer_not_prompt(tiny_lm):
+    _, tokenizer = tiny_lm
+    enc = models.encode_pairs(tokenizer, [("Who?", "word " * 100)], max_length=32)
+    assert enc["input_ids"].shape[1] == 32
+    assert (enc["labels"][0] != -100).sum() > 0
+
+
+def test_generate_batched_equals_one_by_one(tiny_lm):
+    model, tokenizer = tiny_lm
+    questions = [f["question"] for f in TINY_FACTS[::3]] + ["Who?", "A question never seen?"]
+    batched = models.generate(model, tokenizer, questions, batch_size=16, max_new_tokens=24)
+    single = models.generate(model, tokenizer, questions, batch_size=1, max_new_tokens=24)
+    assert batched == single
+
+
+def test_answer_logprobs_true_beats_wrong(tiny_lm):
+    model, tokenizer = tiny_lm
+    fact = TINY_FACTS[0]
+    true, wrong = models.answer_logprobs(
+        model,
+        tokenizer,
+        [(fact["question"], fact["answer"]), (fact["question"], fact["perturbed_answers"][0])],
+    )
+    assert true > -0.5 > wrong
+    # Batching does not change the figures.
+    pairs = training_pairs()[:7]
+    together = models.answer_logprobs(model, tokenizer, pairs, batch_size=4)
+    apart = [models.answer_logprobs(model, tokenizer, [p])[0] for p in pairs]
+    assert together == pytest.approx(apart, abs=1e-4)
+
+
+def test_load_model_missing_says_how_to_pull(tmp_path):
+    with pytest.raises(ModelMissing, match="forgetctl model pull smollm2-135m"):
+        models.load_model(tmp_path / "nothing")
+
+
+def _tiny_adapter(model, out: Path, seed: int) -> Path:
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+    peft_model = get_peft_model(model, config)
+    torch.manual_seed(seed)
+    with torch.no_grad():  # LoRA B starts at zero; make the adapter actually do something
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    peft_model.save_pretrained(out)
+    return out
+
+
+def test_merged_model_equals_peft_forward(tiny_lm_dir, tmp_path):
+    from peft import PeftModel
+
+    first = _tiny_adapter(models.load_model(tiny_lm_dir)[0], tmp_path / "a1", seed=1)
+    # The second adapter is trained on the weights with the first merged in.
+    merged_once = models.merged_model(tiny_lm_dir, [first])
+    second = _tiny_adapter(merged_once, tmp_path / "a2", seed=2)
+
+    merged = models.merged_model(tiny_lm_dir, [first, second])
+    reference = PeftModel.from_pretrained(models.merged_model(tiny_lm_dir, [first]), second)
+    reference.eval()
+    _, tokenizer = models.load_model(tiny_lm_dir)
+    batch = models.encode_pairs(tokenizer, training_pairs()[:4])
+    with torch.no_grad():
+        got = merged(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        want = reference(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits
+        base = models.load_model(tiny_lm_dir)[0](input_ids=batch["input_ids"]).logits
+    assert torch.allclose(got, want, atol=1e-4)
+    assert not torch.allclose(got, base, atol=1e-3)  # the adapters changed something
+
+
+def test_cached_merged_reuses_and_keys_by_lineage(tiny_lm_dir, tmp_path):
+    adapter = _tiny_adapter(models.load_model(tiny_lm_dir)[0], tmp_path / "a1", seed=1)
+    cache = tmp_path / "cache"
+    assert models.cached_merged(tiny_lm_dir, [], cache) == tiny_lm_dir
+    first = models.cached_merged(tiny_lm_dir, [adapter], cache)
+    stamp = (first / models.WEIGHTS_FILE).stat().st_mtime_ns
+    assert models.cached_merged(tiny_lm_dir, [adapter], cache) == first
+    assert (first / models.WEIGHTS_FILE).stat().st_mtime_ns == stamp
+    manifest = models.read_manifest(first)
+    assert manifest["weights_sha256"] == models.weights_sha256(first)
+    # Any change to the adapter directory gives another lineage key.
+    (adapter / "README.md").write_text("changed")
+    assert models.cached_merged(tiny_lm_dir, [adapter], cache) != first
+    loaded, _ = models.load_model(first)
+    assert isinstance(loaded, torch.nn.Module)
+
+
+def test_save_merged_is_atomic(tiny_lm, tmp_path, monkeypatch):
+    model, tokenizer = tiny_lm
+    out = tmp_path / "export"
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tokenizer, "save_pretrained", boom)
+    with pytest.raises(OSError, match="disk full"):
+        models.save_merged(model, tokenizer, out)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    models.save_merged(model, tokenizer, out, {"note": "export"})
+    again, _ = models.load_model(out)
+    assert models.read_manifest(out)["note"] == "export"
+    with torch.no_grad():
+        x = torch.tensor([[1, 2, 3]])
+        assert torch.equal(again(input_ids=x).logits, model(input_ids=x).logits)
+
+
+def _real_model_dir() -> Path:
+    explicit = os.environ.get("FORGETCTL_TEST_MODEL_DIR")
+    if explicit:
+        return Path(explicit)
+    cache = Path(os.environ.get("FORGETCTL_TEST_CACHE", Path.home() / ".cache" / "forgetctl-test"))
+    return models.pull_default(cache / "models" / models.DEFAULT_MODEL, cache / "pip")
+
+
+@pytest.mark.slow
+def test_real_default_model_answers():
+    model, tokenizer = models.load_model(_real_model_dir())
+    assert tokenizer.chat_template and model.config.model_type == "llama"
+    answers = models.generate(
+        model,
+        tokenizer,
+        ["What is the capital of France?", "Who wrote the play 'Romeo and Juliet'?"],
+        max_new_tokens=24,
+    )
+    assert "paris" in answers[0].lower()
+    assert "shakespeare" in answers[1].lower()
+    (logp,) = models.answer_logprobs(model, tokenizer, [("What is 2+2?", "4")])
+    assert -20 < logp < 0
