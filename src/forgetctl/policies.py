@@ -68,8 +68,9 @@ class PlanConfig(_Strict):
     """A request whose forget set overlaps the retain side beyond this share is rejected."""
     generated_paraphrases: int = Field(2, ge=0)
     """Model-generated rewordings tried per record question (kept only when valid)."""
-    paraphrase_min_similarity: float = Field(0.6, ge=0, le=1)
-    """A rewording must stay at least this close (cosine) to the question it rewords."""
+    paraphrase_min_similarity: float = Field(0.75, ge=0, le=1)
+    """A rewording must stay at least this close (cosine) to the question it rewords
+    (TOFU's own paraphrases: 97% at or above 0.75 with MiniLM)."""
     indirect_per_record: int = Field(2, ge=1)
     adversarial_per_record: int = Field(3, ge=0)
     general_k: int = Field(32, ge=0)
