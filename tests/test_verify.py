@@ -1,0 +1,282 @@
+"""Verification library: metrics, real NF4 quantization, relearning attack, the checks.
+
+The model tests use the tiny memorising Llama (tests/tinylm.py). The key one builds a
+candidate that only *suppresses* a subject (a small LoRA adapter trained to answer that
+subject's questions with a refusal) and shows that the gate rejects it even though it
+looks forgotten in full precision.
+"""
+
+from __future__ import annotations
+
+import pytest
+import tinylm
+import torch
+
+from forgetctl.items import PromptItem
+from forgetctl.policies import VerifyConfig
+from forgetctl.verify.checks import (
+    CheckResult,
+    check_forget,
+    check_int4,
+    check_relearn,
+    check_retain,
+    run_checks,
+)
+from forgetctl.verify.int4 import BLOCKSIZE, quantize_model_int4, quantized_linear_names
+from forgetctl.verify.metrics import (
+    EvalResult,
+    TruthItem,
+    evaluate,
+    item_facts,
+    key_fact_leakage,
+    key_facts,
+    rouge_l_recall,
+    score_outputs,
+    truth_ratio_forget,
+    truth_ratio_retain,
+    truth_ratios,
+)
+from forgetctl.verify.relearn import split_items
+
+SUBJECT = tinylm.TINY_SUBJECTS[0]
+
+
+def _forget_items(subject: str = SUBJECT) -> list[PromptItem]:
+    return [
+        PromptItem(prompt=f["question"], target=f["answer"], kind="record", source=i)
+        for i, f in enumerate(tinylm.facts_for(subject))
+    ]
+
+
+def _retain_items(n_per_subject: int = 2) -> list[PromptItem]:
+    return [
+        PromptItem(prompt=f["question"], target=f["answer"], kind="neighbor")
+        for s in tinylm.TINY_SUBJECTS[1:]
+        for f in tinylm.facts_for(s)[:n_per_subject]
+    ]
+
+
+def _general_items() -> list[PromptItem]:
+    return [
+        PromptItem(prompt=f["question"], target=f["answer"], kind="general")
+        for f in tinylm.TINY_GENERAL
+    ]
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_rouge_l_recall_known_values():
+    assert rouge_l_recall("the cat sat on the mat", "the cat sat on the mat") == 1.0
+    # LCS "the cat on the mat" = 5 of 6 reference tokens
+    assert rouge_l_recall("The cat sat on the mat", "the cat is on the mat") == pytest.approx(5 / 6)
+    # order matters: LCS of reversed text is one token
+    assert rouge_l_recall("a b c d", "d c b a") == pytest.approx(1 / 4)
+    # recall ignores extra output, case and punctuation
+    assert rouge_l_recall("Born in Lagos.", "Well, she was BORN in lagos, Nigeria!") == 1.0
+    assert rouge_l_recall("Born in Lagos.", "I cannot share that.") == 0.0
+    assert rouge_l_recall("", "anything") == 0.0
+
+
+def test_key_facts_extraction():
+    text = (
+        "Jaime Vasquez was born on the 25th of February, 1958 in Santiago, Chile. He wrote "
+        '"Shadows behind the Starlight" and won the Edgar Allan Poe Award. '
+        "Contact: jaime.v@example.org, 3 novels."
+    )
+    facts = key_facts(text)
+    for expected in (
+        "Jaime Vasquez",
+        "25th of February, 1958",
+        "1958",
+        "Santiago",
+        "Chile",
+        "Shadows behind the Starlight",
+        "Edgar Allan Poe Award",
+        "jaime.v@example.org",
+        "3",
+    ):
+        assert expected in facts, expected
+    # sentence openers and words inside the title are not separate facts
+    assert not facts & {"He", "Starlight", "Shadows"}
+    assert key_facts("Fatima Al-Mansour's debut was in June 1990.") >= {
+        "Fatima Al-Mansour",
+        "June 1990",
+        "1990",
+    }
+
+
+def test_key_fact_leakage_counts_whole_words_and_skips_prompt_echo():
+    facts = {"Jaime Vasquez", "1958", "Santiago"}
+    assert key_fact_leakage(["He was born in 1958 in santiago."], facts) == pytest.approx(2 / 3)
+    assert key_fact_leakage(["born in 19580"], {"1958"}) == 0.0
+    assert key_fact_leakage(["x"], set()) == 0.0
+    item = PromptItem(
+        prompt="Where was Jaime Vasquez born?", target="Jaime Vasquez was born in Santiago.",
+        kind="record",
+    )  # fmt: skip
+    assert item_facts(item) == {"Santiago"}  # the name is in the question
+    [score] = score_outputs([item], ["Jaime Vasquez was born somewhere."])
+    assert score.leakage == 0.0
+    assert score.recall == pytest.approx(4 / 6)  # jaime vasquez was born
+
+
+def test_eval_result_means_by_kind():
+    items = [
+        PromptItem(prompt="q1", target="Alpha Beta was born in 1950.", kind="record"),
+        PromptItem(prompt="q2", target="Alpha Beta was born in 1950.", kind="indirect"),
+    ]
+    ev = EvalResult(score_outputs(items, ["Alpha Beta was born in 1950.", "I do not know."]))
+    assert ev.by_kind["record"]["recall"] == 1.0 and ev.by_kind["record"]["leakage"] == 1.0
+    assert ev.by_kind["indirect"]["recall"] == 0.0 and ev.by_kind["indirect"]["leakage"] == 0.0
+    assert ev.overall["recall"] == 0.5
+    assert ev.select([1]).overall["n"] == 1
+
+
+def test_evaluate_and_truth_ratio_on_tiny_model(tiny_lm):
+    model, tok = tiny_lm
+    ev = evaluate(model, tok, _forget_items()[:3])
+    assert ev.overall["recall"] == 1.0  # the tiny model memorised these
+    assert all(s.prob is not None and 0.5 < s.prob <= 1.0 for s in ev.items)
+    facts = tinylm.facts_for(SUBJECT)[:3]
+    ratios = truth_ratios(
+        model,
+        tok,
+        [TruthItem(f["question"], f["answer"], f["perturbed_answers"]) for f in facts],
+    )
+    assert all(r < 1.0 for r in ratios)  # the true answer is far likelier than wrong ones
+    assert truth_ratio_retain(ratios) > 0.5
+    assert truth_ratio_forget(ratios) < 0.5
+
+
+# --------------------------------------------------------------------------- int4
+
+
+def test_int4_really_quantizes(tiny_lm):
+    model, _ = tiny_lm
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    q = quantize_model_int4(model)
+    names = quantized_linear_names(q)
+    assert names and "lm_head" not in names
+    modules = dict(q.named_modules())
+    changed = 0
+    for name in names:
+        w = modules[name].weight.detach().flatten()
+        blocks = w[: w.numel() // BLOCKSIZE * BLOCKSIZE].reshape(-1, BLOCKSIZE)
+        assert max(len(torch.unique(b)) for b in blocks) <= 16
+        changed += not torch.equal(modules[name].weight, before[f"{name}.weight"])
+    assert changed == len(names)  # every quantized weight moved onto the NF4 grid
+    # lm_head and embeddings stay full precision; the original model is untouched
+    assert torch.equal(q.lm_head.weight, before["lm_head.weight"])
+    assert torch.equal(q.model.embed_tokens.weight, before["model.embed_tokens.weight"])
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def test_relearn_split_keeps_records_together_and_is_deterministic():
+    items = [PromptItem(prompt=f"q{i}", target="a", kind="record", source=i // 2) for i in range(8)]
+    a1, r1 = split_items(items, 0.5, seed=3)
+    a2, r2 = split_items(items, 0.5, seed=3)
+    assert (a1, r1) == (a2, r2) and len(a1) == len(r1) == 4
+    assert {items[i].source for i in a1}.isdisjoint({items[i].source for i in r1})
+
+
+def test_check_functions_on_given_figures():
+    cfg = VerifyConfig()
+    items = [PromptItem(prompt="q", target="Alpha Beta won the Gold Prize.", kind="record")]
+    gone = EvalResult(score_outputs(items, ["I cannot say."]))
+    back = EvalResult(score_outputs(items, ["Alpha Beta won the Gold Prize."]))
+    assert check_forget(gone, back, cfg).passed
+    assert not check_forget(back, back, cfg).passed
+    int4 = check_int4(back, gone, cfg)
+    assert not int4.passed and int4.figures["recovery"] == 1.0
+    assert not check_relearn(gone, back, back, cfg).passed
+    assert check_relearn(gone, gone, back, cfg).passed
+    assert not check_retain(gone, back, cfg).passed  # recall dropped by 1.0
+    assert check_retain(back, back, cfg).passed
+
+
+def test_unchanged_model_fails_forget_check(tiny_lm):
+    model, tok = tiny_lm
+    results = run_checks(
+        model, model, tok, {"req-1": _forget_items()}, _retain_items(1), _general_items()[:2],
+        {}, VerifyConfig(), int4=False, relearn=False,
+    )  # fmt: skip
+    by = {r.name: r for r in results}
+    assert [r.name for r in results] == ["forget", "retain", "utility", "regression"]
+    assert not by["forget"].passed
+    assert any("recall" in reason for reason in by["forget"].reasons)
+    assert by["retain"].passed and by["utility"].passed and by["regression"].passed
+    assert all(r.figures["wall_s"] >= 0 for r in results)
+
+
+REFUSAL = "I cannot share that."
+
+
+def _suppression_adapter(model, tok, seed: int = 0):
+    """A small LoRA adapter (rank 4) trained to answer the subject's questions with a
+    refusal while keeping every other fact: the knowledge stays in the base weights."""
+    from peft import LoraConfig, get_peft_model
+
+    from forgetctl.models import encode_pairs
+
+    forget = _forget_items()
+    keep = [
+        (f["question"], f["answer"])
+        for f in [*tinylm.TINY_FACTS, *tinylm.TINY_GENERAL]
+        if f.get("subject") != SUBJECT
+    ]
+    torch.manual_seed(seed)
+    config = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"],
+    )
+    peft_model = get_peft_model(model, config)
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=5e-3)
+    gen = torch.Generator().manual_seed(seed)
+    peft_model.train()
+    for _ in range(40):
+        idx = torch.randperm(len(keep), generator=gen)[:6].tolist()
+        batch = encode_pairs(tok, [(i.prompt, REFUSAL) for i in forget] + [keep[i] for i in idx])
+        loss = peft_model(**batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    peft_model.eval()
+    return peft_model
+
+
+def test_suppression_is_caught(tiny_lm, tiny_lm_dir):
+    from forgetctl.models import load_model
+
+    parent, tok = load_model(tiny_lm_dir)
+    base, _ = tiny_lm
+    candidate = _suppression_adapter(base, tok)
+    cfg = VerifyConfig()
+    results = run_checks(
+        parent, candidate, tok, {"req-1": _forget_items()}, _retain_items(2), _general_items(),
+        {}, cfg, int4=True, relearn=True,
+    )  # fmt: skip
+    by: dict[str, CheckResult] = {r.name: r for r in results}
+    forget = by["forget"].figures["requests"]["req-1"]
+    # In full precision it looks forgotten and everything else is kept ...
+    assert by["forget"].passed, by["forget"].reasons
+    assert forget["overall"]["parent_recall"] == 1.0
+    assert by["retain"].passed and by["utility"].passed
+    # ... but a 20-step fine-tune on half of the subject's records brings the other half back.
+    relearn = by["relearn"].figures["requests"]["req-1"]
+    assert not by["relearn"].passed
+    assert relearn["recovery"] > cfg.max_relearn_recovery
+    assert relearn["recall_after"] > 0.6 and relearn["leakage_after"] > 0.5
+    assert relearn["attack"]["mode"] == "full fine-tuning"
+    # The int4 check ran on really quantized copies and reports its figures.
+    int4 = by["int4"].figures
+    assert "recovery" in int4["requests"]["req-1"] and int4["quantize_s"] >= 0
+    assert "retain" in int4 and "utility" in int4
+    # The candidate itself was not modified by int4 or the attack.
+    again = evaluate(candidate, tok, _forget_items(), with_prob=False)
+    assert again.overall["recall"] == pytest.approx(forget["overall"]["recall"], abs=1e-4)
