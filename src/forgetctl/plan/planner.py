@@ -1,0 +1,456 @@
+"""The plan step: a deletion request becomes a verdict and an entity prompt set.
+
+    duplicate? (subject already forgotten in the lineage: nothing computed)
+    scope guard on the records (general knowledge, other subjects' rows) -> rejected?
+    expand the in-scope records (paraphrase, indirect, adversarial) + attribute prompts
+    probe the current model on every forget prompt
+    keep what the model knows                                            -> not_present?
+    merge near-duplicates
+    retain side: faiss neighbors from the retain corpus + general items  -> planned
+
+The guard runs before any generation so that a request reaching into other people's
+data costs no model time. Pure: no ledger, no files. Deterministic for ``cfg.seed``
+(greedy decoding, seeded choices, exact search).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from forgetctl.errors import BadInput
+from forgetctl.items import FORGET_KINDS, PromptItem, PromptSet
+from forgetctl.plan import expand as ex
+from forgetctl.plan import filter as fl
+from forgetctl.plan.embed import CachedEmbedder, Embedder, default_embedder
+from forgetctl.plan.text import Subject, name_matches, squash
+from forgetctl.policies import PlanConfig
+
+Verdict = Literal["planned", "not_present", "rejected", "duplicate"]
+
+# Fictitious people the attribute check compares the subject with when there are no
+# records: an answer the model would give about anyone is not the subject's data.
+CONTROL_NAMES = ("Elena Marwick", "Tomasz Verhoeven", "Ines Caldara")
+
+
+@dataclass
+class PlanOutcome:
+    verdict: Verdict
+    prompt_set: PromptSet | None
+    """The planned set; for not_present and rejected, an empty forget side with the probe
+    and the dropped items as evidence; None for duplicate (nothing was computed)."""
+    reasons: list[str] = field(default_factory=list)
+    figures: dict = field(default_factory=dict)
+
+
+class _Run:
+    """Timings, dropped items and figures of one plan run, and how it ends."""
+
+    def __init__(self, cfg: PlanConfig, progress: Callable[[str], None] | None) -> None:
+        self.cfg = cfg
+        self.say = progress or (lambda _msg: None)
+        self.start = self.last = time.perf_counter()
+        self.timings: dict[str, float] = {}
+        self.dropped: list[dict] = []
+        self.probe: dict = {"items": 0, "known": 0, "note": "not run"}
+        self.figures: dict = {}
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage] = round(now - self.last, 3)
+        self.last = now
+
+    def finish(self, verdict: Verdict, forget=(), retain=(), reasons=()) -> PlanOutcome:
+        self.timings["total"] = round(time.perf_counter() - self.start, 3)
+        figures = {
+            **self.figures,
+            "counts": dict(Counter(i.kind for i in [*forget, *retain])),
+            "dropped": dict(Counter(d["reason"] for d in self.dropped)),
+            "probe": {k: v for k, v in self.probe.items() if k != "attributes"},
+            "timings_s": self.timings,
+        }
+        ps = PromptSet(
+            forget=list(forget), retain=list(retain), dropped=self.dropped, probe=self.probe
+        )
+        return PlanOutcome(verdict, ps, list(reasons), figures)
+
+    def reject(self, share: float, reasons_scope: list[dict]) -> PlanOutcome:
+        by_reason = Counter(r["reason"] for r in reasons_scope)
+        others = sorted({r["subject"] for r in reasons_scope if r.get("subject")})
+        detail = ", ".join(f"{k}: {v}" for k, v in sorted(by_reason.items()))
+        reasons = [
+            f"{share:.0%} of the request's items belong to the retain side "
+            f"(limit {self.cfg.max_retain_overlap:.0%}; {detail})"
+        ]
+        if others:
+            reasons.append("records of other subjects: " + ", ".join(others))
+        return self.finish("rejected", reasons=reasons)
+
+
+def _forgotten_match(
+    subject: Subject, forgotten: Iterable[str] | Mapping[str, str]
+) -> tuple[str, str | None] | None:
+    refs = forgotten if isinstance(forgotten, Mapping) else dict.fromkeys(forgotten)
+    for name, ref in refs.items():
+        if any(name_matches(name, form) for form in subject.forms()):
+            return name, ref
+    return None
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return round(float(np.mean(values)), 4) if len(values) else None
+
+
+def plan_request(
+    subject: str,
+    aliases: Sequence[str],
+    records: Sequence[dict],
+    scope: Literal["entity", "records"],
+    model,
+    tokenizer,
+    cfg: PlanConfig,
+    retain_corpus_rows: Sequence[dict],
+    general_items: Sequence[dict],
+    forgotten_subjects: Iterable[str] | Mapping[str, str] = (),
+    embedder: Embedder | None = None,
+    progress: Callable[[str], None] | None = None,
+    identifiers: Mapping[str, str] | None = None,
+) -> PlanOutcome:
+    """Plan one request.
+
+    ``records``: ``{question, answer}`` or ``{text}`` dicts; ``retain_corpus_rows``:
+    ``{question, answer[, author]}``; ``general_items``: ``{question, answer}``;
+    ``forgotten_subjects``: names already forgotten in the production lineage (a mapping
+    name -> request id lets a duplicate verdict point at the earlier request);
+    ``identifiers``: e.g. ``{"email": ...}``, used to describe the subject indirectly.
+    """
+    subj = Subject(squash(subject), tuple(a for a in aliases if a.strip()), dict(identifiers or {}))
+    if not subj.name:
+        raise BadInput("the request names no subject")
+    if scope not in ("entity", "records"):
+        raise BadInput(f"unknown scope {scope!r} (entity or records)")
+    if scope == "records" and not records:
+        raise BadInput("a records-scope request needs its records")
+    recs = ex.record_items(records, subj)
+
+    hit = _forgotten_match(subj, forgotten_subjects)
+    if hit:
+        name, ref = hit
+        where = f" by request {ref}" if ref else ""
+        return PlanOutcome(
+            "duplicate",
+            None,
+            [f"subject {name!r} was already forgotten in this lineage{where}"],
+            {"duplicate_of": ref, "matched_name": name},
+        )
+
+    run = _Run(cfg, progress)
+    emb = CachedEmbedder(embedder or default_embedder())
+    run.figures["embedder"] = emb.name
+
+    # ------------------------------------------------------------------ scope guard (records)
+    run.say("checking the records against the retain corpus and general knowledge")
+    corpus = fl.build_retain_corpus(
+        retain_corpus_rows, subj, emb, recs, emb.encode([fl.qa_text(i) for i in recs]),
+        cfg.near_duplicate_threshold,
+    )  # fmt: skip
+    general = [g for g in general_items if g.get("question") and g.get("answer")]
+    gen_vecs = emb.encode([f"{g['question']} {g['answer']}" for g in general])
+    gen_qvecs = emb.encode([g["question"] for g in general])
+
+    def guard(items: list[PromptItem]) -> list[dict | None]:
+        return fl.scope_check(
+            items, emb.encode([fl.qa_text(i) for i in items]), corpus, general, gen_vecs,
+            gen_qvecs, emb.encode([i.prompt for i in items]), subj, cfg.scope_overlap_threshold,
+        )  # fmt: skip
+
+    rec_reasons = guard(recs)
+    run.dropped += [r for r in rec_reasons if r]
+    run.figures.update(
+        retain_corpus_rows=len(corpus.rows),
+        retain_own_rows=len(corpus.own),
+        out_of_scope_records=sum(1 for r in rec_reasons if r),
+    )
+    run.lap("scope_guard")
+    if recs:
+        share = sum(1 for r in rec_reasons if r) / len(recs)
+        run.figures["overlap_share"] = round(share, 4)
+        if share > cfg.max_retain_overlap:
+            return run.reject(share, [r for r in rec_reasons if r])
+    recs = [it for it, r in zip(recs, rec_reasons, strict=True) if r is None]
+
+    # ------------------------------------------------------------------ expand
+    run.say(f"expanding {len(recs)} records into forget prompts")
+    derived, stats = _expand(recs, subj, model, tokenizer, cfg, emb)
+    attr_items = ex.attribute_prompts(subj, ex.load_attributes()) if scope == "entity" else []
+    to_probe = [*recs, *derived, *attr_items]
+    run.figures["expanded"] = dict(Counter(i.kind for i in to_probe))
+    run.figures.update(stats)
+    run.lap("expand")
+
+    # ------------------------------------------------------------------ probe
+    run.say(f"probing the model on {len(to_probe)} forget prompts")
+    outputs = fl.probe_answers(model, tokenizer, to_probe, cfg.probe_max_new_tokens)
+    recall = [
+        fl.rouge_l_recall(it.target, out) if it.target else 0.0
+        for it, out in zip(to_probe, outputs, strict=True)
+    ]
+    run.lap("probe")
+    attr_pairs = [
+        (it, o) for it, o in zip(to_probe, outputs, strict=True) if it.kind == "attribute"
+    ]
+    attr_kept, attr_evidence = _check_attributes(attr_pairs, recs, subj, model, tokenizer, cfg, run)
+    run.probe = _probe_figures(to_probe, recall, attr_evidence, cfg)
+    if attr_kept:
+        attr_reasons = guard(attr_kept)
+        run.dropped += [r for r in attr_reasons if r]
+        if not recs:
+            share = sum(1 for r in attr_reasons if r) / len(attr_kept)
+            run.figures["overlap_share"] = round(share, 4)
+            if share > cfg.max_retain_overlap:
+                return run.reject(share, [r for r in attr_reasons if r])
+        attr_kept = [it for it, r in zip(attr_kept, attr_reasons, strict=True) if r is None]
+    run.lap("attributes")
+
+    # ------------------------------------------------------------------ keep what is known
+    pairs = [(it, r) for it, r in zip(to_probe, recall, strict=True) if it.kind != "attribute"]
+    family: dict[int | None, float] = {}
+    for it, r in pairs:
+        family[it.source] = max(family.get(it.source, 0.0), r)
+    kept: list[PromptItem] = []
+    for it, r in pairs:
+        # "source": a record and its variants stand or fall together (the fact is known
+        # when any wording reveals it); "item": each prompt on its own answer.
+        figure = r if cfg.probe_derived == "item" else family[it.source]
+        if figure >= cfg.probe_min_recall:
+            kept.append(it)
+        else:
+            run.dropped.append(fl.dropped(it, "not_known", figure))
+    kept.sort(key=lambda it: (FORGET_KINDS.index(it.kind), it.source or 0))
+    kept += attr_kept
+    if not kept:
+        rec_recall = run.probe["by_kind"].get("record", {}).get("mean_recall")
+        reasons = [
+            f"the model does not reveal the subject: {run.probe['known']} of "
+            f"{run.probe['items']} forget prompts reach answer recall {cfg.probe_min_recall} "
+            f"(mean recall on the records: {rec_recall})"
+        ]
+        return run.finish("not_present", reasons=reasons)
+
+    # ------------------------------------------------------------------ near-duplicates
+    run.say(f"merging near-duplicates among {len(kept)} forget prompts")
+    merged = fl.merge_near_duplicates(
+        kept,
+        emb.encode([i.prompt for i in kept]),
+        emb.encode([i.target for i in kept]),
+        cfg.near_duplicate_threshold,
+    )
+    run.dropped += merged.dropped
+    forget = merged.kept
+    run.lap("merge")
+
+    # ------------------------------------------------------------------ retain side
+    run.say("selecting neighbors and general items to retain")
+    forget_vecs = emb.encode([fl.qa_text(i) for i in forget])
+    retain = _neighbors(forget, forget_vecs, corpus, cfg) + _general_sample(general, cfg)
+    run.lap("retain")
+    return run.finish("planned", forget, retain)
+
+
+def _expand(recs, subj: Subject, model, tokenizer, cfg: PlanConfig, emb) -> tuple[list, dict]:
+    """Paraphrase, indirect and adversarial items of the records, with figures."""
+    texts = [t for r in recs for t in (r.prompt, r.target)]
+    who = ex.role_noun(texts)
+    questions = [r for r in recs if r.prompt.endswith("?")]
+    rule_cands = [ex.rule_paraphrases(r.prompt, subj, who) for r in questions]
+    gen_raw = ex.generated_paraphrases(
+        [r.prompt for r in questions],
+        lambda prompts: _generate(model, tokenizer, prompts),
+        cfg.generated_paraphrases,
+    )
+    gen_cands = [
+        [c for c in raw if ex.valid_generated(c, r.prompt, subj)]
+        for r, raw in zip(questions, gen_raw, strict=True)
+    ]
+    # One batch for every candidate; the per-record selection below hits the cache.
+    emb.encode(
+        [
+            t
+            for r, a, b in zip(questions, rule_cands, gen_cands, strict=True)
+            for t in (r.prompt, *a, *b)
+        ]
+    )
+    paraphrases: list[PromptItem] = []
+    picked_counts = Counter()
+    for r, rules, gens in zip(questions, rule_cands, gen_cands, strict=True):
+        qvec, rvecs, gvecs = emb.encode([r.prompt]), emb.encode(rules), emb.encode(gens)
+        picked_rules = ex.select_paraphrases(
+            r.prompt, rules, rvecs, qvec[0], cfg.paraphrases_per_record,
+            cfg.paraphrase_min_similarity,
+        )  # fmt: skip
+        picked_gens = ex.select_paraphrases(
+            r.prompt, gens, gvecs, qvec[0], cfg.generated_paraphrases,
+            cfg.paraphrase_min_similarity, exclude=[rvecs[i] for i in picked_rules],
+        )  # fmt: skip
+        picked_counts["rule"] += len(picked_rules)
+        picked_counts["generated"] += len(picked_gens)
+        for text in [rules[i] for i in picked_rules] + [gens[i] for i in picked_gens]:
+            paraphrases.append(
+                PromptItem(prompt=text, target=r.target, kind="paraphrase", source=r.source)
+            )
+    descriptors = ex.extract_descriptors(texts, subj, ex.load_attributes())
+    indirect = ex.indirect_items(recs, descriptors, subj, who, cfg.indirect_per_record, cfg.seed)
+    adversarial = ex.adversarial_items(recs, subj, cfg.adversarial_per_record, cfg.seed)
+    stats = {
+        "paraphrases": {
+            **picked_counts,
+            "generated_raw": sum(map(len, gen_raw)),
+            "generated_valid": sum(map(len, gen_cands)),
+        },
+        "descriptors": len(descriptors),
+    }
+    return [*paraphrases, *indirect, *adversarial], stats
+
+
+def _check_attributes(attr_pairs, recs, subj, model, tokenizer, cfg: PlanConfig, run: _Run):
+    """Attribute items whose answer reveals the subject's data, and the evidence.
+
+    With records: the answer states a key fact of the records the question did not
+    contain. Without: the model ties the answer to this name (see :func:`_specificity`).
+    """
+    if not attr_pairs:
+        return [], []
+    if recs:
+        facts = fl.record_facts(recs, subj)
+        revealing = [fl.revealed_facts(a, it.prompt, facts) for it, a in attr_pairs]
+        figure = [float(len(r)) for r in revealing]
+        known = [bool(r) for r in revealing]
+    else:
+        figure = _specificity(model, tokenizer, subj, attr_pairs)
+        known = [f >= cfg.attribute_min_specificity for f in figure]
+    kept, evidence = [], []
+    for (it, answer), k, f in zip(attr_pairs, known, figure, strict=True):
+        item = PromptItem(prompt=it.prompt, target=answer, kind="attribute")
+        evidence.append({"prompt": it.prompt, "figure": round(f, 4), "reveals": k})
+        if k and answer.strip():
+            kept.append(item)
+        else:
+            run.dropped.append(fl.dropped(item, "attribute_not_revealing", f))
+    return kept, evidence
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _generate(model, tokenizer, prompts: list[str]) -> list[str]:
+    from forgetctl.models import generate
+
+    return generate(model, tokenizer, prompts, max_new_tokens=48)
+
+
+def _specificity(model, tokenizer, subj: Subject, pairs) -> list[float]:
+    """Mean token log-prob of each (question, answer) about the subject minus that of the
+    same pair with the name swapped for control names: high only when the model ties the
+    answer to this name rather than saying it about anyone."""
+    from forgetctl.models import answer_logprobs
+
+    name_re = subj.form_regex(with_parts=True)
+    own = answer_logprobs(model, tokenizer, [(it.prompt, a) for it, a in pairs])
+    controls = [c for c in CONTROL_NAMES if not subj.mentioned_in(c)]
+    other = np.zeros(len(pairs))
+    for control in controls:
+        swapped = [(name_re.sub(control, it.prompt), name_re.sub(control, a)) for it, a in pairs]
+        other += np.array(answer_logprobs(model, tokenizer, swapped))
+    other /= max(1, len(controls))
+    return [float(o - c) for o, c in zip(own, other, strict=True)]
+
+
+def _probe_figures(items, recall, attr_evidence, cfg: PlanConfig) -> dict:
+    by_kind: dict[str, dict] = {}
+    for kind in FORGET_KINDS:
+        values = [r for it, r in zip(items, recall, strict=True) if it.kind == kind and it.target]
+        if values:
+            by_kind[kind] = {
+                "n": len(values),
+                "mean_recall": _mean(values),
+                "known": sum(v >= cfg.probe_min_recall for v in values),
+            }
+    if attr_evidence:
+        by_kind["attribute"] = {
+            "n": len(attr_evidence),
+            "revealing": sum(e["reveals"] for e in attr_evidence),
+        }
+    known = sum(v.get("known", v.get("revealing", 0)) for v in by_kind.values())
+    return {
+        "items": len(items),
+        "known": known,
+        "min_recall": cfg.probe_min_recall,
+        "by_kind": by_kind,
+        "attributes": attr_evidence,
+    }
+
+
+def _neighbors(forget, forget_vecs, corpus: fl.RetainCorpus, cfg: PlanConfig) -> list[PromptItem]:
+    """``neighbors_k`` nearest retain-corpus rows per forget record (or attribute item when
+    there are no records), skipping the subject's own rows and rows that are
+    near-duplicates of any forget item."""
+    if cfg.neighbors_k == 0 or not corpus.rows:
+        return []
+    own = set(corpus.own)
+    too_close = set()
+    if len(forget_vecs):
+        sims, ids = corpus.index.search(forget_vecs, min(10, corpus.index.size))
+        for row_s, row_i in zip(sims, ids, strict=True):
+            too_close |= {
+                int(j)
+                for s, j in zip(row_s, row_i, strict=True)
+                if s >= cfg.near_duplicate_threshold
+            }
+    anchors = [i for i, it in enumerate(forget) if it.kind == "record"] or [
+        i for i, it in enumerate(forget) if it.kind == "attribute"
+    ]
+    k_search = min(corpus.index.size, cfg.neighbors_k + len(own) + len(too_close) + 8)
+    sims, ids = corpus.index.search(forget_vecs[anchors], k_search)
+    out: list[PromptItem] = []
+    taken: set[int] = set()
+    for a, row_ids in zip(anchors, ids, strict=True):
+        got = 0
+        for j in row_ids:
+            j = int(j)
+            if j < 0 or j in own or j in too_close:
+                continue
+            if j not in taken:
+                row = corpus.rows[j]
+                out.append(
+                    PromptItem(
+                        prompt=squash(row["question"]),
+                        target=squash(row["answer"]),
+                        kind="neighbor",
+                        source=forget[a].source,
+                    )  # fmt: skip
+                )
+                taken.add(j)
+            got += 1
+            if got >= cfg.neighbors_k:
+                break
+    return out
+
+
+def _general_sample(general: Sequence[dict], cfg: PlanConfig) -> list[PromptItem]:
+    """``general_k`` general-knowledge items, drawn with ``cfg.seed``."""
+    rng = random.Random(f"{cfg.seed}:general")
+    picks = rng.sample(range(len(general)), min(cfg.general_k, len(general)))
+    return [
+        PromptItem(
+            prompt=squash(general[i]["question"]),
+            target=squash(str(general[i]["answer"])),
+            kind="general",
+        )
+        for i in sorted(picks)
+    ]
