@@ -200,7 +200,7 @@ def test_rule_paraphrases_give_two_distinct_rewordings_for_every_fixture_questio
         cands = ex.rule_paraphrases(fact["question"], subject, "person")
         vecs = embedder.encode(cands)
         qvec = embedder.encode([fact["question"]])[0]
-        picked = ex.select_paraphrases(fact["question"], cands, vecs, qvec, 2, 0.75)
+        picked = ex.select_paraphrases(cands, vecs, qvec, 2, 0.75)
         assert len(picked) == 2, fact["question"]
         assert all(SUBJECT in cands[i] for i in picked)
 

@@ -270,17 +270,23 @@ def valid_generated(candidate: str, question: str, subject: Subject) -> bool:
 
 
 def select_paraphrases(
-    question: str,
     candidates: Sequence[str],
     vectors: np.ndarray,
     qvec: np.ndarray,
     n: int,
     min_similarity: float,
     exclude: Sequence[np.ndarray] = (),
+    diverse: bool = True,
 ) -> list[int]:
-    """Indices of up to ``n`` candidates, greedily the least similar to the question and
-    to those already picked, among those that keep its meaning (cosine to the question at
-    least ``min_similarity``) and are not exact copies of another pick (cosine < 0.995)."""
+    """Indices of up to ``n`` candidates that keep the question's meaning (cosine to it at
+    least ``min_similarity``) and are not copies of it, of ``exclude`` or of each other
+    (cosine < 0.995).
+
+    ``diverse``: pick greedily the least similar to everything picked so far (rule
+    rewordings keep the meaning by construction, so the most different is the most
+    useful); otherwise the most similar to the question first (model rewordings may drift
+    in meaning, so the most faithful is the safest).
+    """
     sims = vectors @ qvec if len(candidates) else np.zeros(0)
     picked: list[int] = []
     chosen = [qvec, *exclude]
@@ -289,9 +295,10 @@ def select_paraphrases(
         for i in range(len(candidates)):
             if i in picked or sims[i] < min_similarity:
                 continue
-            score = max(float(vectors[i] @ c) for c in chosen)
-            if score >= 0.995:
+            closest = max(float(vectors[i] @ c) for c in chosen)
+            if closest >= 0.995:
                 continue
+            score = closest if diverse else -float(sims[i])
             if score < best_score:
                 best, best_score = i, score
         if best < 0:

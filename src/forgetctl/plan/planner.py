@@ -291,12 +291,11 @@ def _expand(recs, subj: Subject, model, tokenizer, cfg: PlanConfig, emb) -> tupl
     for r, rules, gens in zip(questions, rule_cands, gen_cands, strict=True):
         qvec, rvecs, gvecs = emb.encode([r.prompt]), emb.encode(rules), emb.encode(gens)
         picked_rules = ex.select_paraphrases(
-            r.prompt, rules, rvecs, qvec[0], cfg.paraphrases_per_record,
-            cfg.paraphrase_min_similarity,
-        )  # fmt: skip
+            rules, rvecs, qvec[0], cfg.paraphrases_per_record, cfg.paraphrase_min_similarity
+        )
         picked_gens = ex.select_paraphrases(
-            r.prompt, gens, gvecs, qvec[0], cfg.generated_paraphrases,
-            cfg.paraphrase_min_similarity, exclude=[rvecs[i] for i in picked_rules],
+            gens, gvecs, qvec[0], cfg.generated_paraphrases, cfg.paraphrase_min_similarity,
+            exclude=[rvecs[i] for i in picked_rules], diverse=False,
         )  # fmt: skip
         picked_counts["rule"] += len(picked_rules)
         picked_counts["generated"] += len(picked_gens)

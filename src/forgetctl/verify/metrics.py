@@ -289,10 +289,11 @@ class EvalResult:
 
 
 def _generation_budget(tokenizer, targets: Sequence[str], cap: int) -> list[int]:
-    # Enough new tokens to reproduce the target with some slack for rewording, never more:
-    # decoding time is linear in it and dominates evaluation.
+    # Enough new tokens to reproduce the target with slack for rewording and for a short
+    # answer ("Paris") given as a sentence, never more: decoding time is linear in it and
+    # dominates evaluation.
     lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in targets]
-    return [min(cap, int(n * 1.3) + 8) for n in lengths]
+    return [min(cap, int(n * 1.3) + 24) for n in lengths]
 
 
 def generate_answers(
