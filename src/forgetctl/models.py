@@ -282,6 +282,10 @@ def write_model_files(
     tokenizer.save_pretrained(out_dir)
     info = {**(manifest or {}), "weights_sha256": weights_sha256(out_dir)}
     (out_dir / MODEL_MANIFEST).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+    # safetensors writes its file 0600; an exported model must be readable by the server.
+    for path in out_dir.iterdir():
+        if path.is_file():
+            path.chmod(0o644)
 
 
 def save_merged(
