@@ -330,3 +330,16 @@ def test_eval_subset_spreads_over_kinds():
     assert sum(i.kind == "paraphrase" for i in sample) == 5
     assert sample == eval_subset(items, 10, seed=1)
     assert eval_subset(items[:4], 10, seed=1) == items[:4]
+
+
+def test_sequence_logprobs_match_models_helper(tiny_lm):
+    from forgetctl.models import token_logprobs
+    from forgetctl.unlearn.objectives import sequence_logprobs
+
+    model, tokenizer = tiny_lm
+    batch = encode_pairs(tokenizer, [(i.prompt, i.target) for i in FORGET + GENERAL[:2]])
+    with torch.no_grad():
+        picked, mask = token_logprobs(model, batch)
+        ours = sequence_logprobs(model, batch)
+    assert torch.allclose(ours.total, picked.sum(-1), atol=1e-5)
+    assert torch.allclose(ours.mean, picked.sum(-1) / mask.sum(-1), atol=1e-6)

@@ -66,8 +66,9 @@ class PlanConfig(_Strict):
     """A forget target this similar to a retain item is removed as collateral."""
     max_retain_overlap: float = Field(0.3, ge=0, le=1)
     """A request whose forget set overlaps the retain side beyond this share is rejected."""
-    generated_paraphrases: int = Field(2, ge=0)
-    """Model-generated rewordings tried per record question (kept only when valid)."""
+    generated_paraphrases: int = Field(1, ge=0)
+    """Model-generated rewordings tried per record question, on top of the rule ones
+    (kept only when valid; a small fine-tuned model mostly answers instead)."""
     paraphrase_min_similarity: float = Field(0.75, ge=0, le=1)
     """A rewording must stay at least this close (cosine) to the question it rewords
     (TOFU's own paraphrases: 97% at or above 0.75 with MiniLM)."""
@@ -78,7 +79,8 @@ class PlanConfig(_Strict):
     probe_derived: Literal["source", "item"] = "source"
     """Keep a known record's paraphrase/indirect/adversarial prompts ("source"), or only
     those the model itself answers ("item")."""
-    probe_max_new_tokens: int = Field(96, ge=8)
+    probe_max_new_tokens: int = Field(64, ge=8)
+    """Decoding budget of a probe answer (targets cap it further at 1.3x their length)."""
     attribute_min_specificity: float = Field(0.5, ge=0)
     """Without records, an attribute answer counts as the subject's when its mean token
     log-prob exceeds that of the same answer about control names by this much (nats)."""
@@ -94,6 +96,9 @@ class VerifyConfig(_Strict):
     max_relearn_recovery: float = Field(0.2, ge=0, le=1)
     max_retain_drop: float = Field(0.05, ge=0, le=1)
     max_utility_drop: float = Field(0.05, ge=0, le=1)
+    recall_floor: float = Field(0.35, ge=0, le=1)
+    """Answer recall a model that never saw the subject reaches (measured); int4 and
+    relearning recoveries are counted from max(recall before, this floor)."""
     relearn_fraction: float = Field(0.5, gt=0, lt=1)
     relearn_steps: int = Field(20, ge=1)
     relearn_learning_rate: float = Field(1e-4, gt=0)

@@ -237,13 +237,14 @@ def generated_paraphrases(
     deterministic); :func:`valid_generated` and :func:`select_paraphrases` judge them."""
     if attempts <= 0 or not questions:
         return [[] for _ in questions]
+    examples = _PARAPHRASE_EXAMPLES
     prompts = [
         _PARAPHRASE_INSTRUCTION.format(
-            ex_q=_PARAPHRASE_EXAMPLES[a % len(_PARAPHRASE_EXAMPLES)][0],
-            ex_p=_PARAPHRASE_EXAMPLES[a % len(_PARAPHRASE_EXAMPLES)][1],
+            ex_q=examples[(i + a) % len(examples)][0],
+            ex_p=examples[(i + a) % len(examples)][1],
             q=q,
         )
-        for q in questions
+        for i, q in enumerate(questions)
         for a in range(attempts)
     ]
     outs = generate_fn(prompts)
@@ -376,12 +377,24 @@ def role_noun(texts: Sequence[str]) -> str:
     return best if counts[best] else "person"
 
 
+_AWARD_WORD = re.compile(r"\b(?:Award|Prize|Medal|Trophy|Honou?r|Fellowship)s?\b")
+_SMALL_WORDS = {"a", "an", "the", "of", "and", "in", "on", "for", "to", "at", "by", "with", "or"}
+
+
+def _title_like(value: str) -> bool:
+    """Most content words capitalised: "Beneath the City of Sin", not "You'll just
+    have to wait and see"."""
+    words = [w for w in re.findall(r"[^\W\d_][\w'\-]*", value) if w.lower() not in _SMALL_WORDS]
+    return bool(words) and sum(w[0].isupper() for w in words) >= 0.6 * len(words)
+
+
 def extract_descriptors(
     texts: Sequence[str], subject: Subject, attributes: Sequence[Attribute]
 ) -> list[Descriptor]:
     """Attributes of the subject found in the record texts by the library's patterns, and
     the request's identifiers (an email address identifies a person as well as a name)."""
     name_alt = subject.form_regex().pattern
+    by_key = {a.key: a for a in attributes}
     found: dict[tuple[str, str], Descriptor] = {}
     for attr in attributes:
         if not attr.describe:
@@ -393,9 +406,14 @@ def extract_descriptors(
                     value = squash(m.group("v")).strip(" ,.;:")
                     if len(value) < 2 or subject.mentioned_in(value):
                         continue
-                    key = (attr.key, fold(value))
-                    phrase = re.sub(r"\ba (?=[aeiouAEIOU])", "an ", attr.describe.format(v=value))
-                    found.setdefault(key, Descriptor(attr.key, value, phrase))
+                    key, describe = attr.key, attr.describe
+                    if key == "works" and _AWARD_WORD.search(value):
+                        # a quoted award name ("the prestigious "Edgar Award"") is an award
+                        key, describe = "awards", by_key["awards"].describe
+                    if key in ("works", "awards") and not _title_like(value):
+                        continue  # a quoted sentence, not a title
+                    phrase = re.sub(r"\ba (?=[aeiouAEIOU])", "an ", describe.format(v=value))
+                    found.setdefault((key, fold(value)), Descriptor(key, value, phrase))
     for kind, value in sorted(subject.identifiers.items()):
         if value and not subject.mentioned_in(value):
             found.setdefault(

@@ -189,24 +189,45 @@ def plan_request(
     run.say(f"expanding {len(recs)} records into forget prompts")
     derived, stats = _expand(recs, subj, model, tokenizer, cfg, emb)
     attr_items = ex.attribute_prompts(subj, ex.load_attributes()) if scope == "entity" else []
-    to_probe = [*recs, *derived, *attr_items]
-    run.figures["expanded"] = dict(Counter(i.kind for i in to_probe))
+    run.figures["expanded"] = dict(Counter(i.kind for i in [*recs, *derived, *attr_items]))
     run.figures.update(stats)
     run.lap("expand")
 
     # ------------------------------------------------------------------ probe
-    run.say(f"probing the model on {len(to_probe)} forget prompts")
-    outputs = fl.probe_answers(model, tokenizer, to_probe, cfg.probe_max_new_tokens)
+    # First the records and the attribute questions; then the derived prompts, but only
+    # where their answer can change a decision. With probe_derived "source": those of
+    # records the model half-reveals through their own question (recall between half the
+    # bar and the bar), whose fact may still come out under other wording; a known
+    # record's variants are kept whatever they score, and a record the model does not
+    # answer even in its training wording is not probed further. With "item": all of
+    # them. Decoding is what planning costs.
+    first = [*recs, *attr_items]
+    run.say(f"probing the model on {len(first)} record and attribute prompts")
+    outputs = fl.probe_answers(model, tokenizer, first, cfg.probe_max_new_tokens)
+    own_recall = {
+        it.source: fl.rouge_l_recall(it.target, out)
+        for it, out in zip(first, outputs, strict=True)
+        if it.kind == "record"
+    }
+    second = [
+        it
+        for it in derived
+        if cfg.probe_derived == "item"
+        or cfg.probe_min_recall / 2 <= own_recall[it.source] < cfg.probe_min_recall
+    ]
+    if second:
+        run.say(f"probing {len(second)} derived prompts")
+        outputs += fl.probe_answers(model, tokenizer, second, cfg.probe_max_new_tokens)
+    probed = [*first, *second]
     recall = [
         fl.rouge_l_recall(it.target, out) if it.target else 0.0
-        for it, out in zip(to_probe, outputs, strict=True)
+        for it, out in zip(probed, outputs, strict=True)
     ]
+    run.figures["probe_skipped"] = len(derived) - len(second)
     run.lap("probe")
-    attr_pairs = [
-        (it, o) for it, o in zip(to_probe, outputs, strict=True) if it.kind == "attribute"
-    ]
+    attr_pairs = [(it, o) for it, o in zip(probed, outputs, strict=True) if it.kind == "attribute"]
     attr_kept, attr_evidence = _check_attributes(attr_pairs, recs, subj, model, tokenizer, cfg, run)
-    run.probe = _probe_figures(to_probe, recall, attr_evidence, cfg)
+    run.probe = _probe_figures(probed, recall, attr_evidence, cfg)
     if attr_kept:
         attr_reasons = guard(attr_kept)
         run.dropped += [r for r in attr_reasons if r]
@@ -219,15 +240,16 @@ def plan_request(
     run.lap("attributes")
 
     # ------------------------------------------------------------------ keep what is known
-    pairs = [(it, r) for it, r in zip(to_probe, recall, strict=True) if it.kind != "attribute"]
-    family: dict[int | None, float] = {}
-    for it, r in pairs:
-        family[it.source] = max(family.get(it.source, 0.0), r)
+    family = dict(own_recall)
+    for it, r in zip(probed, recall, strict=True):
+        if it.source is not None:
+            family[it.source] = max(family[it.source], r)
+    item_recall = {id(it): r for it, r in zip(probed, recall, strict=True)}
     kept: list[PromptItem] = []
-    for it, r in pairs:
+    for it in [*recs, *derived]:
         # "source": a record and its variants stand or fall together (the fact is known
         # when any wording reveals it); "item": each prompt on its own answer.
-        figure = r if cfg.probe_derived == "item" else family[it.source]
+        figure = item_recall.get(id(it), 0.0) if cfg.probe_derived == "item" else family[it.source]
         if figure >= cfg.probe_min_recall:
             kept.append(it)
         else:
@@ -269,9 +291,14 @@ def _expand(recs, subj: Subject, model, tokenizer, cfg: PlanConfig, emb) -> tupl
     who = ex.role_noun(texts)
     questions = [r for r in recs if r.prompt.endswith("?")]
     rule_cands = [ex.rule_paraphrases(r.prompt, subj, who) for r in questions]
+    # A rewording is about as long as its question; do not pay for rambling answers.
+    budget = max(
+        (len(tokenizer(r.prompt, add_special_tokens=False)["input_ids"]) for r in questions),
+        default=0,
+    )
     gen_raw = ex.generated_paraphrases(
         [r.prompt for r in questions],
-        lambda prompts: _generate(model, tokenizer, prompts),
+        lambda prompts: _generate(model, tokenizer, prompts, min(64, int(budget * 1.5) + 8)),
         cfg.generated_paraphrases,
     )
     gen_cands = [
@@ -347,10 +374,10 @@ def _check_attributes(attr_pairs, recs, subj, model, tokenizer, cfg: PlanConfig,
 # --------------------------------------------------------------------------- helpers
 
 
-def _generate(model, tokenizer, prompts: list[str]) -> list[str]:
+def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
     from forgetctl.models import generate
 
-    return generate(model, tokenizer, prompts, max_new_tokens=48)
+    return generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
 
 
 def _specificity(model, tokenizer, subj: Subject, pairs) -> list[float]:

@@ -13,6 +13,10 @@ Checks (names match ``forgetctl.policies.CheckName``):
   on the held-out rest.
 - ``regression``: the forget sets of requests handled earlier in the lineage stay forgotten.
 
+Recoveries (int4, relearn) are counted from ``max(recall before, cfg.recall_floor)``: a
+model that never saw the subject reaches that recall anyway, so regaining fluent but empty
+answers is not counted as regaining knowledge (see ``_recovery``).
+
 The check functions are pure (figures in, verdict out); ``run_checks`` measures everything
 once and calls them, timing each.
 """
@@ -57,6 +61,17 @@ def _combine(name: str, parts: Mapping[str, CheckResult]) -> CheckResult:
         figures={"requests": {rid: p.figures for rid, p in parts.items()}},
         reasons=[f"{rid}: {reason}" for rid, p in parts.items() for reason in p.reasons],
     )
+
+
+def _recovery(before: float, after: float, cfg: VerifyConfig) -> float:
+    """Recall regained, counted from the never-seen level at the lowest.
+
+    A model that never saw the subject still reaches ``recall_floor`` on its questions
+    (template words: "X was born in ..."). Unlearning often pushes recall below that
+    (garbled answers); int4 rounding or a relearning attack that only restores fluent
+    answers brings it back to the floor, which is no knowledge regained.
+    """
+    return after - max(before, cfg.recall_floor)
 
 
 # --------------------------------------------------------------------------- forget
@@ -167,8 +182,8 @@ def check_int4(
     name: str = "int4",
 ) -> CheckResult:
     """The int4 candidate: still forgotten (forget thresholds), recovery = int4 recall -
-    full-precision recall <= max_int4_recovery, and retain/utility drops within limits,
-    each given as (int4 candidate eval, int4 parent eval)."""
+    max(full-precision recall, recall_floor) <= max_int4_recovery, and retain/utility
+    drops within limits, each given as (int4 candidate eval, int4 parent eval)."""
     forget = check_forget(int4_forget_eval, None, cfg, name)
     reasons = [f"int4: {r}" for r in forget.reasons]
     # Full-precision figures of the same candidate next to the int4 ones, per kind.
@@ -177,12 +192,18 @@ def check_int4(
         if full is not None:
             row["full_recall"] = _r(full["recall"])
             row["full_leakage"] = _r(full["leakage"])
-            row["recovery"] = _r((row["recall"] or 0.0) - (full["recall"] or 0.0))
+            row["recovery"] = _r(_recovery(full["recall"] or 0.0, row["recall"] or 0.0, cfg))
     figures: dict = {"forget": forget.figures}
-    recovery = (int4_forget_eval.mean("recall") or 0.0) - (full_forget_eval.mean("recall") or 0.0)
-    figures["full_recall"] = _r(full_forget_eval.mean("recall"))
-    figures["int4_recall"] = _r(int4_forget_eval.mean("recall"))
-    figures["recovery"] = _r(recovery)
+    full = full_forget_eval.mean("recall") or 0.0
+    int4 = int4_forget_eval.mean("recall") or 0.0
+    recovery = _recovery(full, int4, cfg)
+    figures.update(
+        full_recall=_r(full),
+        int4_recall=_r(int4),
+        recall_floor=cfg.recall_floor,
+        recovery=_r(recovery),
+        raw_recovery=_r(int4 - full),
+    )
     leak4, leak = int4_forget_eval.mean("leakage"), full_forget_eval.mean("leakage")
     figures["leakage_recovery"] = (
         _r(leak4 - leak) if leak4 is not None and leak is not None else None
@@ -211,25 +232,28 @@ def check_relearn(
     attack: dict | None = None,
     name: str = "relearn",
 ) -> CheckResult:
-    """Recovery = recall on the held-out rest after the attack - before it, <=
-    max_relearn_recovery; the parent's recall on the same rest shows how much of the
-    forgotten knowledge came back."""
+    """Recovery = recall on the held-out rest after the attack - max(before it,
+    recall_floor), <= max_relearn_recovery; the parent's recall on the same rest shows
+    how much of the forgotten knowledge came back."""
     before, after = before_rest.mean("recall") or 0.0, after_rest.mean("recall") or 0.0
-    recovery = after - before
+    recovery = _recovery(before, after, cfg)
     figures: dict = {
         "rest_items": len(before_rest.items),
         "recall_before": _r(before),
         "recall_after": _r(after),
         "leakage_before": _r(before_rest.mean("leakage")),
         "leakage_after": _r(after_rest.mean("leakage")),
+        "recall_floor": cfg.recall_floor,
         "recovery": _r(recovery),
+        "raw_recovery": _r(after - before),
     }
     if parent_rest is not None:
         parent = parent_rest.mean("recall") or 0.0
         figures["parent_recall"] = _r(parent)
         figures["parent_leakage"] = _r(parent_rest.mean("leakage"))
         # Share of what unlearning removed that the attack restored.
-        figures["recovered_share"] = _r(recovery / (parent - before)) if parent > before else None
+        base = max(before, cfg.recall_floor)
+        figures["recovered_share"] = _r(recovery / (parent - base)) if parent > base else None
     if attack:
         figures["attack"] = attack
     reasons = []
