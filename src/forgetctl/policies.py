@@ -28,8 +28,10 @@ class MethodConfig(_Strict):
 
     objective: Literal["npo", "grad_diff", "grad_ascent"] = "npo"
     retain_term: Literal["nll", "kl"] = "kl"
-    learning_rate: float = Field(2e-4, gt=0)
-    max_steps: int = Field(80, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    """LoRA on a few layers needs a high rate: on SmolLM2-135M, 2e-4 had forget recall
+    at 0.54 after 80 steps, 1e-3 at 0.18 after 30 (retain recall -0.03)."""
+    max_steps: int = Field(40, ge=1)
     batch_size: int = Field(8, ge=1)
     lora_rank: int = Field(8, ge=1)
     lora_alpha: float = Field(16.0, gt=0)
@@ -37,8 +39,10 @@ class MethodConfig(_Strict):
     npo_beta: float = Field(0.1, gt=0)
     retain_weight: float = Field(1.0, ge=0)
     consistency_weight: float = Field(0.1, ge=0)
-    int4_aware: bool = True
-    sam: bool = True
+    int4_aware: bool = False
+    sam: bool = False
+    """Robust training (int4-aware, sharpness-aware) costs 1.8x per step and forgets more
+    slowly; a first attempt trains plainly and a retry switches both on (see escalate)."""
     sam_rho: float = Field(0.05, ge=0)
     target_recall: float = Field(0.2, ge=0, le=1)
     """Stop early once the forget-set answer recall is at or under this."""

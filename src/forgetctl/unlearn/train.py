@@ -29,6 +29,7 @@ import copy
 import random
 import resource
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,7 +153,10 @@ def lora_model(model, layers: Sequence[int], rank: int, alpha: float):
         target_modules=targets,  # exact qualified names: only the chosen layers
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated `is_gradient_checkpointing` (a FutureWarning)
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+        return get_peft_model(model, config)
 
 
 def unlearn(

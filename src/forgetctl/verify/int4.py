@@ -18,7 +18,6 @@ Not quantized, as in transformers' ``load_in_4bit`` path:
 from __future__ import annotations
 
 import copy
-import logging
 import warnings
 
 import torch
@@ -29,9 +28,6 @@ SKIPPED_MODULES = ("lm_head",)
 
 
 def _bnb_functional():
-    # bitsandbytes logs a warning about optional "kernels-community" CPU kernels at import;
-    # the reference quantize/dequantize used here do not need them.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import bitsandbytes.functional as bnbf
