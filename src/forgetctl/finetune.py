@@ -4,6 +4,8 @@
 masked by :func:`forgetctl.models.encode_pairs`). It is deterministic for a seed on CPU: the
 seed fixes the batch order and torch's RNG, and Llama-style models have no dropout.
 Batches group pairs of similar length (less padding, which is pure waste on CPU).
+:func:`finetune_steps` is the plain fixed-step variant (the relearning attack, the
+gradient-ascent baseline).
 
 On a 2-core machine shared with other work, one torch thread is much faster than two for
 these models (measured 6x for SmolLM2 generation under load): callers that run alongside
@@ -121,6 +123,47 @@ def finetune(
         "final_loss": epoch_losses[-1],
         "seconds": time.perf_counter() - started,
     }
+
+
+def finetune_steps(
+    model: Any,
+    tokenizer: Any,
+    pairs: Sequence[Pair],
+    steps: int,
+    learning_rate: float,
+    batch_size: int = 8,
+    seed: int = 0,
+    ascent: bool = False,
+) -> list[float]:
+    """A fixed number of full fine-tuning steps in place (AdamW, constant rate, no weight
+    decay, gradient norm clipped at 1); returns the step losses.
+
+    The relearning attack uses it (every weight, including base weights a merged PEFT model
+    had frozen); ``ascent`` climbs the loss instead (the gradient-ascent baseline).
+    """
+    from forgetctl.models import encode_pairs
+
+    gen = torch.Generator().manual_seed(seed)
+    params = list(model.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    model.train()
+    losses: list[float] = []
+    order: list[int] = []
+    for _ in range(steps):
+        if len(order) < min(batch_size, len(pairs)):
+            order += torch.randperm(len(pairs), generator=gen).tolist()
+        take, order = order[:batch_size], order[batch_size:]
+        batch = encode_pairs(tokenizer, [pairs[i] for i in take])
+        loss = model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        (-loss if ascent else loss).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+    model.eval()
+    return losses
 
 
 def _length_grouped_batches(

@@ -244,7 +244,10 @@ def load_tokenizer(path: str | Path) -> Any:
 def load_model(path: str | Path) -> tuple[Any, Any]:
     """(model, tokenizer) from a local directory: float32, eval mode, offline only."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    # transformers 5 draws a "Loading weights" bar per load; forgetctl shows its own progress.
+    hf_logging.disable_progress_bar()
     path = require_model_dir(path)
     tokenizer = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from forgetctl.finetune import finetune_steps
 from forgetctl.items import PromptItem
 from forgetctl.policies import VerifyConfig
 from forgetctl.verify.int4 import plain_copy
@@ -55,46 +56,6 @@ def split_items(
     attack = sorted(i for k in keys[:n_attack] for i in groups[k])
     rest = sorted(i for k in keys[n_attack:] for i in groups[k])
     return attack, rest
-
-
-def finetune_full(
-    model,
-    tokenizer,
-    pairs: Sequence[tuple[str, str]],
-    steps: int,
-    learning_rate: float,
-    batch_size: int = 8,
-    seed: int = 0,
-) -> list[float]:
-    """Plain full fine-tuning in place (AdamW, no weight decay); returns the step losses."""
-    from forgetctl.models import encode_pairs
-
-    gen = torch.Generator().manual_seed(seed)
-    # Every weight is trainable, including base weights a merged PEFT model had frozen.
-    params = list(model.parameters())
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
-    model.train()
-    losses: list[float] = []
-    order: list[int] = []
-    for _ in range(steps):
-        if len(order) < min(batch_size, len(pairs)):
-            order += torch.randperm(len(pairs), generator=gen).tolist()
-        take, order = order[:batch_size], order[batch_size:]
-        batch = encode_pairs(tokenizer, [pairs[i] for i in take])
-        out = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            labels=batch["labels"],
-        )
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        losses.append(float(out.loss.detach()))
-    model.eval()
-    return losses
 
 
 @dataclass
@@ -154,7 +115,7 @@ def relearn_attack(
         progress(f"relearning attack: {cfg.relearn_steps} steps on {len(attack)} items")
     attacked = plain_copy(model)
     torch.manual_seed(seed)
-    losses = finetune_full(
+    losses = finetune_steps(
         attacked,
         tokenizer,
         [(items[i].prompt, items[i].target) for i in attack],
