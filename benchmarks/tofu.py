@@ -72,13 +72,25 @@ class Suite:
         def recall(its):
             return evaluate(model, tokenizer, its, with_prob=False).mean("recall") if its else None
 
+        def by_author(field: str, kind: str) -> dict[int, float | None]:
+            result = evaluate(model, tokenizer, items(rows, field, kind), with_prob=False)
+            return {
+                a: result.select([i for i, r in enumerate(rows) if r["author_id"] == a]).mean()
+                for a in forgotten
+            }
+
         rows = [r for a in forgotten for r in self.forget_rows[a]]
         truth = [
             TruthItem(r["question"], r["paraphrased_answer"], r["perturbed_answers"]) for r in rows
         ]
+        original = by_author("question", "record")
+        paraphrased = by_author("paraphrased_question", "paraphrase")
         return {
-            "forget_original": recall(items(rows, "question", "record")),
-            "forget_paraphrased": recall(items(rows, "paraphrased_question", "paraphrase")),
+            "forget_original": sum(original.values()) / len(original),
+            "forget_paraphrased": sum(paraphrased.values()) / len(paraphrased),
+            "forget_by_author": {
+                a: {"original": original[a], "paraphrased": paraphrased[a]} for a in forgotten
+            },  # fmt: skip
             "forget_indirect": recall(list(indirect)),
             "truth_ratio": truth_ratio_forget(truth_ratios(model, tokenizer, truth))
             if truth
