@@ -1,9 +1,13 @@
 """forgetctl: process deletion requests against a deployed language model."""
 
 import logging
+import warnings
 
 __version__ = "0.1.0"
 
-# bitsandbytes (imported by peft and by the int4 check) warns at import that optional
-# "kernels-community" CPU kernels are missing; forgetctl only uses its reference kernels.
+# Third-party noise on every command. bitsandbytes (imported by peft and by the int4
+# check) warns at import that optional "kernels-community" CPU kernels are missing;
+# forgetctl only uses its reference kernels.
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+# peft reads transformers' deprecated `is_gradient_checkpointing` on every adapter it wraps.
+warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)

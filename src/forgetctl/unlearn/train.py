@@ -29,7 +29,6 @@ import copy
 import random
 import resource
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,10 +152,7 @@ def lora_model(model, layers: Sequence[int], rank: int, alpha: float):
         target_modules=targets,  # exact qualified names: only the chosen layers
         task_type="CAUSAL_LM",
     )
-    with warnings.catch_warnings():
-        # peft reads transformers' deprecated `is_gradient_checkpointing` (a FutureWarning)
-        warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
-        return get_peft_model(model, config)
+    return get_peft_model(model, config)
 
 
 def unlearn(
