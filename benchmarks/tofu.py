@@ -289,7 +289,12 @@ def main() -> None:
 
     if args.home:
         per_request = from_home(home)
-        total = sum(r["training"].get("wall_s", 0.0) for r in per_request)
+        # apply and verify of every version the run built (planning is not recorded per step)
+        total = sum(
+            r["training"].get("wall_s", 0.0)
+            + sum(c["figures"].get("wall_s", 0.0) for c in r["checks"].values())
+            for r in per_request
+        )
     else:
         per_request = run_forgetctl(work, deployed, corpus, suite, forget_ids, log)
         home = Home(work / "home")
