@@ -78,8 +78,10 @@ class PlanConfig(_Strict):
     (TOFU's own paraphrases: 97% at or above 0.75 with MiniLM)."""
     indirect_per_record: int = Field(2, ge=1)
     adversarial_per_record: int = Field(3, ge=0)
-    general_k: int = Field(32, ge=0)
-    """General-knowledge items sampled into the retain side."""
+    general_k: int = Field(128, ge=0)
+    """General-knowledge items sampled into the retain side (and the utility check). With 32,
+    one or two answers decided the check on SmolLM2: two candidates measured drops of 0.070
+    and 0.125 there, but 0.012 and 0.019 on all 217 builtin general questions."""
     probe_derived: Literal["source", "item"] = "source"
     """Keep a known record's paraphrase/indirect/adversarial prompts ("source"), or only
     those the model itself answers ("item")."""
