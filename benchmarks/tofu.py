@@ -72,9 +72,9 @@ class Suite:
         def recall(its):
             return evaluate(model, tokenizer, its, with_prob=False).mean("recall") if its else None
 
-        def by_author(field: str, kind: str) -> dict[int, float | None]:
+        def by_author(field: str, kind: str) -> tuple[float | None, dict[int, float | None]]:
             result = evaluate(model, tokenizer, items(rows, field, kind), with_prob=False)
-            return {
+            return result.mean(), {
                 a: result.select([i for i, r in enumerate(rows) if r["author_id"] == a]).mean()
                 for a in forgotten
             }
@@ -83,14 +83,14 @@ class Suite:
         truth = [
             TruthItem(r["question"], r["paraphrased_answer"], r["perturbed_answers"]) for r in rows
         ]
-        original = by_author("question", "record")
-        paraphrased = by_author("paraphrased_question", "paraphrase")
+        original, original_by = by_author("question", "record")
+        paraphrased, paraphrased_by = by_author("paraphrased_question", "paraphrase")
         return {
-            "forget_original": sum(original.values()) / len(original),
-            "forget_paraphrased": sum(paraphrased.values()) / len(paraphrased),
+            "forget_original": original,
+            "forget_paraphrased": paraphrased,
             "forget_by_author": {
-                a: {"original": original[a], "paraphrased": paraphrased[a]} for a in forgotten
-            },  # fmt: skip
+                a: {"original": original_by[a], "paraphrased": paraphrased_by[a]} for a in forgotten
+            },
             "forget_indirect": recall(list(indirect)),
             "truth_ratio": truth_ratio_forget(truth_ratios(model, tokenizer, truth))
             if truth
