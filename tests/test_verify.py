@@ -37,6 +37,7 @@ from forgetctl.verify.metrics import (
     truth_ratios,
 )
 from forgetctl.verify.relearn import split_items
+from forgetctl.verify.scores import ScoreCache
 
 SUBJECT = tinylm.TINY_SUBJECTS[0]
 
@@ -212,6 +213,55 @@ def test_unchanged_model_fails_forget_check(tiny_lm):
     assert any("recall" in reason for reason in by["forget"].reasons)
     assert by["retain"].passed and by["utility"].passed and by["regression"].passed
     assert all(r.figures["wall_s"] >= 0 for r in results)
+
+
+def test_score_cache_reuses_scores_and_keeps_no_text(tiny_lm, tmp_path):
+    import hashlib
+
+    model, tok = tiny_lm
+    path = tmp_path / "scores.sqlite"
+    cache = ScoreCache(path, lambda m: hashlib.sha256(b"secret" + m.encode()).hexdigest())
+    items = _forget_items()[:3] + _general_items()[:2]
+    first = cache.evaluate("model-a", lambda: model, tok, items[:4])
+    assert first.items == evaluate(model, tok, items[:4]).items
+
+    calls = []
+
+    def load():
+        calls.append(1)
+        return model
+
+    again = cache.evaluate("model-a", load, tok, items)
+    assert len(calls) == 1  # the model was needed for the fifth item only
+    for cached, fresh in zip(again.items[:4], first.items, strict=True):
+        assert (cached.recall, cached.leakage, cached.prob, cached.kind, cached.output) == (
+            fresh.recall, fresh.leakage, fresh.prob, fresh.kind, "")  # fmt: skip
+    assert cache.evaluate("model-a", load, tok, items).overall == again.overall
+    assert len(calls) == 1
+    cache.evaluate("model-b", load, tok, items[:1])  # another model: measured again
+    assert len(calls) == 2
+    raw = path.read_bytes()
+    assert all(word.encode() not in raw for i in items for word in i.prompt.split()[-2:])
+
+
+def test_cached_parent_is_not_measured_again(tiny_lm, tmp_path):
+    import hashlib
+
+    model, tok = tiny_lm
+    cache = ScoreCache(tmp_path / "s.sqlite", lambda m: hashlib.sha256(m.encode()).hexdigest())
+    args = (tok, {"req-1": _forget_items()}, _retain_items(1), _general_items()[:2], {},
+            VerifyConfig())  # fmt: skip
+    first = run_checks(model, model, tok, *args[1:], int4=True, relearn=False, cache=cache,
+                       model_keys=("parent", "candidate"))  # fmt: skip
+
+    class Untouchable:  # a parent that must not be asked anything
+        def __getattr__(self, name):
+            raise AssertionError(f"parent model used: {name}")
+
+    second = run_checks(Untouchable(), model, tok, *args[1:], int4=True, relearn=False,
+                        cache=cache, model_keys=("parent", "candidate"))  # fmt: skip
+    timings = {"wall_s": 0, "quantize_s": 0}
+    assert [r.figures | timings for r in first] == [r.figures | timings for r in second]
 
 
 REFUSAL = "I cannot share that."

@@ -51,10 +51,14 @@ class Keyring:
         return path.read_bytes()
 
     # -- blind index -------------------------------------------------------------------
-    def blind_index(self, value: str, kind: str = "name") -> str:
+    def keyed_hash(self, message: str) -> str:
+        """HMAC-SHA256 of ``message`` under the home's index key: a lookup key that
+        cannot be reversed, or recomputed from a guessed value, without ``keys/``."""
         key = self._read_or_create(self.dir / "blind-index.key")
-        message = f"{kind}:{normalise_name(value)}".encode()
-        return hmac.new(key, message, hashlib.sha256).hexdigest()
+        return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+
+    def blind_index(self, value: str, kind: str = "name") -> str:
+        return self.keyed_hash(f"{kind}:{normalise_name(value)}")
 
     # -- per-request payload keys ------------------------------------------------------
     def _request_key_path(self, request_id: int) -> Path:

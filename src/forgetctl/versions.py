@@ -12,6 +12,7 @@ retired (a later version replaced it or a rollback removed it).
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,14 @@ def _check_adapter(version: dict) -> Path:
     if sha256_tree(path) != version["adapter_sha256"]:
         raise InvalidState(f"version {version['id']}: adapter hash mismatch (tampered?)")
     return path
+
+
+def version_key(ledger: Ledger, version_id: int) -> str:
+    """An identifier of a version's effective weights: the base's hash then each adapter's,
+    as recorded in the ledger (files are checked against them when loaded)."""
+    chain = ledger.lineage(version_id)
+    parts = [chain[0]["base_sha256"]] + [v["adapter_sha256"] for v in chain[1:]]
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()
 
 
 def production_dir(ledger: Ledger, home: Home) -> Path:

@@ -33,6 +33,7 @@ from forgetctl.policies import VerifyConfig
 from forgetctl.verify.int4 import quantize_model_int4
 from forgetctl.verify.metrics import EvalResult, evaluate
 from forgetctl.verify.relearn import relearn_attack
+from forgetctl.verify.scores import ScoreCache
 
 Progress = Callable[[str], None]
 
@@ -291,15 +292,42 @@ def run_checks(
     relearn: bool,
     progress: Progress | None = None,
     seed: int = 0,
+    cache: ScoreCache | None = None,
+    model_keys: tuple[str, str] | None = None,
 ) -> list[CheckResult]:
     """Measure the candidate (and the parent, for comparison) and run every check.
 
     Order: forget, retain, utility, regression, then int4 and relearn when asked. Each
     result's figures carry ``wall_s``, the seconds spent measuring for that check. The
-    models are not modified (int4 and relearning work on copies).
+    models are not modified (int4 and relearning work on copies). With ``cache`` and
+    ``model_keys`` (parent's, candidate's), scores measured before on the same weights are
+    reused (full precision and int4).
     """
     say = progress or (lambda _msg: None)
     results: list[CheckResult] = []
+    models = {"parent": parent_model, "candidate": candidate_model}
+    int4_models: dict[str, object] = {}
+    quantize_s = 0.0
+
+    def quantized(role: str):
+        # Quantized on first use: a model whose int4 scores are all cached never is.
+        nonlocal quantize_s
+        if role not in int4_models:
+            start = time.perf_counter()
+            int4_models[role] = quantize_model_int4(models[role])
+            quantize_s += time.perf_counter() - start
+        return int4_models[role]
+
+    def measure(role: str, items: list[PromptItem], int4: bool = False) -> EvalResult:
+        """The parent's or the candidate's scores, full precision or int4."""
+
+        def load():
+            return quantized(role) if int4 else models[role]
+
+        if cache is None or model_keys is None:
+            return evaluate(load(), tokenizer, items)
+        key = model_keys[role == "candidate"] + ("/nf4" if int4 else "")
+        return cache.evaluate(key, load, tokenizer, items)
 
     def timed(fn: Callable[[], CheckResult]) -> CheckResult:
         start = time.perf_counter()
@@ -315,9 +343,9 @@ def run_checks(
         parts = {}
         for rid, items in forget_sets.items():
             say(f"forget: candidate on {rid} ({len(items)} items)")
-            cand_forget[rid] = evaluate(candidate_model, tokenizer, items)
+            cand_forget[rid] = measure("candidate", items)
             say(f"forget: parent on {rid}")
-            parent_forget[rid] = evaluate(parent_model, tokenizer, items)
+            parent_forget[rid] = measure("parent", items)
             parts[rid] = check_forget(cand_forget[rid], parent_forget[rid], cfg)
         return _combine("forget", parts)
 
@@ -327,10 +355,7 @@ def run_checks(
 
     def drop_check(label: str, items: list[PromptItem], check) -> CheckResult:
         say(f"{label}: candidate and parent on {len(items)} items")
-        pair = (
-            evaluate(candidate_model, tokenizer, items),
-            evaluate(parent_model, tokenizer, items),
-        )
+        pair = (measure("candidate", items), measure("parent", items))
         keep[label] = pair
         return check(pair[0], pair[1], cfg, name=label)
 
@@ -341,7 +366,7 @@ def run_checks(
         evals = {}
         for rid, items in earlier.items():
             say(f"regression: candidate on earlier request {rid} ({len(items)} items)")
-            evals[rid] = evaluate(candidate_model, tokenizer, items)
+            evals[rid] = measure("candidate", items)
         return check_regression(evals, cfg)
 
     timed(regression)
@@ -349,23 +374,18 @@ def run_checks(
     if int4:
 
         def int4_check() -> CheckResult:
-            say("int4: quantizing candidate and parent (NF4, blocksize 64)")
-            t0 = time.perf_counter()
-            cand4 = quantize_model_int4(candidate_model)
-            par4 = quantize_model_int4(parent_model)
-            quantize_s = time.perf_counter() - t0
             parts = {}
             for rid, items in forget_sets.items():
-                say(f"int4: candidate on {rid}")
+                say(f"int4: candidate on {rid} (NF4, blocksize 64)")
                 parts[rid] = check_int4(
-                    evaluate(cand4, tokenizer, items), cand_forget[rid], cfg, name="int4"
+                    measure("candidate", items, int4=True), cand_forget[rid], cfg, name="int4"
                 )
             say("int4: retain and utility, candidate vs parent, both quantized")
             side = {
-                label: (evaluate(cand4, tokenizer, items), evaluate(par4, tokenizer, items))
+                label: (measure("candidate", items, True), measure("parent", items, True))
                 for label, items in (("retain", retain), ("utility", general))
             }
-            del cand4, par4
+            int4_models.clear()
             gc.collect()
             result = _combine("int4", parts)
             for label, check in (("retain", check_retain), ("utility", check_utility)):

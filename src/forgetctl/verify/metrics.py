@@ -227,6 +227,9 @@ def truth_ratio_retain(ratios: Sequence[float]) -> float:
 
 # --------------------------------------------------------------------------- evaluation
 
+SCORING_VERSION = "1"
+"""Bump when generation or scoring changes: cached scores (``verify.scores``) carry it."""
+
 
 @dataclass
 class ItemScore:

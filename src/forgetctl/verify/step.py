@@ -5,6 +5,9 @@ sets are the planned prompt sets of the requests the version covers; the retain 
 their neighbor and general items; regression covers every request forgotten earlier in the
 lineage whose prompt set is still readable (a purged request keeps only its evidence).
 
+Scores are cached per model and item (``verify.scores``): a retry's parent, or a promoted
+candidate that becomes the next request's parent, is not asked the same questions again.
+
 Verdict: any check that ran and failed rejects the version; when every check its policies
 make mandatory has passed, it is verified; otherwise it stays a candidate with checks to run.
 """
@@ -22,6 +25,7 @@ from forgetctl.ledger import Ledger
 from forgetctl.plan.step import load_plan
 from forgetctl.policies import Policy, VerifyConfig
 from forgetctl.verify.checks import CheckResult, run_checks
+from forgetctl.verify.scores import ScoreCache
 
 
 def strictest(configs: list[VerifyConfig]) -> VerifyConfig:
@@ -79,6 +83,9 @@ def verify_version(
     results = run_checks(
         parent_model, candidate_model, tokenizer, forget_sets, retain, general, earlier, cfg,
         int4=int4, relearn=relearn, progress=progress,
+        cache=ScoreCache(home.cache / "scores.sqlite", keys.keyed_hash),
+        model_keys=(versions.version_key(ledger, version["parent"]),
+                    versions.version_key(ledger, version_id)),
     )  # fmt: skip
     with ledger.transaction():
         for r in results:
