@@ -195,6 +195,41 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def request_table(per_request: list[dict]) -> str:
+    """One row per version the pipeline built: what the gate decided and what it cost."""
+    lines = ["| version | requests | status | steps | apply s | verify s | failed checks |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in per_request:
+        if "checks" not in r:  # built here by run_forgetctl: same figures, other shape
+            continue
+        failed = [n for n, c in r["checks"].items() if not c["passed"]]
+        verify_s = sum(c["figures"].get("wall_s", 0.0) for c in r["checks"].values())
+        lines.append(
+            f"| {r['version']} | {r['requests']} | {r['status']} | "
+            f"{r['training'].get('steps')} | {r['training'].get('wall_s', 0):.0f} | "
+            f"{verify_s:.0f} | {', '.join(failed) or '-'} |"
+        )
+    return "\n".join(lines)
+
+
+def cost_ratio(results: dict, per_request_s: float, records_per_author: int = 20) -> dict:
+    """Retraining cost against forgetctl's per-request cost, measured and extrapolated to
+    K=40: retraining time is linear in the retained records (fixed epochs and batch)."""
+    stats = results.get("retrain_training")
+    if not stats or not per_request_s:
+        return {}
+    per_record = stats["seconds"] / stats["pairs"]
+    k40 = per_record * (40 - results["config"]["forget"]) * records_per_author
+    return {
+        "retrain_s": round(stats["seconds"], 1),
+        "retrain_records": stats["pairs"],
+        "forgetctl_per_request_s": round(per_request_s, 1),
+        "ratio_measured": round(stats["seconds"] / per_request_s, 2),
+        "retrain_s_k40_extrapolated": round(k40, 1),
+        "ratio_k40": round(k40 / per_request_s, 2),
+    }
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -332,8 +367,12 @@ def main() -> None:
         record("retrain from scratch", model, tokenizer, wall, indirect)
 
     results["peak_rss_mb"] = round(peak_rss_mb())
+    # Per request, retries included: a request that needed two candidates cost both.
+    handled = {rid for r in per_request for rid in r.get("requests", [r.get("request")])}
+    results["cost"] = cost_ratio(results, total / max(1, len(handled - {None})))
     (out / "tofu.json").write_text(json.dumps(results, indent=1, default=str))
-    (out / "tofu.md").write_text(table(results) + "\n")
+    md = [table(results), "", request_table(per_request), "", f"cost: {results['cost']}"]
+    (out / "tofu.md").write_text("\n".join(md) + "\n")
     plot(results, out / "tofu.png")
     log("\n" + table(results))
 
