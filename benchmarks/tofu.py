@@ -337,12 +337,14 @@ def main() -> None:
     results["forgetctl_requests"] = per_request
     ledger = open_ledger(home.ledger_path)
     model, tokenizer = versions.load_version(ledger, home, ledger.alias("production"))
+    # Every request the pipeline handled (a version row lists its requests, a row built
+    # here names one), promoted or not.
+    handled = sorted(
+        {rid for r in per_request for rid in r.get("requests", [r.get("request")])} - {None}
+    )
+    keys = Keyring(home.keys)
     indirect = [
-        i
-        for r in per_request
-        if "request" in r
-        for i in load_plan(ledger, Keyring(home.keys), r["request"]).forget
-        if i.kind == "indirect"
+        i for rid in handled for i in load_plan(ledger, keys, rid).forget if i.kind == "indirect"
     ]
     record("forgetctl", model, tokenizer, total, indirect)
 
@@ -368,8 +370,7 @@ def main() -> None:
 
     results["peak_rss_mb"] = round(peak_rss_mb())
     # Per request, retries included: a request that needed two candidates cost both.
-    handled = {rid for r in per_request for rid in r.get("requests", [r.get("request")])}
-    results["cost"] = cost_ratio(results, total / max(1, len(handled - {None})))
+    results["cost"] = cost_ratio(results, total / max(1, len(handled)))
     (out / "tofu.json").write_text(json.dumps(results, indent=1, default=str))
     md = [table(results), "", request_table(per_request), "", f"cost: {results['cost']}"]
     (out / "tofu.md").write_text("\n".join(md) + "\n")
