@@ -195,19 +195,22 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def request_table(per_request: list[dict]) -> str:
-    """One row per version the pipeline built: what the gate decided and what it cost."""
+def verify_seconds(version_row: dict) -> float:
+    """Seconds the gate spent measuring a version (a ``from_home`` row)."""
+    return sum(c["figures"].get("wall_s", 0.0) for c in version_row["checks"].values())
+
+
+def request_table(version_rows: list[dict]) -> str:
+    """One row per version the pipeline built (``from_home``): what the gate decided and
+    what it cost."""
     lines = ["| version | requests | status | steps | apply s | verify s | failed checks |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for r in per_request:
-        if "checks" not in r:  # built here by run_forgetctl: same figures, other shape
-            continue
+    for r in version_rows:
         failed = [n for n, c in r["checks"].items() if not c["passed"]]
-        verify_s = sum(c["figures"].get("wall_s", 0.0) for c in r["checks"].values())
         lines.append(
             f"| {r['version']} | {r['requests']} | {r['status']} | "
             f"{r['training'].get('steps')} | {r['training'].get('wall_s', 0):.0f} | "
-            f"{verify_s:.0f} | {', '.join(failed) or '-'} |"
+            f"{verify_seconds(r):.0f} | {', '.join(failed) or '-'} |"
         )
     return "\n".join(lines)
 
@@ -325,11 +328,7 @@ def main() -> None:
     if args.home:
         per_request = from_home(home)
         # apply and verify of every version the run built (planning is not recorded per step)
-        total = sum(
-            r["training"].get("wall_s", 0.0)
-            + sum(c["figures"].get("wall_s", 0.0) for c in r["checks"].values())
-            for r in per_request
-        )
+        total = sum(r["training"].get("wall_s", 0.0) + verify_seconds(r) for r in per_request)
     else:
         per_request = run_forgetctl(work, deployed, corpus, suite, forget_ids, log)
         home = Home(work / "home")
@@ -372,7 +371,7 @@ def main() -> None:
     # Per request, retries included: a request that needed two candidates cost both.
     results["cost"] = cost_ratio(results, total / max(1, len(handled)))
     (out / "tofu.json").write_text(json.dumps(results, indent=1, default=str))
-    md = [table(results), "", request_table(per_request), "", f"cost: {results['cost']}"]
+    md = [table(results), "", request_table(from_home(home)), "", f"cost: {results['cost']}"]
     (out / "tofu.md").write_text("\n".join(md) + "\n")
     plot(results, out / "tofu.png")
     log("\n" + table(results))
