@@ -180,7 +180,10 @@ def unlearn(
 
     # Generation dominates the cost of an evaluation: a bounded, fixed sample is answered.
     forget_eval = eval_subset(forget, method.eval_items, method.seed)
-    retain_eval = eval_subset(retain, method.eval_items, method.seed + 1)
+    # The guard watches the neighbors (what the retain check judges): general questions the
+    # model answers at ~0.2 recall only add noise to a 0.05 threshold on a small sample.
+    neighbors = [item for item in retain if item.kind != "general"] or retain
+    retain_eval = eval_subset(neighbors, method.eval_items, method.seed + 1)
     timing = {"eval_s": 0.0, "train_s": 0.0}
     clock = time.perf_counter()
     forget_before = recall(model, tokenizer, forget_eval)
