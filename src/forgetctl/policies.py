@@ -37,7 +37,10 @@ class MethodConfig(_Strict):
     lora_alpha: float = Field(16.0, gt=0)
     top_k_layers: int = Field(8, ge=1)
     npo_beta: float = Field(0.1, gt=0)
-    retain_weight: float = Field(1.0, ge=0)
+    retain_weight: float = Field(30.0, ge=0)
+    """The KL retain term is a per-token mean while NPO sums over the ~30 answer tokens, so
+    at weight 1 it hardly competes: on the demo's second request the neighbors' recall fell
+    0.3 in 10 steps at weight 1 and stayed level at 30, for a forget recall of 0.40."""
     consistency_weight: float = Field(0.1, ge=0)
     int4_aware: bool = False
     sam: bool = False
