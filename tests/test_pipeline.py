@@ -127,14 +127,20 @@ def test_run_end_to_end_promote_report_rollback(tiny_home, tmp_path):
 
 
 def test_weak_unlearning_is_rejected_and_promotion_refused(tiny_home, tmp_path):
-    write_policy(tiny_home, lr=1e-6, steps=2, retries=0)
+    write_policy(tiny_home, lr=1e-6, steps=2, retries=1)
     add(tiny_home, tinylm.TINY_SUBJECTS[2], "WEAK-1", tmp_path)
     result = cli("run", "--json", code=11)  # completed, but a request failed
     assert json.loads(result.stdout)["outcomes"][0]["end"] == "failed"
     assert statuses() == {"WEAK-1": "failed"}
+    # The retry knew what the first candidate failed and trained longer for it.
+    events = json.loads(cli("ledger", "log", "--json").stdout)
+    starts = [e["data"] for e in events if e["kind"] == "apply.started"]
+    assert [s["attempt"] for s in starts] == [0, 1]
+    assert starts[0]["earlier_failures"] == [] and "forget" in starts[1]["earlier_failures"]
+    assert [s["method"]["max_steps"] for s in starts] == [2, 4]
     versions = json.loads(cli("model", "versions", "--json").stdout)
     rejected = [v for v in versions if v["status"] == "rejected"]
-    assert rejected
+    assert len(rejected) == 2
     refused = cli("promote", str(rejected[0]["id"]), code=6)
     assert "failed: " in refused.stderr and "forget" in refused.stderr
     forced = cli("promote", str(rejected[0]["id"]), "--force", code=4)  # needs a reason

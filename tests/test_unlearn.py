@@ -22,6 +22,7 @@ from forgetctl.unlearn.robust import (
     nf4_quantize,
     sam_perturbation,
 )
+from forgetctl.unlearn.step import escalate
 from forgetctl.unlearn.train import eval_subset, lora_model, recall, save_adapter, unlearn
 
 SUBJECT = TINY_SUBJECTS[0]
@@ -343,3 +344,19 @@ def test_sequence_logprobs_match_models_helper(tiny_lm):
         ours = sequence_logprobs(model, batch)
     assert torch.allclose(ours.total, picked.sum(-1), atol=1e-5)
     assert torch.allclose(ours.mean, picked.sum(-1) / mask.sum(-1), atol=1e-6)
+
+
+def test_retries_escalate_towards_the_failed_checks():
+    base = MethodConfig()
+    assert escalate(base, 0, {"retain", "int4"}) == base
+    forget_only = escalate(base, 1, {"forget"})
+    assert forget_only.max_steps == 2 * base.max_steps
+    assert forget_only.learning_rate == base.learning_rate and not forget_only.sam
+    gentle = escalate(base, 2, {"forget", "retain"})
+    assert gentle.max_steps == 3 * base.max_steps
+    assert gentle.learning_rate == base.learning_rate / 4
+    assert gentle.retain_weight == base.retain_weight * 4
+    # int4 failing only because full precision did not forget either: no robustness yet.
+    assert not escalate(base, 1, {"forget", "int4"}).int4_aware
+    robust = escalate(base, 1, {"relearn"})
+    assert robust.int4_aware and robust.sam and robust.sam_rho == 2 * base.sam_rho

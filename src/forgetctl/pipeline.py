@@ -129,13 +129,7 @@ def purge_expired(ledger: Ledger, keys: Keyring, policies: dict[str, Policy]) ->
 
 def _open_version(ledger: Ledger, request_id: int) -> dict | None:
     """The newest candidate/verified version built for a request, if any."""
-    for row in ledger.db.query(
-        "SELECT id FROM versions WHERE status IN ('candidate', 'verified') ORDER BY id DESC"
-    ):
-        version = ledger.version(row["id"])
-        if request_id in version["requests"]:
-            return version
-    return None
+    return versions.newest_for_request(ledger, request_id, ("candidate", "verified"))
 
 
 class Runner:

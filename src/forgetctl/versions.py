@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,18 @@ def newest_candidate(ledger: Ledger) -> int:
     if not rows:
         raise NotFound("no candidate version (run `forgetctl apply`)")
     return rows[0]["id"]
+
+
+def newest_for_request(ledger: Ledger, request_id: int, statuses: Sequence[str]) -> dict | None:
+    """The newest version built for ``request_id`` whose status is one of ``statuses``."""
+    marks = ", ".join("?" * len(statuses))
+    for row in ledger.db.query(
+        f"SELECT id FROM versions WHERE status IN ({marks}) ORDER BY id DESC", list(statuses)
+    ):
+        version = ledger.version(row["id"])
+        if request_id in version["requests"]:
+            return version
+    return None
 
 
 def required_checks(ledger: Ledger, policies: dict[str, Policy], version: dict) -> set[str]:
