@@ -351,6 +351,7 @@ def test_retries_escalate_towards_the_failed_checks():
     assert escalate(base, 0, {"retain", "int4"}) == base
     forget_only = escalate(base, 1, {"forget"})
     assert forget_only.max_steps == 2 * base.max_steps
+    assert forget_only.target_recall == base.target_recall / 2
     assert forget_only.learning_rate == base.learning_rate and not forget_only.sam
     gentle = escalate(base, 2, {"forget", "retain"})
     assert gentle.max_steps == 3 * base.max_steps
