@@ -126,6 +126,26 @@ def test_run_end_to_end_promote_report_rollback(tiny_home, tmp_path):
     cli("ledger", "verify")
 
 
+def test_forgotten_subject_rows_are_not_neighbors_of_the_next_request(tiny_home, tmp_path):
+    first, second = tinylm.TINY_SUBJECTS[0], tinylm.TINY_SUBJECTS[1]
+    add(tiny_home, first, "N-1", tmp_path)
+    cli("run")
+    assert statuses() == {"N-1": "promoted"}
+    add(tiny_home, second, "N-2", tmp_path)
+    cli("plan", "2")
+    from forgetctl.crypto import Keyring
+    from forgetctl.ledger import open_ledger
+    from forgetctl.plan.step import load_plan
+
+    plan = load_plan(open_ledger(tiny_home / "ledger.db"), Keyring(tiny_home / "keys"), 2)
+    neighbors = [i for i in plan.retain if i.kind == "neighbor"]
+    assert neighbors
+    assert not [i for i in neighbors if first in i.prompt + i.target]
+    # The rows of subjects not forgotten are still neighbors.
+    others = set(tinylm.TINY_SUBJECTS[2:])
+    assert [i for i in neighbors if any(name in i.prompt + i.target for name in others)]
+
+
 def test_weak_unlearning_is_rejected_and_promotion_refused(tiny_home, tmp_path):
     write_policy(tiny_home, lr=1e-6, steps=2, retries=1)
     add(tiny_home, tinylm.TINY_SUBJECTS[2], "WEAK-1", tmp_path)
