@@ -129,7 +129,8 @@ def purge_expired(ledger: Ledger, keys: Keyring, policies: dict[str, Policy]) ->
 
 def _open_version(ledger: Ledger, request_id: int) -> dict | None:
     """The newest candidate/verified version built for a request, if any."""
-    return versions.newest_for_request(ledger, request_id, ("candidate", "verified"))
+    found = versions.request_versions(ledger, request_id, ("candidate", "verified"))
+    return found[0] if found else None
 
 
 class Runner:

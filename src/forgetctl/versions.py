@@ -110,16 +110,14 @@ def newest_candidate(ledger: Ledger) -> int:
     return rows[0]["id"]
 
 
-def newest_for_request(ledger: Ledger, request_id: int, statuses: Sequence[str]) -> dict | None:
-    """The newest version built for ``request_id`` whose status is one of ``statuses``."""
+def request_versions(ledger: Ledger, request_id: int, statuses: Sequence[str]) -> list[dict]:
+    """The versions built for ``request_id`` whose status is one of ``statuses``, newest first."""
     marks = ", ".join("?" * len(statuses))
-    for row in ledger.db.query(
+    rows = ledger.db.query(
         f"SELECT id FROM versions WHERE status IN ({marks}) ORDER BY id DESC", list(statuses)
-    ):
-        version = ledger.version(row["id"])
-        if request_id in version["requests"]:
-            return version
-    return None
+    )
+    found = (ledger.version(row["id"]) for row in rows)
+    return [version for version in found if request_id in version["requests"]]
 
 
 def required_checks(ledger: Ledger, policies: dict[str, Policy], version: dict) -> set[str]:

@@ -55,11 +55,12 @@ def escalate(method: MethodConfig, attempt: int, failed: Collection[str] = ()) -
 
 def failed_checks(ledger: Ledger, request_id: int) -> set[str]:
     """Every check that failed on any rejected candidate of the request."""
-    failed: set[str] = set()
-    for row in ledger.db.query("SELECT id FROM versions WHERE status = 'rejected'"):
-        if request_id in ledger.version(row["id"])["requests"]:
-            failed |= {c for c, ok in versions.check_status(ledger, row["id"]).items() if not ok}
-    return failed
+    return {
+        check
+        for version in versions.request_versions(ledger, request_id, ("rejected",))
+        for check, ok in versions.check_status(ledger, version["id"]).items()
+        if not ok
+    }
 
 
 def apply_request(
