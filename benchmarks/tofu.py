@@ -334,6 +334,8 @@ def main() -> None:
         home = Home(work / "home")
         total = sum(sum(r.get("times_s", {}).values()) for r in per_request)
     results["forgetctl_requests"] = per_request
+    # The ledger's per-version rows (already read in --home mode), for the gate's table.
+    version_rows = per_request if args.home else from_home(home)
     ledger = open_ledger(home.ledger_path)
     model, tokenizer = versions.load_version(ledger, home, ledger.alias("production"))
     # Every request the pipeline handled (a version row lists its requests, a row built
@@ -371,7 +373,7 @@ def main() -> None:
     # Per request, retries included: a request that needed two candidates cost both.
     results["cost"] = cost_ratio(results, total / max(1, len(handled)))
     (out / "tofu.json").write_text(json.dumps(results, indent=1, default=str))
-    md = [table(results), "", request_table(from_home(home)), "", f"cost: {results['cost']}"]
+    md = [table(results), "", request_table(version_rows), "", f"cost: {results['cost']}"]
     (out / "tofu.md").write_text("\n".join(md) + "\n")
     plot(results, out / "tofu.png")
     log("\n" + table(results))
