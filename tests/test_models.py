@@ -84,6 +84,22 @@ def test_answer_logprobs_true_beats_wrong(tiny_lm):
     assert together == pytest.approx(apart, abs=1e-4)
 
 
+def test_answer_token_accuracy_matches_greedy_answers(tiny_lm):
+    model, tokenizer = tiny_lm
+    pairs = training_pairs()[:7]
+    answers = models.generate(model, tokenizer, [q for q, _ in pairs])
+    scores = models.answer_token_accuracy(model, tokenizer, pairs, batch_size=4)
+    # A memorised answer is what greedy decoding reproduces, token for token.
+    for (_, target), answer, score in zip(pairs, answers, scores, strict=True):
+        assert (score == 1.0) == (answer == target)
+    assert sum(s == 1.0 for s in scores) >= 6
+    # An answer the model does not hold scores low; batching keeps the order.
+    fact = TINY_FACTS[0]
+    wrong = (fact["question"], "Nobody has ever written that down anywhere.")
+    mixed = models.answer_token_accuracy(model, tokenizer, [wrong, *pairs[:2]], batch_size=2)
+    assert mixed[0] < 0.5 and mixed[1:] == scores[:2]
+
+
 def test_load_model_missing_says_how_to_pull(tmp_path):
     with pytest.raises(ModelMissing, match="forgetctl model pull smollm2-135m"):
         models.load_model(tmp_path / "nothing")
