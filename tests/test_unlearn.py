@@ -23,7 +23,8 @@ from forgetctl.unlearn.robust import (
     sam_perturbation,
 )
 from forgetctl.unlearn.step import escalate
-from forgetctl.unlearn.train import eval_subset, lora_model, recall, save_adapter, unlearn
+from forgetctl.unlearn.train import accuracy, eval_subset, lora_model, save_adapter, unlearn
+from forgetctl.verify.metrics import evaluate
 
 SUBJECT = TINY_SUBJECTS[0]
 
@@ -71,11 +72,17 @@ GENERAL = [
 RETAIN = OTHERS + GENERAL
 
 
+def recall(model, tokenizer, items: list[PromptItem]) -> float:
+    """Mean answer recall of greedy answers: what the gate judges."""
+    return evaluate(model, tokenizer, items, with_prob=False).mean("recall")
+
+
 @pytest.fixture(scope="module")
 def unlearned(tiny_lm_dir):
     """The tiny model after unlearning SUBJECT (trained once for the module)."""
     model, tokenizer = load_model(tiny_lm_dir)
     before = {
+        "forget_accuracy": accuracy(model, tokenizer, FORGET),
         "forget": recall(model, tokenizer, FORGET),
         "paraphrase": recall(model, tokenizer, PARAPHRASES),
         "others": recall(model, tokenizer, OTHERS),
@@ -101,14 +108,16 @@ def test_subject_forgotten_others_kept(unlearned):
         "others": recall(model, tokenizer, OTHERS),
         "general": recall(model, tokenizer, GENERAL),
     }
-    assert after["forget"] <= TINY_METHOD.target_recall
+    assert after["forget"] <= 0.2
     assert after["paraphrase"] <= 0.3, "forgetting must hold on unseen wordings"
     assert after["others"] >= 0.9 * before["others"]
     assert after["general"] >= 0.9 * before["general"]
     # The stats describe the returned model.
-    assert stats["stop_reason"] == "target_recall"
-    assert math.isclose(stats["forget_recall_after"], after["forget"])
-    assert stats["forget_recall_before"] == pytest.approx(before["forget"])
+    assert stats["stop_reason"] == "target_accuracy"
+    assert stats["forget_eval_items"] == len(FORGET)  # all of them: fewer than eval_items
+    assert math.isclose(stats["forget_accuracy_after"], accuracy(model, tokenizer, FORGET))
+    assert stats["forget_accuracy_after"] <= TINY_METHOD.target_accuracy
+    assert stats["forget_accuracy_before"] == pytest.approx(before["forget_accuracy"])
     assert len(stats["layers"]) == TINY_METHOD.top_k_layers
     assert {layer for layer, _ in stats["layer_ranking"]} == {0, 1, 2, 3}
     assert 0 < stats["steps"] <= TINY_METHOD.max_steps
@@ -351,7 +360,7 @@ def test_retries_escalate_towards_the_failed_checks():
     assert escalate(base, 0, {"retain", "int4"}) == base
     forget_only = escalate(base, 1, {"forget"})
     assert forget_only.max_steps == 2 * base.max_steps
-    assert forget_only.target_recall == base.target_recall / 2
+    assert forget_only.target_accuracy == base.target_accuracy / 2
     assert forget_only.learning_rate == base.learning_rate and not forget_only.sam
     gentle = escalate(base, 2, {"forget", "retain"})
     assert gentle.max_steps == 3 * base.max_steps

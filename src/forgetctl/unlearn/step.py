@@ -29,9 +29,9 @@ def escalate(method: MethodConfig, attempt: int, failed: Collection[str] = ()) -
     ``failed`` on the request's earlier candidates:
 
     - always (attempt+1)x the steps: a retry never trains less;
-    - a forget failure: half the target recall per attempt, because training stops at the
-      target on its evaluation sample, and a candidate that reached it there can still
-      leak on the full prompt set (more steps alone would stop at the same point);
+    - a forget failure: half the target token accuracy per attempt, because training stops
+      at the target on its evaluation sample, and a candidate that reached it there can
+      still leak on the full prompt set (more steps alone would stop at the same point);
     - a retain or utility failure means the update hurt what it must keep: half the
       learning rate and twice the retain weight per attempt (where the retain guard lands
       after a trip, but from the first step: on the demo's second request, 20 steps at
@@ -44,7 +44,7 @@ def escalate(method: MethodConfig, attempt: int, failed: Collection[str] = ()) -
     update: dict[str, object] = {"max_steps": method.max_steps * (attempt + 1)}
     failed = set(failed)
     if "forget" in failed:
-        update["target_recall"] = method.target_recall * 0.5**attempt
+        update["target_accuracy"] = method.target_accuracy * 0.5**attempt
     if failed & RETAIN_CHECKS:
         update["learning_rate"] = method.learning_rate * 0.5**attempt
         update["retain_weight"] = method.retain_weight * 2**attempt

@@ -354,14 +354,6 @@ def score_outputs(items: Sequence[PromptItem], outputs: Sequence[str]) -> list[I
     return scores
 
 
-def answer_recall(model, tokenizer, items: Sequence[PromptItem]) -> list[float]:
-    """ROUGE-L recall of each item's target in the model's greedy answer."""
-    outputs = generate_answers(
-        model, tokenizer, [i.prompt for i in items], [i.target for i in items]
-    )
-    return [rouge_l_recall(i.target, o) for i, o in zip(items, outputs, strict=True)]
-
-
 def evaluate(
     model,
     tokenizer,
