@@ -70,7 +70,7 @@ def main_plan(lm, embedder, crafted_records):
     # (by author) and kept out of the neighbors.
     return plan_request(
         SUBJECT, ["M. Okonkwo"], crafted_records, "entity", model, tok, PlanConfig(),
-        _retain_rows(), tinylm.TINY_GENERAL, ["Someone Else"], embedder=embedder,
+        _retain_rows(), tinylm.TINY_GENERAL, embedder=embedder,
     )  # fmt: skip
 
 
@@ -143,7 +143,7 @@ def test_unknown_subject_is_not_present(lm, embedder):
     records = [{"question": q, "answer": a} for q, a in facts]
     out = plan_request(
         "Henrik Solberg", [], records, "entity", model, tok, FAST, _retain_rows(),
-        tinylm.TINY_GENERAL, [], embedder=embedder,
+        tinylm.TINY_GENERAL, embedder=embedder,
     )  # fmt: skip
     assert out.verdict == "not_present", out.reasons
     assert out.prompt_set.forget == []
@@ -156,7 +156,7 @@ def test_request_copying_another_subject_is_rejected(lm, embedder):
     records = _records(OTHER)[:4] + _records(SUBJECT)[:2]
     out = plan_request(
         SUBJECT, [], records, "records", model, tok, FAST, _retain_rows(), tinylm.TINY_GENERAL,
-        [], embedder=embedder,
+        embedder=embedder,
     )  # fmt: skip
     assert out.verdict == "rejected"
     assert OTHER in " ".join(out.reasons)
@@ -167,21 +167,12 @@ def test_request_copying_another_subject_is_rejected(lm, embedder):
 def test_plan_is_deterministic_for_a_seed(lm, embedder):
     model, tok = lm
     args = (SUBJECT, [], _records(SUBJECT)[:3], "records", model, tok)
-    rest = (_retain_rows(SUBJECT), tinylm.TINY_GENERAL, [])
+    rest = (_retain_rows(SUBJECT), tinylm.TINY_GENERAL)
     a = plan_request(*args, FAST, *rest, embedder=embedder)
     b = plan_request(*args, FAST, *rest, embedder=embedder)
     assert a.verdict == b.verdict == "planned"
     assert a.prompt_set.model_dump() == b.prompt_set.model_dump()
     assert [i.kind for i in a.prompt_set.forget].count("attribute") == 0  # records scope
-
-
-def test_already_forgotten_subject_is_duplicate():
-    out = plan_request(
-        SUBJECT, [], _records(SUBJECT), "entity", None, None, FAST, [], [],
-        {"mira okonkwo": "req-7"},
-    )  # fmt: skip
-    assert out.verdict == "duplicate" and "req-7" in out.reasons[0]
-    assert out.prompt_set is None
 
 
 def test_bad_requests_are_refused():
@@ -269,13 +260,13 @@ def test_without_records_attribute_answers_must_be_tied_to_the_name(lm, embedder
     model, tok = lm
     rows = _retain_rows()
     known = plan_request(
-        SUBJECT, [], [], "entity", model, tok, FAST, _retain_rows(SUBJECT), [], [],
+        SUBJECT, [], [], "entity", model, tok, FAST, _retain_rows(SUBJECT), [],
         embedder=embedder,
     )  # fmt: skip
     assert known.verdict == "planned"
     assert {i.kind for i in known.prompt_set.forget} == {"attribute"}
     unknown = plan_request(
-        "Henrik Solberg", [], [], "entity", model, tok, FAST, rows, [], [], embedder=embedder
+        "Henrik Solberg", [], [], "entity", model, tok, FAST, rows, [], embedder=embedder
     )
     assert unknown.verdict == "not_present"
     assert unknown.prompt_set.probe["by_kind"]["attribute"]["revealing"] == 0

@@ -1,6 +1,5 @@
 """The plan step: a deletion request becomes a verdict and an entity prompt set.
 
-    duplicate? (subject already forgotten in the lineage: nothing computed)
     scope guard on the records (general knowledge, other subjects' rows) -> rejected?
     expand the in-scope records (paraphrase, indirect, adversarial) + attribute prompts
     probe the current model on every forget prompt
@@ -18,7 +17,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -29,10 +28,10 @@ from forgetctl.items import FORGET_KINDS, PromptItem, PromptSet
 from forgetctl.plan import expand as ex
 from forgetctl.plan import filter as fl
 from forgetctl.plan.embed import CachedEmbedder, Embedder, default_embedder
-from forgetctl.plan.text import Subject, name_matches, squash
+from forgetctl.plan.text import Subject, squash
 from forgetctl.policies import PlanConfig
 
-Verdict = Literal["planned", "not_present", "rejected", "duplicate"]
+Verdict = Literal["planned", "not_present", "rejected"]
 
 # Fictitious people the attribute check compares the subject with when there are no
 # records: an answer the model would give about anyone is not the subject's data.
@@ -42,9 +41,9 @@ CONTROL_NAMES = ("Elena Marwick", "Tomasz Verhoeven", "Ines Caldara")
 @dataclass
 class PlanOutcome:
     verdict: Verdict
-    prompt_set: PromptSet | None
+    prompt_set: PromptSet
     """The planned set; for not_present and rejected, an empty forget side with the probe
-    and the dropped items as evidence; None for duplicate (nothing was computed)."""
+    and the dropped items as evidence."""
     reasons: list[str] = field(default_factory=list)
     figures: dict = field(default_factory=dict)
 
@@ -93,16 +92,6 @@ class _Run:
         return self.finish("rejected", reasons=reasons)
 
 
-def _forgotten_match(
-    subject: Subject, forgotten: Iterable[str] | Mapping[str, str]
-) -> tuple[str, str | None] | None:
-    refs = forgotten if isinstance(forgotten, Mapping) else dict.fromkeys(forgotten)
-    for name, ref in refs.items():
-        if any(name_matches(name, form) for form in subject.forms()):
-            return name, ref
-    return None
-
-
 def _mean(values: Sequence[float]) -> float | None:
     return round(float(np.mean(values)), 4) if len(values) else None
 
@@ -117,7 +106,6 @@ def plan_request(
     cfg: PlanConfig,
     retain_corpus_rows: Sequence[dict],
     general_items: Sequence[dict],
-    forgotten_subjects: Iterable[str] | Mapping[str, str] = (),
     embedder: Embedder | None = None,
     progress: Callable[[str], None] | None = None,
     identifiers: Mapping[str, str] | None = None,
@@ -126,8 +114,6 @@ def plan_request(
 
     ``records``: ``{question, answer}`` or ``{text}`` dicts; ``retain_corpus_rows``:
     ``{question, answer[, author]}``; ``general_items``: ``{question, answer}``;
-    ``forgotten_subjects``: names already forgotten in the production lineage (a mapping
-    name -> request id lets a duplicate verdict point at the earlier request);
     ``identifiers``: e.g. ``{"email": ...}``, used to describe the subject indirectly.
     """
     subj = Subject(squash(subject), tuple(a for a in aliases if a.strip()), dict(identifiers or {}))
@@ -138,17 +124,6 @@ def plan_request(
     if scope == "records" and not records:
         raise BadInput("a records-scope request needs its records")
     recs = ex.record_items(records, subj)
-
-    hit = _forgotten_match(subj, forgotten_subjects)
-    if hit:
-        name, ref = hit
-        where = f" by request {ref}" if ref else ""
-        return PlanOutcome(
-            "duplicate",
-            None,
-            [f"subject {name!r} was already forgotten in this lineage{where}"],
-            {"duplicate_of": ref, "matched_name": name},
-        )
 
     run = _Run(cfg, progress)
     emb = CachedEmbedder(embedder or default_embedder())

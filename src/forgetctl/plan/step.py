@@ -118,18 +118,16 @@ def plan_request_step(
         cfg=policy.plan,
         retain_corpus_rows=[r for r in load_jsonl(corpus) if kept(r)] if corpus else [],
         general_items=_general_rows(policy),
-        forgotten_subjects=[],
         progress=progress,
         identifiers=data["subject"]["identifiers"],
     )
     result = {"status": outcome.verdict, "reasons": list(outcome.reasons),
               "figures": outcome.figures}  # fmt: skip
     with ledger.transaction():
-        if outcome.prompt_set is not None:
-            # Reasons can quote prompts or other people's names: they are kept only inside
-            # the encrypted prompt set; the event carries the PII-free figures.
-            outcome.prompt_set.probe["reasons"] = list(outcome.reasons)
-            result.update(store_plan(ledger, keys, request_id, outcome.prompt_set))
+        # Reasons can quote prompts or other people's names: they are kept only inside
+        # the encrypted prompt set; the event carries the PII-free figures.
+        outcome.prompt_set.probe["reasons"] = list(outcome.reasons)
+        result.update(store_plan(ledger, keys, request_id, outcome.prompt_set))
         ledger.set_request_status(request_id, outcome.verdict, figures=outcome.figures,
                                   reasons=len(outcome.reasons))  # fmt: skip
     return result
