@@ -3,9 +3,10 @@
     python benchmarks/tofu.py [--authors 20] [--forget 4] [--data FILE] [--eval-cap 40]
 
 1. The deployed model: the default model (SmolLM2-135M) fully fine-tuned on K TOFU authors.
-2. forgetctl: M requests (the first M authors), each through plan, apply, verify
-   (full precision, int4, relearning) and promote, in sequence on one ledger, as
-   `forgetctl run` does. After each request production is measured.
+2. forgetctl: M GDPR requests (the first M authors), one after the other on one ledger,
+   each driven by `forgetctl run`'s loop through plan, apply, verify (full precision, int4,
+   relearning) and promote, with the policy's retries. After each request production is
+   measured.
 3. Baselines on the same deployed model and authors: no-op; plain gradient ascent on the
    M authors' records in full precision with no gate; retraining from scratch (the base
    fine-tuned on the K-M retained authors only, timed: that is the cost to beat).
@@ -25,6 +26,7 @@ import json
 import platform
 import random
 import resource
+import shutil
 import time
 from pathlib import Path
 
@@ -38,13 +40,12 @@ from forgetctl.finetune import build_deployed_model, deployed_manifest, finetune
 from forgetctl.home import Home
 from forgetctl.items import PromptItem
 from forgetctl.ledger import open_ledger
-from forgetctl.plan.step import load_plan, plan_request_step
+from forgetctl.pipeline import Runner
+from forgetctl.plan.step import load_plan
 from forgetctl.policies import MethodConfig, VerifyConfig
-from forgetctl.unlearn.step import apply_request
 from forgetctl.verify.int4 import quantize_model_int4
 from forgetctl.verify.metrics import TruthItem, evaluate, truth_ratio_forget, truth_ratios
 from forgetctl.verify.relearn import relearn_attack
-from forgetctl.verify.step import verify_version
 
 ROOT = Path(__file__).resolve().parent
 
@@ -110,18 +111,24 @@ def robustness(model, tokenizer, rows, cfg: VerifyConfig) -> dict:
     return {"int4_recovery": q4 - full, "relearn_recovery": attack.recovery}
 
 
-def run_forgetctl(work: Path, deployed: Path, corpus: Path, suite: Suite, forget_ids, log):
+def run_forgetctl(
+    work: Path, deployed: Path, corpus: Path, suite: Suite, forget_ids, log, policies_dir=None
+) -> list[dict]:
+    """One request per author, each driven to its end by `forgetctl run`'s loop (plan,
+    apply, verify, promote, with the policy's retries), production measured after each.
+    ``policies_dir``: policy files that replace the packaged ones."""
     home = Home(work / "home")
     if home.root.exists():
-        import shutil
-
         shutil.rmtree(home.root)
     home.create_dirs()
+    for src in Path(policies_dir).glob("*.toml") if policies_dir else ():
+        shutil.copy2(src, home.policies_dir / src.name)
     ledger = open_ledger(home.ledger_path, create=True)
     versions.register_base(ledger, deployed)
     (home.root / "retain-corpus.jsonl").write_bytes(corpus.read_bytes())
-    keys, policies = Keyring(home.keys), home.policies()
-    per_request, forgotten, indirect = [], [], []
+    keys = Keyring(home.keys)
+    runner = Runner(ledger, home, keys, say=log)
+    per_request, indirect = [], []
     for n, author in enumerate(forget_ids, 1):
         rows = suite.forget_rows[author]
         req = rq.parse_request({
@@ -129,40 +136,18 @@ def run_forgetctl(work: Path, deployed: Path, corpus: Path, suite: Suite, forget
             "subject": {"name": rows[0]["author"] or f"author {author}"},
             "records": [{"question": r["question"], "answer": r["answer"]} for r in rows],
         })  # fmt: skip
-        rid, _ = rq.add_request(ledger, keys, policies, req)
-        times = {}
-        t = time.perf_counter()
-        plan = plan_request_step(ledger, home, keys, policies, rid)
-        times["plan"] = time.perf_counter() - t
-        if plan["status"] != "planned":
-            per_request.append({"author": author, "plan": plan["status"], "times": times})
-            continue
-        prompt_set = load_plan(ledger, keys, rid)
-        t = time.perf_counter()
-        vid = apply_request(ledger, home, keys, policies, rid)
-        times["apply"] = time.perf_counter() - t
-        t = time.perf_counter()
-        verdict, checks = verify_version(ledger, home, keys, policies, vid, int4=True,
-                                         relearn=True)  # fmt: skip
-        times["verify"] = time.perf_counter() - t
-        if verdict == "verified":
-            versions.promote(ledger, policies, vid)
-            forgotten.append(author)
-            indirect += [i for i in prompt_set.forget if i.kind == "indirect"]
-        figures = {c.name: c.figures for c in checks}
+        rid, _ = rq.add_request(ledger, keys, runner.policies, req)
+        outcome = runner.drive(rid)
+        if outcome.end == "promoted":
+            indirect += [i for i in load_plan(ledger, keys, rid).forget if i.kind == "indirect"]
         model, tokenizer = versions.load_version(ledger, home, ledger.alias("production"))
         metrics = suite.measure(model, tokenizer, forget_ids[:n], indirect)
         per_request.append({
-            "author": author, "request": rid, "version": vid, "verdict": verdict,
-            "counts": prompt_set.counts(), "times_s": {k: round(v, 1) for k, v in times.items()},
-            "int4_recovery": figures.get("int4", {}).get("requests", {}).get(str(rid), {})
-            .get("recovery"),
-            "relearn_recovery": figures.get("relearn", {}).get("requests", {}).get(str(rid), {})
-            .get("recovery"),
-            "training": ledger.version(vid)["metrics"],
-            "cumulative": metrics, "peak_rss_mb": round(peak_rss_mb()),
+            "author": author, "request": rid, "status": outcome.end, "steps": outcome.steps,
+            "seconds": outcome.seconds, "cumulative": metrics, "peak_rss_mb": round(peak_rss_mb()),
         })  # fmt: skip
-        log(f"request {n}/{len(forget_ids)} author {author}: {verdict} {times} {metrics}")
+        log(f"request {n}/{len(forget_ids)} author {author}: {outcome.end} "
+            f"{outcome.steps} {outcome.seconds} s {metrics}")  # fmt: skip
     return per_request
 
 
@@ -271,6 +256,9 @@ def main() -> None:
         "--forget-ids", help="author ids to forget (default: the first M), e.g. 1,3"
     )
     parser.add_argument(
+        "--policies", help="a directory of policy files (*.toml) that replace the packaged ones"
+    )
+    parser.add_argument(
         "--home",
         help="measure a forgetctl home whose `run` already processed --forget-ids (its base "
         "version is the deployed model) instead of running the pipeline here",
@@ -330,9 +318,11 @@ def main() -> None:
         # apply and verify of every version the run built (planning is not recorded per step)
         total = sum(r["training"].get("wall_s", 0.0) + verify_seconds(r) for r in per_request)
     else:
-        per_request = run_forgetctl(work, deployed, corpus, suite, forget_ids, log)
+        per_request = run_forgetctl(work, deployed, corpus, suite, forget_ids, log,
+                                    args.policies)  # fmt: skip
         home = Home(work / "home")
-        total = sum(sum(r.get("times_s", {}).values()) for r in per_request)
+        # plan, apply, verify and promote of every request, retries included
+        total = sum(r["seconds"] for r in per_request)
     results["forgetctl_requests"] = per_request
     # The ledger's per-version rows (already read in --home mode), for the gate's table.
     version_rows = per_request if args.home else from_home(home)

@@ -1,0 +1,52 @@
+"""The pipeline half of benchmarks/tofu.py on the tiny model: its requests go through
+`forgetctl run`'s loop in the benchmark's own home, and the figures it reports come out."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import tinylm
+from test_pipeline import write_policy
+
+from forgetctl.data import load_authors
+from forgetctl.home import Home
+from forgetctl.models import load_model
+
+BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "tofu.py"
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("tofu_benchmark", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_drives_requests_through_the_run_loop(tiny_lm_dir, tmp_path):
+    bench = _benchmark()
+    corpus = tinylm.write_tofu_jsonl(tmp_path / "corpus.jsonl")
+    settings = tmp_path / "settings"  # the tiny model's policy, as `--policies` passes it
+    (settings / "policies").mkdir(parents=True)
+    tinylm.write_general_jsonl(settings / "general.jsonl")
+    write_policy(settings)
+    suite = bench.Suite(load_authors(corpus), [0], [1, 2, 3, 4], cap=10)
+    before = suite.measure(*load_model(tiny_lm_dir), [0])
+
+    [row] = bench.run_forgetctl(
+        tmp_path / "work", tiny_lm_dir, corpus, suite, [0], lambda _msg: None,
+        settings / "policies",
+    )  # fmt: skip
+
+    assert row["status"] == "promoted"
+    assert row["steps"] == ["plan", "apply", "verify", "promote"]
+    after = row["cumulative"]
+    assert after["forget_original"] < 0.5 * before["forget_original"]
+    assert after["other_authors"] >= 0.9 * before["other_authors"]
+    assert after["forget_indirect"] is not None  # the promoted plan's indirect prompts
+    # The ledger's rows give the per-step cost and the gate's verdicts.
+    [version] = bench.from_home(Home(tmp_path / "work" / "home"))
+    assert version["status"] == "promoted" and version["requests"] == [row["request"]]
+    assert all(check["passed"] for check in version["checks"].values())
+    assert bench.verify_seconds(version) > 0
+    assert "| 1 | [1] | promoted |" in bench.request_table([version])
