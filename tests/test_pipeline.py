@@ -122,7 +122,8 @@ def test_run_end_to_end_promote_report_rollback(tiny_home, tmp_path):
     assert statuses() == {"DSR-1": "received"}
     con = sqlite3.connect(tiny_home / "ledger.db")
     history = [r[0] for r in con.execute("SELECT version_id FROM alias_history ORDER BY id")]
-    assert history == [0, 1, 0]
+    # Production went to the promoted version (a retry's, if the first was rejected) and back.
+    assert history[0] == history[2] == 0 and history[1] >= 1 and len(history) == 3
     cli("ledger", "verify")
 
 
