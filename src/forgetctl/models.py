@@ -183,10 +183,18 @@ def token_logprobs(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
 
     Differentiable (no ``no_grad``): unlearning objectives build on it.
     """
+    logits, labels, mask = _aligned(model, batch)
+    return _label_logprobs(logits, labels) * mask, mask
+
+
+def _aligned(
+    model: Any, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch's logits and labels aligned (position t predicts label t), and the mask of
+    the supervised (answer) positions."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     labels = batch["labels"][:, 1:]
-    mask = labels != -100
-    return _label_logprobs(logits[:, :-1], labels) * mask, mask
+    return logits[:, :-1], labels, labels != -100
 
 
 def _label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -215,9 +223,7 @@ def _per_answer(
     for batch in _length_batches(lengths, batch_size):
         enc = encode_pairs(tokenizer, [pairs[i] for i in batch])
         enc = {k: v.to(device) for k, v in enc.items()}
-        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-        labels = enc["labels"][:, 1:]
-        figures = score(logits[:, :-1], labels, labels != -100)
+        figures = score(*_aligned(model, enc))
         for row, i in enumerate(batch):
             out[i] = float(figures[row])
     model.train(was_training)
