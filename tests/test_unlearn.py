@@ -10,7 +10,7 @@ import torch
 from tinylm import TINY_FACTS, TINY_GENERAL, TINY_SUBJECTS, facts_for
 
 from forgetctl.fsutil import sha256_tree
-from forgetctl.items import PromptItem
+from forgetctl.items import PromptItem, sample_by_kind
 from forgetctl.models import encode_pairs, load_model, merged_model
 from forgetctl.policies import MethodConfig
 from forgetctl.unlearn import train as train_mod
@@ -23,7 +23,7 @@ from forgetctl.unlearn.robust import (
     sam_perturbation,
 )
 from forgetctl.unlearn.step import escalate
-from forgetctl.unlearn.train import accuracy, eval_subset, lora_model, save_adapter, unlearn
+from forgetctl.unlearn.train import accuracy, lora_model, save_adapter, unlearn
 from forgetctl.verify.metrics import evaluate
 
 SUBJECT = TINY_SUBJECTS[0]
@@ -332,14 +332,14 @@ def test_sam_perturbation_moves_and_restores():
         assert not moved
 
 
-def test_eval_subset_spreads_over_kinds():
+def test_sample_by_kind_spreads_over_kinds():
     items = [PromptItem(prompt=f"q{i}", target="a", kind="record") for i in range(30)]
     items += [PromptItem(prompt=f"p{i}", target="a", kind="paraphrase") for i in range(5)]
-    sample = eval_subset(items, 10, seed=1)
+    sample = sample_by_kind(items, 10, seed=1)
     assert len(sample) == 10 and len({i.prompt for i in sample}) == 10
     assert sum(i.kind == "paraphrase" for i in sample) == 5
-    assert sample == eval_subset(items, 10, seed=1)
-    assert eval_subset(items[:4], 10, seed=1) == items[:4]
+    assert sample == sample_by_kind(items, 10, seed=1)
+    assert sample_by_kind(items[:4], 10, seed=1) == items[:4]
 
 
 def test_sequence_logprobs_match_models_helper(tiny_lm):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel
@@ -36,3 +38,23 @@ class PromptSet(BaseModel):
         for item in [*self.forget, *self.retain]:
             out[item.kind] = out.get(item.kind, 0) + 1
         return out
+
+
+def sample_by_kind(items: Sequence[PromptItem], cap: int, seed: int | str) -> list[PromptItem]:
+    """At most ``cap`` items, spread evenly over kinds: a seeded shuffle per kind, then
+    one item of each kind in turn. All of them when there are at most ``cap``."""
+    if len(items) <= cap:
+        return list(items)
+    rng = random.Random(seed)
+    by_kind: dict[str, list[PromptItem]] = {}
+    for item in items:
+        by_kind.setdefault(item.kind, []).append(item)
+    pools = [by_kind[k] for k in sorted(by_kind)]
+    for pool in pools:
+        rng.shuffle(pool)
+    out: list[PromptItem] = []
+    while len(out) < cap:
+        for pool in pools:
+            if pool and len(out) < cap:
+                out.append(pool.pop())
+    return out

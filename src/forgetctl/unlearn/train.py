@@ -47,7 +47,7 @@ import torch
 
 from forgetctl.errors import BadInput
 from forgetctl.fsutil import atomic_dir, sha256_tree
-from forgetctl.items import PromptItem
+from forgetctl.items import PromptItem, sample_by_kind
 from forgetctl.policies import MethodConfig
 from forgetctl.unlearn.attribution import layer_linear_names, rank_layers, select_layers
 from forgetctl.unlearn.objectives import (
@@ -93,26 +93,6 @@ def accuracy(model, tokenizer, items: Sequence[PromptItem]) -> float:
     from forgetctl.models import answer_token_accuracy
 
     return _mean(answer_token_accuracy(model, tokenizer, [(i.prompt, i.target) for i in items]))
-
-
-def eval_subset(items: Sequence[PromptItem], cap: int, seed: int) -> list[PromptItem]:
-    """At most ``cap`` items, spread evenly over kinds: a seeded shuffle per kind, then
-    one item of each kind in turn. All of them when there are at most ``cap``."""
-    if len(items) <= cap:
-        return list(items)
-    rng = random.Random(seed)
-    by_kind: dict[str, list[PromptItem]] = {}
-    for item in items:
-        by_kind.setdefault(item.kind, []).append(item)
-    pools = [by_kind[k] for k in sorted(by_kind)]
-    for pool in pools:
-        rng.shuffle(pool)
-    out: list[PromptItem] = []
-    while len(out) < cap:
-        for pool in pools:
-            if pool and len(out) < cap:
-                out.append(pool.pop())
-    return out
 
 
 def _encode(tokenizer, items: Sequence[PromptItem], device) -> dict[str, torch.Tensor]:
@@ -188,11 +168,11 @@ def unlearn(
     model.eval()  # no dropout anywhere: a step depends only on the batch and the seed
 
     # A bounded, fixed sample is scored at each evaluation.
-    forget_eval = eval_subset(forget, method.eval_items, method.seed)
+    forget_eval = sample_by_kind(forget, method.eval_items, method.seed)
     # The guard watches the neighbors (what the retain check judges): general questions the
     # model answers at ~0.2 recall only add noise to a small threshold on a small sample.
     neighbors = [item for item in retain if item.kind != "general"] or retain
-    retain_eval = eval_subset(neighbors, method.eval_items, method.seed + 1)
+    retain_eval = sample_by_kind(neighbors, method.eval_items, method.seed + 1)
     timing = {"eval_s": 0.0, "train_s": 0.0}
     clock = time.perf_counter()
     forget_before = accuracy(model, tokenizer, forget_eval)
