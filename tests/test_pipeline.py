@@ -146,6 +146,22 @@ def test_forgotten_subject_rows_are_not_neighbors_of_the_next_request(tiny_home,
     others = set(tinylm.TINY_SUBJECTS[2:])
     assert [i for i in neighbors if any(name in i.prompt + i.target for name in others)]
 
+    # Request 2's candidates answer a sample of request 1's forget set, spread over kinds.
+    policy = tiny_home / "policies" / "gdpr.toml"
+    policy.write_text(policy.read_text().replace("[verify]\n", "[verify]\nregression_items = 4\n"))
+    cli("run")
+    ledger = open_ledger(tiny_home / "ledger.db")
+    first_set = load_plan(ledger, Keyring(tiny_home / "keys"), 1).forget
+    assert len(first_set) > 4 and len({i.kind for i in first_set}) > 1
+    ids = [v["id"] for v in ledger.db.query("SELECT id FROM versions WHERE kind = 'adapter'")]
+    checks = [c for vid in ids if ledger.version(vid)["requests"] == [2]
+              for c in ledger.verifications(vid) if c["check_name"] == "regression"]  # fmt: skip
+    assert checks  # request 2's attempts, each checked against request 1
+    for check in checks:
+        answered = check["figures"]["requests"]["1"]["by_kind"]
+        assert sum(row["n"] for row in answered.values()) == 4 and len(answered) > 1
+        assert check["figures"]["sampled"] == {"1": [4, len(first_set)]}
+
 
 def test_weak_unlearning_is_rejected_and_promotion_refused(tiny_home, tmp_path):
     write_policy(tiny_home, lr=1e-6, steps=2, retries=1)

@@ -116,6 +116,10 @@ class VerifyConfig(_Strict):
     relearn_fraction: float = Field(0.5, gt=0, lt=1)
     relearn_steps: int = Field(20, ge=1)
     relearn_learning_rate: float = Field(1e-4, gt=0)
+    regression_items: int = Field(48, ge=0)
+    """Items of each earlier request's forget set that regression answers (0: all). Every
+    request adds its whole set to every later verification otherwise, a cost that grows
+    with the lineage; each version draws its own sample, spread over the prompt kinds."""
     mandatory: list[CheckName] = list(ALL_CHECKS)
 
 
