@@ -20,11 +20,13 @@ from forgetctl.verify.checks import (
     check_int4,
     check_relearn,
     check_retain,
+    clearly_forgotten,
     run_checks,
 )
 from forgetctl.verify.int4 import BLOCKSIZE, quantize_model_int4, quantized_linear_names
 from forgetctl.verify.metrics import (
     EvalResult,
+    ItemScore,
     TruthItem,
     evaluate,
     item_facts,
@@ -213,6 +215,51 @@ def test_unchanged_model_fails_forget_check(tiny_lm):
     assert any("recall" in reason for reason in by["forget"].reasons)
     assert by["retain"].passed and by["utility"].passed and by["regression"].passed
     assert all(r.figures["wall_s"] >= 0 for r in results)
+
+
+def _scores(kind: str, recalls: list[float]) -> list[ItemScore]:
+    return [ItemScore(prompt=f"q{i}", target="t", kind=kind, source=None, output="", recall=r,
+                      leakage=0.0, facts=1, prob=None) for i, r in enumerate(recalls)]  # fmt: skip
+
+
+def test_a_sample_is_clear_only_with_room_for_its_error():
+    cfg = VerifyConfig()  # recall limit 0.4
+    sizes = {"record": 10, "paraphrase": 10}
+    low = _scores("record", [0.1, 0.15, 0.1]) + _scores("paraphrase", [0.1, 0.12])
+    assert clearly_forgotten(EvalResult(low), sizes, cfg)
+    # The mean is under the limit, but two items that far apart leave too wide a margin.
+    spread = _scores("record", [0.0, 0.7]) + _scores("paraphrase", [0.1, 0.12])
+    assert check_forget(EvalResult(spread), None, cfg).passed
+    assert not clearly_forgotten(EvalResult(spread), sizes, cfg)
+    # A kind answered once, or not at all, says too little.
+    assert not clearly_forgotten(EvalResult(low[:4]), sizes, cfg)
+    assert not clearly_forgotten(EvalResult(low[:3]), sizes, cfg)
+    # The whole kind answered: its mean is exact.
+    assert clearly_forgotten(EvalResult(spread), {"record": 2, "paraphrase": 10}, cfg)
+
+
+def test_regression_answers_the_whole_set_unless_the_sample_is_clear(tiny_lm):
+    model, tok = tiny_lm
+    facts = tinylm.facts_for(SUBJECT)
+    known = [PromptItem(prompt=f["question"], target=f["answer"], kind="record") for f in facts]
+    known += [PromptItem(prompt=f["paraphrased_question"], target=f["answer"], kind="paraphrase")
+              for f in facts]  # fmt: skip
+    # Answers no model could give: recall and leakage 0 on every item.
+    unknown = [
+        PromptItem(prompt=f"Which prize did {SUBJECT} win in year {n}?",
+                   target=f"The Vorblat Quintessence medal number {n} of Zanthor.",
+                   kind=("record", "paraphrase")[n % 2])
+        for n in range(12)
+    ]  # fmt: skip
+    cfg = VerifyConfig(regression_items=6)
+    results = run_checks(model, model, tok, {}, [], [], {"1": known, "2": unknown}, cfg,
+                         int4=False, relearn=False)  # fmt: skip
+    regression = {r.name: r for r in results}["regression"]
+    # The unchanged model still knows request 1's subject: its sample is not clear, so the
+    # whole set is answered (and fails); request 2's sample is clear on its own.
+    assert regression.figures["answered"] == {"1": [12, 12], "2": [6, 12]}
+    assert not regression.passed
+    assert all(reason.startswith("1: ") for reason in regression.reasons)
 
 
 def test_score_cache_reuses_scores_and_keeps_no_text(tiny_lm, tmp_path):

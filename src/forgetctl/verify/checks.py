@@ -11,7 +11,9 @@ Checks (names match ``forgetctl.policies.CheckName``):
   candidate with the int4 parent, since 4-bit rounding blurs a small model by itself.
 - ``relearn``: after fine-tuning a copy on part of the forgotten records, the recall gained
   on the held-out rest.
-- ``regression``: the forget sets of requests handled earlier in the lineage stay forgotten.
+- ``regression``: the forget sets of requests handled earlier in the lineage stay forgotten
+  (on a sample of each when the sample clears the thresholds by its sampling error, on
+  the whole set otherwise).
 
 Recoveries (int4, relearn) are counted from ``max(recall before, cfg.recall_floor)``: a
 model that never saw the subject reaches that recall anyway, so regaining fluent but empty
@@ -24,11 +26,14 @@ once and calls them, timing each.
 from __future__ import annotations
 
 import gc
+import math
+import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
-from forgetctl.items import PromptItem
+from forgetctl.items import PromptItem, sample_by_kind
 from forgetctl.policies import VerifyConfig
 from forgetctl.verify.int4 import quantize_model_int4
 from forgetctl.verify.metrics import EvalResult, evaluate
@@ -266,6 +271,34 @@ def check_relearn(
 # --------------------------------------------------------------------------- regression
 
 
+Z_99 = 2.326
+"""One-sided 99% normal quantile: the bound a sample must clear to pass on its own."""
+
+
+def clearly_forgotten(sample: EvalResult, kind_sizes: Mapping[str, int], cfg: VerifyConfig) -> bool:
+    """Whether a sample of a forget set passes the forget thresholds with room to spare: for
+    every kind, the sample mean of recall and of leakage plus ``Z_99`` standard errors
+    (corrected for sampling without replacement from ``kind_sizes[kind]`` items) is at or
+    under its limit. A kind sampled once, or not at all, is never clear."""
+    for kind, size in kind_sizes.items():
+        scores = [s for s in sample.items if s.kind == kind]
+        for metric, limit in (
+            ("recall", cfg.max_forget_recall),
+            ("leakage", cfg.max_key_fact_leakage),
+        ):
+            values = [v for s in scores if (v := getattr(s, metric)) is not None]
+            if metric == "leakage" and not values and scores:
+                continue  # no key facts in these targets: nothing can leak
+            n = len(values)
+            if n < 2 and n < size:
+                return False
+            spread = statistics.stdev(values) if n >= 2 else 0.0
+            shrink = math.sqrt((size - n) / (size - 1)) if size > 1 else 0.0
+            if sum(values) / n + Z_99 * spread / math.sqrt(n) * shrink > limit:
+                return False
+    return True
+
+
 def check_regression(
     earlier_evals: Mapping[str, EvalResult], cfg: VerifyConfig, name: str = "regression"
 ) -> CheckResult:
@@ -301,8 +334,11 @@ def run_checks(
     result's figures carry ``wall_s``, the seconds spent measuring for that check. The
     models are not modified (int4 and relearning work on copies). With ``cache`` and
     ``model_keys`` (parent's, candidate's), scores measured before on the same weights are
-    reused (full precision and int4).
+    reused (full precision and int4). Regression answers ``cfg.regression_items`` of each
+    earlier set, a sample drawn from the candidate's key (the same again when the same
+    weights are re-verified, other items for the next version).
     """
+    sample_seed = f"/{model_keys[1]}" if model_keys else "/"
     say = progress or (lambda _msg: None)
     results: list[CheckResult] = []
     models = {"parent": parent_model, "candidate": candidate_model}
@@ -363,11 +399,25 @@ def run_checks(
     timed(lambda: drop_check("utility", general, check_utility))
 
     def regression() -> CheckResult:
-        evals = {}
+        # A sample of each earlier set first (spread over kinds, drawn per candidate); the
+        # whole set unless the sample passes with room for its sampling error, so that a
+        # set near its limits is judged on every item, as without sampling.
+        evals, answered = {}, {}
         for rid, items in earlier.items():
-            say(f"regression: candidate on earlier request {rid} ({len(items)} items)")
-            evals[rid] = measure("candidate", items)
-        return check_regression(evals, cfg)
+            cap = cfg.regression_items or len(items)
+            sample = sample_by_kind(items, cap, seed=rid + sample_seed)
+            say(f"regression: candidate on request {rid} ({len(sample)} of {len(items)} items)")
+            evals[rid] = measure("candidate", sample)
+            if len(sample) < len(items) and not clearly_forgotten(
+                evals[rid], Counter(i.kind for i in items), cfg
+            ):
+                say(f"regression: not clear on the sample; candidate on all of request {rid}")
+                evals[rid] = measure("candidate", items)
+            answered[rid] = [len(evals[rid].items), len(items)]
+        result = check_regression(evals, cfg)
+        if answered:
+            result.figures["answered"] = answered  # {request: [items answered, items in set]}
+        return result
 
     timed(regression)
 

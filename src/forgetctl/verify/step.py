@@ -3,8 +3,7 @@
 The candidate is compared with its parent (production when it was built). The forget
 sets are the planned prompt sets of the requests the version covers; the retain side is
 their neighbor and general items; regression covers every request forgotten earlier in the
-lineage whose prompt set is still readable (a purged request keeps only its evidence), on
-a sample of ``regression_items`` of each set spread over its prompt kinds.
+lineage whose prompt set is still readable (a purged request keeps only its evidence).
 
 Scores are cached per model and item (``verify.scores``): a retry's parent, or a promoted
 candidate that becomes the next request's parent, is not asked the same questions again.
@@ -21,7 +20,7 @@ from forgetctl import versions
 from forgetctl.crypto import Keyring
 from forgetctl.errors import InvalidState
 from forgetctl.home import Home
-from forgetctl.items import PromptItem, sample_by_kind
+from forgetctl.items import PromptItem
 from forgetctl.ledger import Ledger
 from forgetctl.plan.step import load_plan
 from forgetctl.policies import Policy, VerifyConfig
@@ -71,21 +70,14 @@ def verify_version(
     forget_sets = {str(rid): p.forget for rid, p in plans.items()}
     retain = _dedupe([i for p in plans.values() for i in p.retain if i.kind != "general"])
     general = _dedupe([i for p in plans.values() for i in p.retain if i.kind == "general"])
-    cfg = strictest([policies[ledger.request(rid)["policy"]].verify for rid in version["requests"]])
     earlier: dict[str, list[PromptItem]] = {}
-    sampled: dict[str, list[int]] = {}
     for rid in versions.forgotten_requests(ledger, version["parent"]):
         try:
-            items = load_plan(ledger, keys, rid).forget
+            earlier[str(rid)] = load_plan(ledger, keys, rid).forget
         except InvalidState:
             ledger.append_event("verification.regression_skipped", request_id=rid,
                                 version_id=version_id, reason="prompt set purged")  # fmt: skip
-            continue
-        # A sample per version (seeded by both ids): re-verifying draws the same items, a
-        # later version other ones, so a long lineage still covers whole sets.
-        cap = cfg.regression_items or len(items)
-        earlier[str(rid)] = sample_by_kind(items, cap, seed=f"{rid}/{version_id}")
-        sampled[str(rid)] = [len(earlier[str(rid)]), len(items)]
+    cfg = strictest([policies[ledger.request(rid)["policy"]].verify for rid in version["requests"]])
     parent_model, tokenizer = versions.load_version(ledger, home, version["parent"])
     candidate_model, _ = versions.load_version(ledger, home, version_id)
     results = run_checks(
@@ -95,9 +87,6 @@ def verify_version(
         model_keys=(versions.version_key(ledger, version["parent"]),
                     versions.version_key(ledger, version_id)),
     )  # fmt: skip
-    for r in results:
-        if r.name == "regression" and sampled:
-            r.figures["sampled"] = sampled  # {request: [items answered, items in its set]}
     with ledger.transaction():
         for r in results:
             ledger.add_verification(version_id, r.name, r.passed, r.figures, r.reasons)
