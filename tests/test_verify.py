@@ -379,3 +379,14 @@ def test_suppression_is_caught(tiny_lm, tiny_lm_dir):
     # The candidate itself was not modified by int4 or the attack.
     again = evaluate(candidate, tok, _forget_items(), with_prob=False)
     assert again.overall["recall"] == pytest.approx(forget["overall"]["recall"], abs=1e-4)
+
+
+def test_a_version_of_several_requests_is_held_to_the_strictest_policy():
+    from forgetctl.verify.step import strictest
+
+    a = VerifyConfig(max_forget_recall=0.3, regression_items=48, mandatory=["forget"])
+    b = VerifyConfig(max_forget_recall=0.4, regression_items=96, mandatory=["int4"])
+    both = strictest([a, b])
+    assert both.max_forget_recall == 0.3 and both.regression_items == 96
+    assert both.mandatory == ["forget", "int4"]
+    assert strictest([a, VerifyConfig(regression_items=0)]).regression_items == 0

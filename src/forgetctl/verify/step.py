@@ -40,6 +40,8 @@ def strictest(configs: list[VerifyConfig]) -> VerifyConfig:
                 data[key] = min(data[key], value)
             elif key == "mandatory":
                 data[key] = sorted(set(data[key]) | set(value))
+            elif key == "regression_items":  # more items is stricter, and 0 means all
+                data[key] = 0 if 0 in (data[key], value) else max(data[key], value)
     return VerifyConfig.model_validate(data)
 
 
