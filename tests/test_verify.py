@@ -14,6 +14,7 @@ import torch
 
 from forgetctl.items import PromptItem
 from forgetctl.policies import VerifyConfig
+from forgetctl.verify import checks
 from forgetctl.verify.checks import (
     CheckResult,
     check_forget,
@@ -238,7 +239,7 @@ def test_a_sample_is_clear_only_with_room_for_its_error():
     assert clearly_forgotten(EvalResult(spread), {"record": 2, "paraphrase": 10}, cfg)
 
 
-def test_regression_answers_the_whole_set_unless_the_sample_is_clear(tiny_lm):
+def test_regression_answers_the_whole_set_unless_the_sample_is_clear(tiny_lm, monkeypatch):
     model, tok = tiny_lm
     facts = tinylm.facts_for(SUBJECT)
     known = [PromptItem(prompt=f["question"], target=f["answer"], kind="record") for f in facts]
@@ -252,12 +253,21 @@ def test_regression_answers_the_whole_set_unless_the_sample_is_clear(tiny_lm):
         for n in range(12)
     ]  # fmt: skip
     cfg = VerifyConfig(regression_items=6)
+    answered = []
+
+    def counting(model, tok, items, **kw):
+        answered.append(len(items))
+        return evaluate(model, tok, items, **kw)
+
+    monkeypatch.setattr(checks, "evaluate", counting)
     results = run_checks(model, model, tok, {}, [], [], {"1": known, "2": unknown}, cfg,
                          int4=False, relearn=False)  # fmt: skip
     regression = {r.name: r for r in results}["regression"]
     # The unchanged model still knows request 1's subject: its sample is not clear, so the
-    # whole set is answered (and fails); request 2's sample is clear on its own.
+    # whole set is judged (and fails), each item answered once; request 2's sample is clear
+    # on its own.
     assert regression.figures["answered"] == {"1": [12, 12], "2": [6, 12]}
+    assert [n for n in answered if n] == [6, 6, 6]
     assert not regression.passed
     assert all(reason.startswith("1: ") for reason in regression.reasons)
 

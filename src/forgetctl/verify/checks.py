@@ -411,8 +411,10 @@ def run_checks(
             if len(sample) < len(items) and not clearly_forgotten(
                 evals[rid], Counter(i.kind for i in items), cfg
             ):
-                say(f"regression: not clear on the sample; candidate on all of request {rid}")
-                evals[rid] = measure("candidate", items)
+                say(f"regression: not clear on the sample; candidate on the rest of {rid}")
+                chosen = {id(i) for i in sample}
+                rest = [i for i in items if id(i) not in chosen]
+                evals[rid] = EvalResult(evals[rid].items + measure("candidate", rest).items)
             answered[rid] = [len(evals[rid].items), len(items)]
         result = check_regression(evals, cfg)
         if answered:
