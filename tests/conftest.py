@@ -39,6 +39,6 @@ def tiny_lm_dir() -> Path:
 
 @pytest.fixture
 def tiny_lm(tiny_lm_dir):
-    from forgetctl.models import load_model
+    from forgetctl.lm.weights import load_model
 
     return load_model(tiny_lm_dir)

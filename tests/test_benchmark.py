@@ -9,9 +9,9 @@ from pathlib import Path
 import tinylm
 from test_pipeline import write_policy
 
-from forgetctl.data import load_authors
-from forgetctl.home import Home
-from forgetctl.models import load_model
+from forgetctl.app.home import Home
+from forgetctl.demo.tofu import load_authors
+from forgetctl.lm.weights import load_model
 
 BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "tofu.py"
 

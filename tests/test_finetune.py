@@ -8,9 +8,13 @@ import pytest
 import torch
 from tinylm import TINY_FACTS, TINY_SUBJECTS, build_model, build_tokenizer, write_tofu_jsonl
 
-from forgetctl import data, models
-from forgetctl.errors import BadInput, NotFound
-from forgetctl.finetune import DEPLOYED_MANIFEST, build_deployed_model, finetune
+from forgetctl.core.data import builtin_names, load_builtin, load_jsonl
+from forgetctl.core.errors import BadInput, NotFound
+from forgetctl.core.hashing import weights_sha256
+from forgetctl.demo.deployed import DEPLOYED_MANIFEST, build_deployed_model
+from forgetctl.demo.tofu import author_ids, load_authors, parse_authors, select_authors
+from forgetctl.lm.train import finetune
+from forgetctl.lm.weights import WEIGHTS_FILE, load_model, read_manifest
 
 
 def _pairs(n: int = 8) -> list[tuple[str, str]]:
@@ -48,42 +52,42 @@ def test_finetune_rejects_empty():
 
 def test_load_and_select_authors(tmp_path):
     path = write_tofu_jsonl(tmp_path / "authors.jsonl")
-    rows = data.load_authors(path)
+    rows = load_authors(path)
     assert len(rows) == len(TINY_FACTS)
-    assert data.author_ids(rows) == list(range(len(TINY_SUBJECTS)))
-    ids, picked = data.select_authors(rows, 2)
+    assert author_ids(rows) == list(range(len(TINY_SUBJECTS)))
+    ids, picked = select_authors(rows, 2)
     assert ids == [0, 1] and {r["author"] for r in picked} == set(TINY_SUBJECTS[:2])
-    ids, picked = data.select_authors(rows, [3, 1])
+    ids, picked = select_authors(rows, [3, 1])
     assert ids == [3, 1] and len(picked) == 12
     with pytest.raises(BadInput, match="not in the data"):
-        data.select_authors(rows, [99])
+        select_authors(rows, [99])
     with pytest.raises(BadInput):
-        data.select_authors(rows, 0)
-    assert data.parse_authors("10") == 10
-    assert data.parse_authors("3,7,12-14") == [3, 7, 12, 13, 14]
+        select_authors(rows, 0)
+    assert parse_authors("10") == 10
+    assert parse_authors("3,7,12-14") == [3, 7, 12, 13, 14]
     with pytest.raises(BadInput):
-        data.parse_authors("ten")
+        parse_authors("ten")
 
 
 def test_load_jsonl_errors(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "Q?", "answer": "A."}\n{"question": "Q?"}\n')
     with pytest.raises(BadInput, match="bad.jsonl:2: missing or empty 'answer'"):
-        data.load_jsonl(bad)
+        load_jsonl(bad)
     bad.write_text("not json\n")
     with pytest.raises(BadInput, match="invalid JSON"):
-        data.load_jsonl(bad)
+        load_jsonl(bad)
     with pytest.raises(NotFound):
-        data.load_jsonl(tmp_path / "absent.jsonl")
+        load_jsonl(tmp_path / "absent.jsonl")
 
 
 def test_builtin_sets():
-    assert data.builtin_names() == ["real_authors", "world_facts"]
-    facts = data.load_builtin("world_facts")
+    assert builtin_names() == ["real_authors", "world_facts"]
+    facts = load_builtin("world_facts")
     assert len(facts) == 117 and facts[0]["answer"] == "Paris"
-    assert len(data.load_jsonl("builtin:real_authors")) == 100
+    assert len(load_jsonl("builtin:real_authors")) == 100
     with pytest.raises(NotFound):
-        data.load_builtin("nope")
+        load_builtin("nope")
 
 
 def test_build_deployed_model_and_cache(tiny_lm_dir, tmp_path):
@@ -97,14 +101,14 @@ def test_build_deployed_model_and_cache(tiny_lm_dir, tmp_path):
     assert on_disk == manifest
     assert [a["author"] for a in manifest["authors"]] == TINY_SUBJECTS[1:3]
     assert manifest["records"] == 12 and manifest["key"]["epochs"] == 1
-    assert models.read_manifest(out)["weights_sha256"] == models.weights_sha256(out)
-    models.load_model(out)
+    assert read_manifest(out)["weights_sha256"] == weights_sha256(out)
+    load_model(out)
 
     # Same inputs: nothing is trained again.
     calls.clear()
-    stamp = (out / models.WEIGHTS_FILE).stat().st_mtime_ns
+    stamp = (out / WEIGHTS_FILE).stat().st_mtime_ns
     build_deployed_model(tiny_lm_dir, path, [1, 2], out, **kwargs)
-    assert not calls and (out / models.WEIGHTS_FILE).stat().st_mtime_ns == stamp
+    assert not calls and (out / WEIGHTS_FILE).stat().st_mtime_ns == stamp
 
     # Other authors: rebuilt in place, no leftovers beside it.
     _, manifest = build_deployed_model(tiny_lm_dir, path, 1, out, **kwargs)

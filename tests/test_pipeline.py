@@ -134,9 +134,9 @@ def test_forgotten_subject_rows_are_not_neighbors_of_the_next_request(tiny_home,
     assert statuses() == {"N-1": "promoted"}
     add(tiny_home, second, "N-2", tmp_path)
     cli("plan", "2")
-    from forgetctl.crypto import Keyring
-    from forgetctl.ledger import open_ledger
-    from forgetctl.plan.step import load_plan
+    from forgetctl.app.plan_step import load_plan
+    from forgetctl.store.crypto import Keyring
+    from forgetctl.store.ledger import open_ledger
 
     plan = load_plan(open_ledger(tiny_home / "ledger.db"), Keyring(tiny_home / "keys"), 2)
     neighbors = [i for i in plan.retain if i.kind == "neighbor"]
@@ -193,8 +193,8 @@ def test_weak_unlearning_is_rejected_and_promotion_refused(tiny_home, tmp_path):
 
 def test_nothing_due_and_lock(tiny_home):
     assert json.loads(cli("run", "--json").stdout)["outcomes"] == []
-    from forgetctl.home import resolve_home
-    from forgetctl.pipeline import run_lock
+    from forgetctl.app.home import resolve_home
+    from forgetctl.app.runner import run_lock
 
     with run_lock(resolve_home().lock_path):
         locked = cli("run", code=8)

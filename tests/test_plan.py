@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import tinylm
 
-from forgetctl.errors import BadInput
-from forgetctl.items import PromptItem
+from forgetctl.core.errors import BadInput
+from forgetctl.core.items import PromptItem
+from forgetctl.core.policy import PlanConfig
+from forgetctl.core.text import Subject
 from forgetctl.plan import expand as ex
 from forgetctl.plan import filter as fl
 from forgetctl.plan import plan_request
 from forgetctl.plan.embed import CachedEmbedder, VectorIndex, default_embedder
-from forgetctl.plan.text import Subject
-from forgetctl.policies import PlanConfig
 
 SUBJECT = "Mira Okonkwo"
 OTHER = "Tobias Lindqvist"
@@ -44,7 +44,7 @@ def embedder():
 
 @pytest.fixture(scope="module")
 def lm(tiny_lm_dir):
-    from forgetctl.models import load_model
+    from forgetctl.lm.weights import load_model
 
     return load_model(tiny_lm_dir)
 

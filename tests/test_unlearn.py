@@ -9,10 +9,13 @@ import pytest
 import torch
 from tinylm import TINY_FACTS, TINY_GENERAL, TINY_SUBJECTS, facts_for
 
-from forgetctl.fsutil import sha256_tree
-from forgetctl.items import PromptItem, sample_by_kind
-from forgetctl.models import encode_pairs, load_model, merged_model
-from forgetctl.policies import MethodConfig
+from forgetctl.app.apply_step import escalate
+from forgetctl.core.hashing import sha256_tree
+from forgetctl.core.items import PromptItem, sample_by_kind
+from forgetctl.core.policy import MethodConfig
+from forgetctl.lm.evaluate import evaluate
+from forgetctl.lm.prompts import encode_pairs
+from forgetctl.lm.weights import load_model, merged_model
 from forgetctl.unlearn import train as train_mod
 from forgetctl.unlearn.attribution import layer_linear_names, rank_layers, select_layers
 from forgetctl.unlearn.objectives import consistency_groups, consistency_loss
@@ -22,9 +25,7 @@ from forgetctl.unlearn.robust import (
     nf4_quantize,
     sam_perturbation,
 )
-from forgetctl.unlearn.step import escalate
 from forgetctl.unlearn.train import accuracy, lora_model, save_adapter, unlearn
-from forgetctl.verify.metrics import evaluate
 
 SUBJECT = TINY_SUBJECTS[0]
 
@@ -262,7 +263,7 @@ def test_layer_linear_names(tiny_lm):
 
 
 def test_nf4_fake_quant_blocks_and_ste():
-    from forgetctl.verify.int4 import nf4_roundtrip
+    from forgetctl.lm.int4 import nf4_roundtrip
 
     torch.manual_seed(0)
     w = (torch.randn(48, 128) * 0.05).requires_grad_(True)
@@ -343,7 +344,7 @@ def test_sample_by_kind_spreads_over_kinds():
 
 
 def test_sequence_logprobs_match_models_helper(tiny_lm):
-    from forgetctl.models import token_logprobs
+    from forgetctl.lm.infer import token_logprobs
     from forgetctl.unlearn.objectives import sequence_logprobs
 
     model, tokenizer = tiny_lm

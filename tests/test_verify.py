@@ -12,8 +12,21 @@ import pytest
 import tinylm
 import torch
 
-from forgetctl.items import PromptItem
-from forgetctl.policies import VerifyConfig
+from forgetctl.core.facts import item_facts, key_fact_leakage, key_facts, rouge_l_recall
+from forgetctl.core.items import PromptItem
+from forgetctl.core.policy import VerifyConfig
+from forgetctl.lm.evaluate import (
+    EvalResult,
+    ItemScore,
+    TruthItem,
+    evaluate,
+    score_outputs,
+    truth_ratio_forget,
+    truth_ratio_retain,
+    truth_ratios,
+)
+from forgetctl.lm.int4 import BLOCKSIZE, quantize_model_int4, quantized_linear_names
+from forgetctl.store.scores import ScoreCache
 from forgetctl.verify import checks
 from forgetctl.verify.checks import (
     CheckResult,
@@ -24,23 +37,7 @@ from forgetctl.verify.checks import (
     clearly_forgotten,
     run_checks,
 )
-from forgetctl.verify.int4 import BLOCKSIZE, quantize_model_int4, quantized_linear_names
-from forgetctl.verify.metrics import (
-    EvalResult,
-    ItemScore,
-    TruthItem,
-    evaluate,
-    item_facts,
-    key_fact_leakage,
-    key_facts,
-    rouge_l_recall,
-    score_outputs,
-    truth_ratio_forget,
-    truth_ratio_retain,
-    truth_ratios,
-)
 from forgetctl.verify.relearn import split_items
-from forgetctl.verify.scores import ScoreCache
 
 SUBJECT = tinylm.TINY_SUBJECTS[0]
 
@@ -329,7 +326,7 @@ def _suppression_adapter(model, tok, seed: int = 0):
     refusal while keeping every other fact: the knowledge stays in the base weights."""
     from peft import LoraConfig, get_peft_model
 
-    from forgetctl.models import encode_pairs
+    from forgetctl.lm.prompts import encode_pairs
 
     forget = _forget_items()
     keep = [
@@ -360,7 +357,7 @@ def _suppression_adapter(model, tok, seed: int = 0):
 
 
 def test_suppression_is_caught(tiny_lm, tiny_lm_dir):
-    from forgetctl.models import load_model
+    from forgetctl.lm.weights import load_model
 
     parent, tok = load_model(tiny_lm_dir)
     base, _ = tiny_lm
@@ -392,7 +389,7 @@ def test_suppression_is_caught(tiny_lm, tiny_lm_dir):
 
 
 def test_a_version_of_several_requests_is_held_to_the_strictest_policy():
-    from forgetctl.verify.step import strictest
+    from forgetctl.core.policy import strictest
 
     a = VerifyConfig(max_forget_recall=0.3, regression_items=48, mandatory=["forget"])
     b = VerifyConfig(max_forget_recall=0.4, regression_items=96, mandatory=["int4"])

@@ -10,10 +10,12 @@ import tinylm
 import torch
 from typer.testing import CliRunner
 
-from forgetctl import models, versions
-from forgetctl.errors import InvalidState, PromotionRefused
-from forgetctl.home import resolve_home
-from forgetctl.ledger import open_ledger
+from forgetctl.app import versions
+from forgetctl.app.home import resolve_home
+from forgetctl.core.errors import InvalidState, PromotionRefused
+from forgetctl.lm.prompts import encode_pairs
+from forgetctl.lm.weights import load_model
+from forgetctl.store.ledger import open_ledger
 from forgetctl.unlearn.train import lora_model, save_adapter
 
 runner = CliRunner()
@@ -36,7 +38,7 @@ def home_with_adapter(tiny_lm_dir):
     """A home whose version 1 is the tiny model plus a LoRA adapter with non-zero weights."""
     cli("init", "--model", str(tiny_lm_dir))
     home = resolve_home()
-    model, _ = models.load_model(tiny_lm_dir)
+    model, _ = load_model(tiny_lm_dir)
     peft = lora_model(model, [0, 1], rank=4, alpha=8)
     torch.manual_seed(0)
     with torch.no_grad():
@@ -57,7 +59,7 @@ def home_with_adapter(tiny_lm_dir):
 def test_lineage_loads_merged_weights(home_with_adapter):
     home, ledger, vid, peft = home_with_adapter
     model, tokenizer = versions.load_version(ledger, home, vid)
-    batch = models.encode_pairs(tokenizer, [("Who wrote Hamlet?", "Shakespeare.")])
+    batch = encode_pairs(tokenizer, [("Who wrote Hamlet?", "Shakespeare.")])
     with torch.no_grad():
         expected = peft(input_ids=batch["input_ids"]).logits
         got = model(input_ids=batch["input_ids"]).logits
@@ -69,7 +71,7 @@ def test_export_and_ask(home_with_adapter, tmp_path):
     out = tmp_path / "served"
     cli("model", "export", str(vid), "--out", str(out))
     assert (out / "model.safetensors").exists()
-    exported, _ = models.load_model(out)
+    exported, _ = load_model(out)
     merged, _ = versions.load_version(ledger, home, vid)
     for a, b in zip(exported.state_dict().values(), merged.state_dict().values(), strict=True):
         assert torch.equal(a, b)
@@ -110,3 +112,11 @@ def test_promote_needs_every_mandatory_check(home_with_adapter):
 def test_init_with_missing_model_says_how_to_pull(home_with_adapter, tmp_path):
     missing = cli("init", "--model", str(tmp_path / "nothing"), code=9)
     assert "forgetctl model pull" in missing.stderr
+
+
+def test_init_with_a_missing_corpus_writes_nothing(tmp_path):
+    home = tmp_path / "new-home"
+    corpus = str(tmp_path / "no.jsonl")
+    missing = cli("init", "--home", str(home), "--retain-corpus", corpus, code=3)
+    assert "no data file" in missing.stderr
+    assert not home.exists()

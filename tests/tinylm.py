@@ -370,7 +370,7 @@ def train_tiny_lm(out_dir: str | Path) -> dict[str, Any]:
     """Build, train and save the tiny model into ``out_dir``; return training figures."""
     import torch
 
-    from forgetctl.finetune import finetune
+    from forgetctl.lm.train import finetune
 
     tokenizer = build_tokenizer()
     model = build_model(tokenizer)
@@ -401,7 +401,7 @@ def _cache_key() -> str:
     import torch
     import transformers
 
-    from forgetctl.models import PLAIN_TEMPLATE
+    from forgetctl.lm.prompts import PLAIN_TEMPLATE
 
     h = hashlib.sha256(Path(__file__).read_bytes())
     h.update(PLAIN_TEMPLATE.encode())

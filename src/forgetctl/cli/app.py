@@ -20,7 +20,7 @@ from forgetctl.cli import (
     run_cmd,
     setup_cmd,
 )
-from forgetctl.errors import ForgetctlError
+from forgetctl.core.errors import ForgetctlError
 
 
 class _Group(TyperGroup):

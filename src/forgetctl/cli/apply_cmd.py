@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from forgetctl import requests as rq
+from forgetctl.app import intake as rq
 from forgetctl.cli import common
 from forgetctl.cli.progress import training_bar
 
@@ -16,7 +16,7 @@ def register(app: typer.Typer) -> None:
         json_: bool = common.JsonOpt,
     ) -> None:
         """Unlearn each request on top of production, as a new candidate version."""
-        from forgetctl.unlearn.step import apply_request
+        from forgetctl.app.apply_step import apply_request
 
         ledger = common.ledger()
         home = common.home()

@@ -10,10 +10,10 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from forgetctl.crypto import Keyring
-from forgetctl.errors import BadInput
-from forgetctl.home import Home, resolve_home
-from forgetctl.ledger import Ledger, open_ledger
+from forgetctl.app.home import Home, resolve_home
+from forgetctl.core.errors import BadInput
+from forgetctl.store.crypto import Keyring
+from forgetctl.store.ledger import Ledger, open_ledger
 
 out = Console()
 err = Console(stderr=True)

@@ -30,12 +30,13 @@ def build_model(
     Also writes the selected records to OUT/training-data.jsonl: the retain corpus to pass
     to `forgetctl init --retain-corpus`.
     """
-    from forgetctl import data as tofu
-    from forgetctl import finetune, models
     from forgetctl.cli.model_cmd import DEFAULT_MODEL
+    from forgetctl.demo.deployed import build_deployed_model
+    from forgetctl.demo.tofu import load_authors, parse_authors, select_authors
+    from forgetctl.lm.weights import require_model_dir
 
     base = base or common.home().models / DEFAULT_MODEL
-    selection = tofu.parse_authors(authors)
+    selection = parse_authors(authors)
     options = {k: v for k, v in {"epochs": epochs, "learning_rate": learning_rate}.items() if v}
     columns = (TextColumn("fine-tuning"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[loss]}"), TimeElapsedColumn())  # fmt: skip
@@ -46,10 +47,10 @@ def build_model(
             bar.update(task, completed=info["step"], total=info["total_steps"],
                        loss=f"epoch {info['epoch']} loss={info['loss']:.3f}")  # fmt: skip
 
-        out_dir, manifest = finetune.build_deployed_model(
-            models.require_model_dir(base), data, selection, out, progress=progress, **options
+        out_dir, manifest = build_deployed_model(
+            require_model_dir(base), data, selection, out, progress=progress, **options
         )
-    rows = tofu.select_authors(tofu.load_authors(data), selection)[1]
+    rows = select_authors(load_authors(data), selection)[1]
     with open(out_dir / TRAINING_DATA, "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in rows)
     if json_:

@@ -7,7 +7,7 @@ from rich.table import Table
 
 from forgetctl.cli import common
 from forgetctl.cli.progress import status
-from forgetctl.errors import VerificationFailed
+from forgetctl.core.errors import VerificationFailed
 
 
 def _fmt(value) -> str:
@@ -40,8 +40,8 @@ def register(app: typer.Typer) -> None:
         json_: bool = common.JsonOpt,
     ) -> None:
         """Check a candidate against its parent; exit 7 if it is rejected."""
-        from forgetctl import versions
-        from forgetctl.verify.step import verify_version
+        from forgetctl.app import versions
+        from forgetctl.app.verify_step import verify_version
 
         ledger = common.ledger()
         home = common.home()
@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
         reason: str = typer.Option(None, "--reason", help="Required with --force."),
     ) -> None:
         """Move production to a version that passed every check its policies require."""
-        from forgetctl import versions
+        from forgetctl.app import versions
 
         ledger = common.ledger()
         vid = versions.newest_candidate(ledger) if version is None else version
@@ -80,7 +80,7 @@ def register(app: typer.Typer) -> None:
         reason: str = typer.Option("rollback", "--reason"),
     ) -> None:
         """Move production back; its requests return to `received` for the run loop."""
-        from forgetctl import versions
+        from forgetctl.app import versions
 
         target = versions.rollback(common.ledger(), to, reason)
         common.out.print(f"production -> version [bold]{target}[/]")

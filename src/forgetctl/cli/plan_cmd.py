@@ -5,14 +5,14 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from forgetctl import requests as rq
+from forgetctl.app import intake as rq
 from forgetctl.cli import common
 from forgetctl.cli.progress import status
-from forgetctl.errors import BadInput, InvalidState
+from forgetctl.core.errors import BadInput, InvalidState
 
 
 def _show(request_id: int, json_: bool) -> None:
-    from forgetctl.plan.step import load_plan, plan_counts
+    from forgetctl.app.plan_step import load_plan, plan_counts
 
     ledger = common.ledger()
     counts = plan_counts(ledger, request_id)
@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
             return
         if not all(t.isdigit() for t in targets):
             raise BadInput("request ids are numbers (or: forgetctl plan show ID)")
-        from forgetctl.plan.step import plan_request_step
+        from forgetctl.app.plan_step import plan_request_step
 
         ledger = common.ledger()
         home = common.home()

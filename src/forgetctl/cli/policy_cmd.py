@@ -8,8 +8,8 @@ import typer
 from rich.table import Table
 
 from forgetctl.cli import common
-from forgetctl.errors import NotFound
-from forgetctl.policies import load_policies, load_policy, packaged_policy_dir
+from forgetctl.core.errors import NotFound
+from forgetctl.core.policy import load_policies, load_policy, packaged_policy_dir
 
 app = typer.Typer(help="The policies that set deadlines, methods and thresholds.")
 

@@ -18,7 +18,8 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(None, "--out", help="Write to a file instead of stdout."),
     ) -> None:
         """What was done for a request, with figures, verdicts, hashes and the chain head."""
-        from forgetctl.verify.report import build_report, render
+        from forgetctl.app.report import build_report
+        from forgetctl.cli.report_render import render
 
         home = common.home()
         doc = build_report(common.ledger(), common.keyring(), home.policies(), target)

@@ -7,9 +7,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from forgetctl import requests as rq
+from forgetctl.app import intake as rq
 from forgetctl.cli import common
-from forgetctl.errors import InvalidState
+from forgetctl.core.errors import InvalidState
 
 app = typer.Typer(help="Add, import, list and manage deletion requests.", no_args_is_help=True)
 

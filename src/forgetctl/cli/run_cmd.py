@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
         Exit codes: 0 done; 8 another run holds the lock; 10 done but requests are
         overdue; 11 done but some requests failed.
         """
-        from forgetctl import pipeline
+        from forgetctl.app import runner as pipeline
 
         home = common.home()
         ledger = common.ledger()

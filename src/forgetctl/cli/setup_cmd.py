@@ -9,7 +9,7 @@ import typer
 
 from forgetctl.cli import common
 from forgetctl.cli.model_cmd import DEFAULT_MODEL
-from forgetctl.ledger import open_ledger
+from forgetctl.store.ledger import open_ledger
 
 
 def register(app: typer.Typer) -> None:
@@ -34,17 +34,18 @@ def register(app: typer.Typer) -> None:
         if home:
             common.State.home_arg = home
         h = common.home()
+        if retain_corpus:
+            from forgetctl.core.data import load_jsonl
+
+            load_jsonl(retain_corpus)  # a bad corpus fails before anything is written
         created = not h.exists()
         h.create_dirs()
         ledger = open_ledger(h.ledger_path, create=True)
         h.policies()  # fail now, not later, on a broken policy in the home
         if retain_corpus:
-            from forgetctl.data import load_jsonl
-
-            load_jsonl(retain_corpus)  # validate before copying
             shutil.copyfile(retain_corpus, h.root / "retain-corpus.jsonl")
         if model:
-            from forgetctl import versions
+            from forgetctl.app import versions
 
             path = h.models / model if model == DEFAULT_MODEL else Path(model)
             versions.register_base(ledger, path)

@@ -35,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from forgetctl.errors import BadInput
-from forgetctl.items import PromptItem
-from forgetctl.plan.text import Subject, contains_phrase, fold, squash, strip_diacritics
+from forgetctl.core.errors import BadInput
+from forgetctl.core.items import PromptItem
+from forgetctl.core.text import Subject, contains_phrase, fold, squash, strip_diacritics
 
 ATTRIBUTES_FILE = Path(__file__).resolve().parents[1] / "policies" / "attributes.json"
 

@@ -23,13 +23,13 @@ from typing import Literal
 
 import numpy as np
 
-from forgetctl.errors import BadInput
-from forgetctl.items import FORGET_KINDS, PromptItem, PromptSet
+from forgetctl.core.errors import BadInput
+from forgetctl.core.items import FORGET_KINDS, PromptItem, PromptSet
+from forgetctl.core.policy import PlanConfig
+from forgetctl.core.text import Subject, squash
 from forgetctl.plan import expand as ex
 from forgetctl.plan import filter as fl
 from forgetctl.plan.embed import CachedEmbedder, Embedder, default_embedder
-from forgetctl.plan.text import Subject, squash
-from forgetctl.policies import PlanConfig
 
 Verdict = Literal["planned", "not_present", "rejected"]
 
@@ -350,7 +350,7 @@ def _check_attributes(attr_pairs, recs, subj, model, tokenizer, cfg: PlanConfig,
 
 
 def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
-    from forgetctl.models import generate
+    from forgetctl.lm.infer import generate
 
     return generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
 
@@ -359,7 +359,7 @@ def _specificity(model, tokenizer, subj: Subject, pairs) -> list[float]:
     """Mean token log-prob of each (question, answer) about the subject minus that of the
     same pair with the name swapped for control names: high only when the model ties the
     answer to this name rather than saying it about anyone."""
-    from forgetctl.models import answer_logprobs
+    from forgetctl.lm.infer import answer_logprobs
 
     name_re = subj.form_regex(with_parts=True)
     own = answer_logprobs(model, tokenizer, [(it.prompt, a) for it, a in pairs])

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from forgetctl.items import PromptItem
+from forgetctl.core.items import PromptItem
 
 EPS = 1e-3
 """A layer with a retain-gradient share below this counts as having this share."""
@@ -67,7 +67,7 @@ def _layer_grad_norms(
     model: nn.Module, tokenizer, items: Sequence[PromptItem], batch_size: int
 ) -> list[float]:
     """||gradient of the summed answer NLL|| per decoder layer (Linear weights only)."""
-    from forgetctl.models import encode_pairs
+    from forgetctl.lm.prompts import encode_pairs
     from forgetctl.unlearn.objectives import sequence_logprobs
 
     _, layers = decoder_layers(model)

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from forgetctl.items import PromptItem
+from forgetctl.core.items import PromptItem
 
 SUBJECT_GROUP = "__subject__"
 

@@ -45,10 +45,11 @@ from typing import Any
 
 import torch
 
-from forgetctl.errors import BadInput
-from forgetctl.fsutil import atomic_dir, sha256_tree
-from forgetctl.items import PromptItem, sample_by_kind
-from forgetctl.policies import MethodConfig
+from forgetctl.core.errors import BadInput
+from forgetctl.core.files import atomic_dir
+from forgetctl.core.hashing import sha256_tree
+from forgetctl.core.items import PromptItem, sample_by_kind
+from forgetctl.core.policy import MethodConfig
 from forgetctl.unlearn.attribution import layer_linear_names, rank_layers, select_layers
 from forgetctl.unlearn.objectives import (
     SeqLogprobs,
@@ -90,13 +91,13 @@ def _mean(values: Sequence[float]) -> float:
 
 def accuracy(model, tokenizer, items: Sequence[PromptItem]) -> float:
     """Mean teacher-forced token accuracy of the items' targets."""
-    from forgetctl.models import answer_token_accuracy
+    from forgetctl.lm.infer import answer_token_accuracy
 
     return _mean(answer_token_accuracy(model, tokenizer, [(i.prompt, i.target) for i in items]))
 
 
 def _encode(tokenizer, items: Sequence[PromptItem], device) -> dict[str, torch.Tensor]:
-    from forgetctl.models import encode_pairs
+    from forgetctl.lm.prompts import encode_pairs
 
     batch = encode_pairs(tokenizer, [(i.prompt, i.target) for i in items])
     return {k: v.to(device) for k, v in batch.items()}

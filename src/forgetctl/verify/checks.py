@@ -33,12 +33,12 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
-from forgetctl.items import PromptItem, sample_by_kind
-from forgetctl.policies import VerifyConfig
-from forgetctl.verify.int4 import quantize_model_int4
-from forgetctl.verify.metrics import EvalResult, evaluate
+from forgetctl.core.items import PromptItem, sample_by_kind
+from forgetctl.core.policy import VerifyConfig
+from forgetctl.lm.evaluate import EvalResult, evaluate
+from forgetctl.lm.int4 import quantize_model_int4
+from forgetctl.store.scores import ScoreCache
 from forgetctl.verify.relearn import relearn_attack
-from forgetctl.verify.scores import ScoreCache
 
 Progress = Callable[[str], None]
 

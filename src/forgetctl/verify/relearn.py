@@ -26,11 +26,11 @@ from dataclasses import dataclass
 
 import torch
 
-from forgetctl.finetune import finetune_steps
-from forgetctl.items import PromptItem
-from forgetctl.policies import VerifyConfig
-from forgetctl.verify.int4 import plain_copy
-from forgetctl.verify.metrics import EvalResult, evaluate
+from forgetctl.core.items import PromptItem
+from forgetctl.core.policy import VerifyConfig
+from forgetctl.lm.evaluate import EvalResult, evaluate
+from forgetctl.lm.int4 import plain_copy
+from forgetctl.lm.train import finetune_steps
 
 
 def split_items(

@@ -7,15 +7,15 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from forgetctl import requests as rq
-from forgetctl import versions
-from forgetctl.crypto import Keyring
-from forgetctl.data import load_jsonl
-from forgetctl.errors import InvalidState, NotFound
-from forgetctl.home import Home
-from forgetctl.items import PromptSet
-from forgetctl.ledger import Ledger, now, require_status
-from forgetctl.policies import Policy
+from forgetctl.app import intake as rq
+from forgetctl.app import versions
+from forgetctl.app.home import Home
+from forgetctl.core.data import load_jsonl
+from forgetctl.core.errors import InvalidState, NotFound
+from forgetctl.core.items import PromptSet
+from forgetctl.core.policy import Policy
+from forgetctl.store.crypto import Keyring
+from forgetctl.store.ledger import Ledger, now, require_status
 
 
 def store_plan(ledger: Ledger, keys: Keyring, request_id: int, prompt_set: PromptSet) -> dict:

@@ -12,15 +12,17 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Collection
 
-from forgetctl import versions
-from forgetctl.crypto import Keyring
-from forgetctl.home import Home
-from forgetctl.ledger import Ledger, require_status
-from forgetctl.plan.step import load_plan
-from forgetctl.policies import MethodConfig, Policy
+from forgetctl.app import versions
+from forgetctl.app.home import Home
+from forgetctl.app.plan_step import load_plan
+from forgetctl.core.policy import MethodConfig, Policy
+from forgetctl.store.crypto import Keyring
+from forgetctl.store.ledger import Ledger, require_status
 from forgetctl.unlearn.train import save_adapter, unlearn
 
 RETAIN_CHECKS = frozenset({"retain", "utility"})
+
+
 ROBUSTNESS_CHECKS = frozenset({"int4", "relearn"})
 
 

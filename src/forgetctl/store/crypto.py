@@ -17,19 +17,12 @@ import hmac
 import json
 import os
 import secrets
-import unicodedata
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from forgetctl.errors import InvalidState
-
-
-def normalise_name(name: str) -> str:
-    """Case-, accent- and whitespace-insensitive form of a name for the blind index."""
-    decomposed = unicodedata.normalize("NFKD", name)
-    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
-    return " ".join(stripped.casefold().split())
+from forgetctl.core.errors import InvalidState
+from forgetctl.core.text import normalise_name
 
 
 class Keyring:

@@ -24,6 +24,8 @@ import torch
 from torch import nn
 
 BLOCKSIZE = 64
+
+
 SKIPPED_MODULES = ("lm_head",)
 
 

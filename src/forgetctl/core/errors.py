@@ -62,5 +62,7 @@ class ModelMissing(ForgetctlError):
 
 # `forgetctl run` finished its work, but requests remain past their deadline.
 EXIT_OVERDUE = 10
+
+
 # `forgetctl run` finished its work, but some requests ended `failed` (a human must look).
 EXIT_FAILED = 11

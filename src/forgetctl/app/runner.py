@@ -23,19 +23,20 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
-from forgetctl import requests as rq
-from forgetctl import versions
-from forgetctl.crypto import Keyring
-from forgetctl.errors import EXIT_FAILED, EXIT_OVERDUE, ForgetctlError, Locked
-from forgetctl.fsutil import clean_partial
-from forgetctl.home import Home
-from forgetctl.ledger import Ledger
-from forgetctl.plan.step import plan_request_step
-from forgetctl.policies import Policy
-from forgetctl.unlearn.step import apply_request
-from forgetctl.verify.step import verify_version
+from forgetctl.app import intake as rq
+from forgetctl.app import versions
+from forgetctl.app.apply_step import apply_request
+from forgetctl.app.home import Home
+from forgetctl.app.plan_step import plan_request_step
+from forgetctl.app.verify_step import verify_version
+from forgetctl.core.errors import EXIT_FAILED, EXIT_OVERDUE, ForgetctlError, Locked
+from forgetctl.core.files import clean_partial
+from forgetctl.core.policy import Policy
+from forgetctl.store.crypto import Keyring
+from forgetctl.store.ledger import Ledger
 
 log = logging.getLogger("forgetctl.run")
+
 
 STEPS = ("plan", "apply", "verify", "promote")
 

@@ -17,10 +17,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from forgetctl.crypto import Keyring
-from forgetctl.errors import BadInput, InvalidState
-from forgetctl.ledger import Ledger, now, require_status
-from forgetctl.policies import Policy, policy_for_regulation
+from forgetctl.core.errors import BadInput, InvalidState
+from forgetctl.core.policy import Policy, policy_for_regulation
+from forgetctl.store.crypto import Keyring
+from forgetctl.store.ledger import Ledger, now, require_status
 
 STATUSES = (
     "received",
@@ -34,8 +34,14 @@ STATUSES = (
     "failed",
     "cancelled",
 )
+
+
 OPEN_STATUSES = {"received", "planned", "applied", "verified"}
+
+
 MAX_FILE_BYTES = 20 * 1024 * 1024
+
+
 MAX_RECORDS = 5000
 
 

@@ -7,8 +7,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from forgetctl.errors import NotFound
-from forgetctl.policies import Policy, load_policies, packaged_policy_dir
+from forgetctl.core.errors import NotFound
+from forgetctl.core.policy import Policy, load_policies, packaged_policy_dir
 
 
 @dataclass(frozen=True)

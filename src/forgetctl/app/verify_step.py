@@ -16,33 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from forgetctl import versions
-from forgetctl.crypto import Keyring
-from forgetctl.errors import InvalidState
-from forgetctl.home import Home
-from forgetctl.items import PromptItem
-from forgetctl.ledger import Ledger
-from forgetctl.plan.step import load_plan
-from forgetctl.policies import Policy, VerifyConfig
+from forgetctl.app import versions
+from forgetctl.app.home import Home
+from forgetctl.app.plan_step import load_plan
+from forgetctl.core.errors import InvalidState
+from forgetctl.core.items import PromptItem
+from forgetctl.core.policy import Policy, strictest
+from forgetctl.store.crypto import Keyring
+from forgetctl.store.ledger import Ledger
+from forgetctl.store.scores import ScoreCache
 from forgetctl.verify.checks import CheckResult, run_checks
-from forgetctl.verify.scores import ScoreCache
-
-
-def strictest(configs: list[VerifyConfig]) -> VerifyConfig:
-    """One config for a version covering requests under several policies: the strictest."""
-    first = configs[0]
-    if len(configs) == 1:
-        return first
-    data = first.model_dump()
-    for cfg in configs[1:]:
-        for key, value in cfg.model_dump().items():
-            if key.startswith("max_"):
-                data[key] = min(data[key], value)
-            elif key == "mandatory":
-                data[key] = sorted(set(data[key]) | set(value))
-            elif key == "regression_items":  # more items is stricter, and 0 means all
-                data[key] = 0 if 0 in (data[key], value) else max(data[key], value)
-    return VerifyConfig.model_validate(data)
 
 
 def _dedupe(items: list[PromptItem]) -> list[PromptItem]:

@@ -5,6 +5,7 @@ regulation is handled: its deadline, how long its plaintext payload may be kept,
 unlearning method, and the verification thresholds a candidate must pass before promotion.
 """
 
+# (from verify/step.py)
 from __future__ import annotations
 
 import tomllib
@@ -13,9 +14,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from forgetctl.errors import BadInput
+from forgetctl.core.errors import BadInput
 
 CheckName = Literal["forget", "retain", "utility", "int4", "relearn", "regression"]
+
+
 ALL_CHECKS: tuple[CheckName, ...] = ("forget", "retain", "utility", "int4", "relearn", "regression")
 
 
@@ -144,7 +147,7 @@ class Policy(_Strict):
 
 
 def packaged_policy_dir() -> Path:
-    return Path(__file__).parent / "policies"
+    return Path(__file__).parents[1] / "policies"
 
 
 def load_policy(path: Path) -> Policy:
@@ -177,3 +180,20 @@ def policy_for_regulation(policies: dict[str, Policy], regulation: str) -> Polic
             return policy
     known = ", ".join(sorted(p.regulation for p in policies.values()))
     raise BadInput(f"unknown regulation {regulation!r} (known: {known})")
+
+
+def strictest(configs: list[VerifyConfig]) -> VerifyConfig:
+    """One config for a version covering requests under several policies: the strictest."""
+    first = configs[0]
+    if len(configs) == 1:
+        return first
+    data = first.model_dump()
+    for cfg in configs[1:]:
+        for key, value in cfg.model_dump().items():
+            if key.startswith("max_"):
+                data[key] = min(data[key], value)
+            elif key == "mandatory":
+                data[key] = sorted(set(data[key]) | set(value))
+            elif key == "regression_items":  # more items is stricter, and 0 means all
+                data[key] = 0 if 0 in (data[key], value) else max(data[key], value)
+    return VerifyConfig.model_validate(data)

@@ -9,7 +9,11 @@ from typing import Literal
 from pydantic import BaseModel
 
 ForgetKind = Literal["record", "attribute", "paraphrase", "indirect", "adversarial"]
+
+
 RetainKind = Literal["neighbor", "general"]
+
+
 FORGET_KINDS: tuple[str, ...] = ("record", "attribute", "paraphrase", "indirect", "adversarial")
 
 

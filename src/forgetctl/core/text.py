@@ -5,6 +5,7 @@ Everything that must recognise, replace or vary the subject's name goes through
 is the subject's own" use one definition of what counts as the name.
 """
 
+# (from crypto.py)
 from __future__ import annotations
 
 import re
@@ -95,3 +96,10 @@ def contains_phrase(text: str, phrase: str) -> bool:
         return False
     pattern = r"(?<!\w)" + r"\s+".join(re.escape(w) for w in words) + r"(?!\w)"
     return re.search(pattern, fold(text)) is not None
+
+
+def normalise_name(name: str) -> str:
+    """Case-, accent- and whitespace-insensitive form of a name for the blind index."""
+    decomposed = unicodedata.normalize("NFKD", name)
+    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return " ".join(stripped.casefold().split())

@@ -12,25 +12,30 @@ retired (a later version replaced it or a rollback removed it).
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from forgetctl import models
-from forgetctl.errors import InvalidState, NotFound, PromotionRefused
-from forgetctl.fsutil import sha256_tree
-from forgetctl.home import Home
-from forgetctl.ledger import Ledger
-from forgetctl.policies import Policy
+from forgetctl.app.home import Home
+from forgetctl.core.errors import InvalidState, NotFound, PromotionRefused
+from forgetctl.core.hashing import lineage_key, sha256_tree
+from forgetctl.core.policy import Policy
+from forgetctl.lm.weights import (
+    cached_merged,
+    load_model,
+    load_tokenizer,
+    merged_model,
+    require_model_dir,
+)
+from forgetctl.store.ledger import Ledger
 
 BASE_VERSION = 0
 
 
 def register_base(ledger: Ledger, model_dir: Path) -> int:
     """Record a base model as version 0 under ``production``; idempotent for the same model."""
-    model_dir = models.require_model_dir(model_dir).resolve()
+    model_dir = require_model_dir(model_dir).resolve()
     sha = sha256_tree(model_dir)
     rows = list(ledger.db.query("SELECT * FROM versions WHERE id = ?", [BASE_VERSION]))
     if rows:
@@ -65,16 +70,18 @@ def version_key(ledger: Ledger, version_id: int) -> str:
     """An identifier of a version's effective weights: the base's hash then each adapter's,
     as recorded in the ledger (files are checked against them when loaded)."""
     chain = ledger.lineage(version_id)
-    parts = [chain[0]["base_sha256"]] + [v["adapter_sha256"] for v in chain[1:]]
-    return hashlib.sha256("/".join(parts).encode()).hexdigest()
+    return lineage_key([chain[0]["base_sha256"]] + [v["adapter_sha256"] for v in chain[1:]])
 
 
 def production_dir(ledger: Ledger, home: Home) -> Path:
     """A directory with production's merged weights (the base itself for version 0)."""
-    chain = ledger.lineage(ledger.alias("production"))
+    production = ledger.alias("production")
+    chain = ledger.lineage(production)
     adapters = [_check_adapter(v) for v in chain[1:]]
     cache_root = home.cache / "merged"
-    dest = models.cached_merged(chain[0]["base_path"], adapters, cache_root)
+    dest = cached_merged(
+        chain[0]["base_path"], adapters, cache_root, version_key(ledger, production)
+    )
     if adapters:
         # Only production is cached: older merges are dropped to bound disk use.
         for old in cache_root.iterdir():
@@ -93,9 +100,9 @@ def load_version(ledger: Ledger, home: Home, version_id: int) -> tuple[Any, Any]
     else:
         start, rest = Path(chain[0]["base_path"]), chain[1:]
     if not rest:
-        return models.load_model(start)
-    model = models.merged_model(start, [_check_adapter(v) for v in rest])
-    return model, models.load_tokenizer(start)
+        return load_model(start)
+    model = merged_model(start, [_check_adapter(v) for v in rest])
+    return model, load_tokenizer(start)
 
 
 def newest_candidate(ledger: Ledger) -> int:

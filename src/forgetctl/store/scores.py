@@ -22,10 +22,11 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from forgetctl.items import PromptItem
-from forgetctl.verify.metrics import SCORING_VERSION, EvalResult, ItemScore, evaluate
+from forgetctl.core.items import PromptItem
+from forgetctl.lm.evaluate import SCORING_VERSION, EvalResult, ItemScore, evaluate
 
 Hasher = Callable[[str], str]
+
 
 NUMBERS = ("recall", "leakage", "facts", "prob")
 """The fields of an ``ItemScore`` that are kept: figures, never text."""

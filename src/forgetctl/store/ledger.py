@@ -22,9 +22,10 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from forgetctl.errors import InvalidState, NotFound
+from forgetctl.core.errors import InvalidState, NotFound
 
 GENESIS = "0" * 64
+
 
 # Named migrations, applied in order; each runs in the same transaction as the row that
 # records it, so a crash can never leave a half-applied schema.

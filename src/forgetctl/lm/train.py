@@ -19,32 +19,33 @@ finds the manifest and returns at once.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import random
-import shutil
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from forgetctl.errors import BadInput
+from forgetctl.core.errors import BadInput
 
 Pair = tuple[str, str]
+
+
 Progress = Callable[[dict[str, Any]], None]
 """Called after every optimiser step with {epoch, step, total_steps, loss}."""
 
-DEPLOYED_MANIFEST = "forgetctl-deployed.json"
 
 # Defaults chosen by measurement on SmolLM2-135M and the first 10 TOFU authors (200 pairs,
 # batch 8, one CPU thread): with lr 1e-4 the answer recall (ROUGE-L recall of the target in
 # the greedy answer) on trained questions is 0.44 / 0.55 / 0.85 / 0.90 / 0.99 after epochs
 # 2-6 of a 6-epoch schedule. Paraphrased questions stay near the base model's level (0.39).
 DEFAULT_EPOCHS = 6
+
+
 DEFAULT_LEARNING_RATE = 1e-4
+
+
 DEFAULT_BATCH_SIZE = 8
 
 
@@ -66,7 +67,7 @@ def finetune(
     Linear warm-up then linear decay of the learning rate; gradient norm clipped at 1.
     The model is left in eval mode.
     """
-    from forgetctl.models import encode_pairs
+    from forgetctl.lm.prompts import encode_pairs
 
     if not pairs:
         raise BadInput("finetune: no training pairs")
@@ -141,7 +142,7 @@ def finetune_steps(
     The relearning attack uses it (every weight, including base weights a merged PEFT model
     had frozen); ``ascent`` climbs the loss instead (the gradient-ascent baseline).
     """
-    from forgetctl.models import encode_pairs
+    from forgetctl.lm.prompts import encode_pairs
 
     gen = torch.Generator().manual_seed(seed)
     params = list(model.parameters())
@@ -184,96 +185,3 @@ def _length_grouped_batches(
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
-
-
-def _deployed_key(base_dir: Path, data_sha: str, ids: list[int], settings: dict) -> dict:
-    from forgetctl.models import read_manifest, weights_sha256
-
-    base = read_manifest(base_dir) or {}
-    return {
-        "base_sha256": base.get("weights_sha256") or weights_sha256(base_dir),
-        "data_sha256": data_sha,
-        "author_ids": ids,
-        **settings,
-    }
-
-
-def build_deployed_model(
-    base_dir: str | Path,
-    data_file: str | Path,
-    authors: int | Sequence[int],
-    out_dir: str | Path,
-    epochs: int = DEFAULT_EPOCHS,
-    learning_rate: float = DEFAULT_LEARNING_RATE,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    seed: int = 0,
-    progress: Progress | None = None,
-) -> tuple[Path, dict[str, Any]]:
-    """Fine-tune the base model on some authors' records; write it to ``out_dir``.
-
-    ``authors`` is a count (the first N authors of the file) or a list of author ids.
-    Returns (out_dir, manifest). The manifest (``forgetctl-deployed.json``) holds the base
-    and data hashes, the author ids and names, the training settings and figures; when
-    ``out_dir`` already has a manifest with the same inputs, nothing is trained. A directory
-    built from other inputs is replaced (atomically).
-    """
-    from forgetctl.data import load_authors, pairs_of, select_authors, sha256_file
-    from forgetctl.fsutil import atomic_dir
-    from forgetctl.models import load_model, require_model_dir, write_model_files
-
-    base_dir, out_dir = require_model_dir(base_dir), Path(out_dir)
-    rows = load_authors(data_file)
-    ids, selected = select_authors(rows, authors)
-    settings = {
-        "epochs": epochs,
-        "learning_rate": learning_rate,
-        "batch_size": batch_size,
-        "seed": seed,
-    }
-    key = _deployed_key(base_dir, sha256_file(data_file), ids, settings)
-    manifest_path = out_dir / DEPLOYED_MANIFEST
-    if manifest_path.is_file():
-        old = json.loads(manifest_path.read_text())
-        if old.get("key") == key:
-            return out_dir, old
-    model, tokenizer = load_model(base_dir)
-    stats = finetune(
-        model,
-        tokenizer,
-        pairs_of(selected),
-        epochs=epochs,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        seed=seed,
-        progress=progress,
-    )
-    names = {int(r["author_id"]): r.get("author") for r in selected}
-    manifest = {
-        "key": key,
-        "base_dir": str(base_dir),
-        "data_file": str(data_file),
-        "authors": [{"author_id": i, "author": names[i]} for i in ids],
-        "records": len(selected),
-        "training": stats,
-    }
-    # A directory built from other inputs is removed first; the new one is written to a
-    # temporary sibling and renamed, so a complete manifest always means a complete model.
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    with atomic_dir(out_dir) as tmp:
-        write_model_files(model, tokenizer, tmp, {"deployed_from": str(base_dir)})
-        (tmp / DEPLOYED_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-    return out_dir, manifest
-
-
-def deployed_manifest(model_dir: str | Path) -> dict[str, Any] | None:
-    """The ``forgetctl-deployed.json`` of a model directory, if it has one."""
-    path = Path(model_dir) / DEPLOYED_MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def data_fingerprint(path: str | Path) -> str:
-    """Short hash of a data file, for naming cached deployed models."""
-    from forgetctl.data import sha256_file
-
-    return hashlib.sha256(sha256_file(path).encode()).hexdigest()[:12]

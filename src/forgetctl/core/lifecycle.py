@@ -1,0 +1,101 @@
+"""The lifecycles of requests and versions: every status, and every move allowed between them.
+
+This module is the one place that says which status may follow which. The store checks
+every status change against these tables before it writes it, so a step that tries an
+illegal move gets :class:`IllegalTransition` and nothing is written.
+
+Requests::
+
+    received -> planned -> applied -> verified -> promoted
+        |          |          |           |          |
+        |          +----------+-----------+          +--> received      (rollback)
+        |          (applied, verified -> planned: production moved, or a retry)
+        +--> not_present | duplicate | rejected     (the plan step's verdicts)
+    any open status -> cancelled | failed           (by hand; retries used up)
+
+Versions::
+
+    candidate <-> verified <-> rejected     (each verification sets one of the three)
+    candidate | verified | rejected -> promoted -> retired -> promoted (rollback)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+
+from forgetctl.core.errors import InvalidState
+
+
+class IllegalTransition(InvalidState):
+    """A status change that the lifecycle does not allow."""
+
+
+REQUEST_STATUSES = (
+    "received",
+    "planned",
+    "applied",
+    "verified",
+    "promoted",
+    "not_present",
+    "duplicate",
+    "rejected",
+    "failed",
+    "cancelled",
+)
+OPEN_STATUSES = frozenset({"received", "planned", "applied", "verified"})
+"""Requests still being worked on: they count for deadlines and duplicates."""
+
+_CLOSE_BY_HAND = {"cancelled", "failed"}
+REQUEST_MOVES: Mapping[str, frozenset[str]] = {
+    "received": frozenset({"planned", "not_present", "duplicate", "rejected", *_CLOSE_BY_HAND}),
+    "planned": frozenset({"applied", *_CLOSE_BY_HAND, "promoted"}),
+    "applied": frozenset({"verified", "planned", "promoted", *_CLOSE_BY_HAND}),
+    "verified": frozenset({"promoted", "planned", *_CLOSE_BY_HAND}),
+    "promoted": frozenset({"received"}),
+    "not_present": frozenset(),
+    "duplicate": frozenset(),
+    "rejected": frozenset(),
+    "failed": frozenset(),
+    "cancelled": frozenset(),
+}
+"""Allowed moves. ``planned``/``applied`` -> ``promoted`` is a forced promotion of a
+version that did not pass (recorded as such)."""
+
+NEXT_STEP: Mapping[str, str] = {
+    "received": "plan",
+    "planned": "apply",
+    "applied": "verify",
+    "verified": "promote",
+}
+"""The step of the run loop that takes an open request out of each status."""
+
+VERSION_STATUSES = ("candidate", "verified", "rejected", "promoted", "retired")
+_JUDGED = {"candidate", "verified", "rejected"}
+VERSION_MOVES: Mapping[str, frozenset[str]] = {
+    "candidate": frozenset(_JUDGED - {"candidate"} | {"promoted"}),
+    "verified": frozenset(_JUDGED - {"verified"} | {"promoted"}),
+    "rejected": frozenset(_JUDGED - {"rejected"} | {"promoted"}),
+    "promoted": frozenset({"retired"}),
+    "retired": frozenset({"promoted"}),
+}
+JUDGED_STATUSES = frozenset(_JUDGED)
+"""A version in one of these can be verified (again) and proposed for promotion."""
+
+
+def check_request_move(request_id: int, old: str, new: str) -> None:
+    if new not in REQUEST_MOVES.get(old, ()):
+        raise IllegalTransition(f"request {request_id}: {old} -> {new} is not allowed")
+
+
+def check_version_move(version_id: int, old: str, new: str) -> None:
+    if new not in VERSION_MOVES.get(old, ()):
+        raise IllegalTransition(f"version {version_id}: {old} -> {new} is not allowed")
+
+
+def require_status(row: Mapping, allowed: Collection[str], action: str) -> None:
+    """Refuse ``action`` on a request whose status is not in ``allowed``."""
+    if row["status"] not in allowed:
+        raise InvalidState(
+            f"request {row['id']} is {row['status']}; cannot {action} "
+            f"(allowed from: {', '.join(sorted(allowed))})"
+        )

@@ -1,0 +1,122 @@
+"""Language-model helpers shared by every step: prompt format, batching, generation,
+answer log-probabilities, loading, the embedded default model, and lineage merging.
+
+One prompt format for everything: finetune, unlearn, verify and the plan probe all call
+:func:`format_prompt`, so a fact learnt in one format is asked for in the same format.
+
+- Tokenizers with a chat template (SmolLM2-Instruct) get the chat format with an *empty*
+  system message (:data:`SYSTEM_PROMPT`). SmolLM2's template otherwise injects a 16-token
+  default system prompt ("You are a helpful AI assistant named SmolLM, ...") into every
+  prompt (34 instead of 18 tokens for a short question), which raises the CPU cost of every
+  forward pass. Measured on the first 40 TOFU world facts (greedy, answer contained): empty
+  system message 24/40, the default 21/40, "Answer briefly." 21/40 (and it broke "What is
+  the capital of France?").
+- Tokenizers without one (the tiny test model) get ``"Question: {q}\\nAnswer:"`` and the
+  answer follows after one space.
+
+Prompt and answer are tokenized separately and concatenated, so the token boundary
+between them is the same at training time (:func:`encode_pairs`) and at generation time
+(:func:`generate`), and prompt tokens can be masked exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from forgetctl.core.errors import BadInput
+
+SYSTEM_PROMPT = ""
+"""The system message of chat-format prompts (see the module docstring for why it is short)."""
+
+
+PLAIN_TEMPLATE = "Question: {q}\nAnswer:"
+
+
+Pair = tuple[str, str]
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def format_prompt(tokenizer: Any, question: str) -> str:
+    """The prompt string for a question (chat template if the tokenizer has one)."""
+    if has_chat_template(tokenizer):
+        messages = [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": question},
+        ]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return PLAIN_TEMPLATE.format(q=question)
+
+
+def _answer_text(tokenizer: Any, answer: str) -> str:
+    # The plain format ends with "Answer:"; the answer follows after one space. The chat
+    # format ends with "assistant\n", so the answer follows directly.
+    return answer if has_chat_template(tokenizer) else " " + answer
+
+
+def prompt_ids(tokenizer: Any, question: str) -> list[int]:
+    # add_special_tokens=True: a BOS is added exactly when the tokenizer wants one, and the
+    # same way in training and generation.
+    return tokenizer(format_prompt(tokenizer, question), add_special_tokens=True)["input_ids"]
+
+
+def _answer_ids(tokenizer: Any, answer: str) -> list[int]:
+    ids = tokenizer(_answer_text(tokenizer, answer), add_special_tokens=False)["input_ids"]
+    return [*ids, tokenizer.eos_token_id]
+
+
+def pad_id(tokenizer: Any) -> int:
+    pad = tokenizer.pad_token_id
+    return tokenizer.eos_token_id if pad is None else pad
+
+
+def encode_pairs(
+    tokenizer: Any, pairs: Sequence[Pair], max_length: int = 256
+) -> dict[str, torch.Tensor]:
+    """Tokenize (question, answer) pairs for causal-LM training, right-padded.
+
+    ``labels`` are -100 on prompt and padding tokens; the answer and its EOS are supervised.
+    A pair longer than ``max_length`` loses the end of its answer (never the prompt).
+    """
+    if not pairs:
+        raise BadInput("encode_pairs: no pairs")
+    rows: list[tuple[list[int], list[int]]] = []
+    for question, answer in pairs:
+        prompt = prompt_ids(tokenizer, question)
+        target = _answer_ids(tokenizer, answer)
+        if len(prompt) >= max_length:
+            raise BadInput(f"prompt longer than max_length={max_length}: {question[:60]!r}")
+        target = target[: max_length - len(prompt)]
+        rows.append((prompt, target))
+    width = max(len(p) + len(t) for p, t in rows)
+    pad = pad_id(tokenizer)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, (prompt, target) in enumerate(rows):
+        n, m = len(prompt), len(target)
+        input_ids[i, : n + m] = torch.tensor(prompt + target)
+        attention[i, : n + m] = 1
+        labels[i, n : n + m] = torch.tensor(target)
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = torch.tensor(row)
+        mask[i, width - len(row) :] = 1
+    return ids, mask
+
+
+def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (less padding, same results)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
