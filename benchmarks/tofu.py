@@ -32,11 +32,12 @@ from pathlib import Path
 
 import torch
 
-from forgetctl.app import intake as rq
 from forgetctl.app import versions
 from forgetctl.app.home import Home
+from forgetctl.app.intake import add_request, parse_request
 from forgetctl.app.plan_step import load_plan
 from forgetctl.app.runner import Runner
+from forgetctl.app.workspace import Workspace
 from forgetctl.core.data import load_builtin
 from forgetctl.core.items import PromptItem
 from forgetctl.core.policy import MethodConfig, VerifyConfig
@@ -47,7 +48,6 @@ from forgetctl.lm.int4 import quantize_model_int4
 from forgetctl.lm.pull import pull_default
 from forgetctl.lm.train import finetune, finetune_steps
 from forgetctl.lm.weights import load_model
-from forgetctl.store.crypto import Keyring
 from forgetctl.store.ledger import open_ledger
 from forgetctl.verify.relearn import relearn_attack
 
@@ -127,24 +127,23 @@ def run_forgetctl(
     home.create_dirs()
     for src in Path(policies_dir).glob("*.toml") if policies_dir else ():
         shutil.copy2(src, home.policies_dir / src.name)
-    ledger = open_ledger(home.ledger_path, create=True)
-    versions.register_base(ledger, deployed)
+    ws = Workspace.open(home, create=True)
+    versions.register_base(ws.ledger, deployed)
     (home.root / "retain-corpus.jsonl").write_bytes(corpus.read_bytes())
-    keys = Keyring(home.keys)
-    runner = Runner(ledger, home, keys, say=log)
+    runner = Runner(ws, say=log)
     per_request, indirect = [], []
     for n, author in enumerate(forget_ids, 1):
         rows = suite.forget_rows[author]
-        req = rq.parse_request({
+        req = parse_request({
             "ref": f"TOFU-{author}", "regulation": "gdpr",
             "subject": {"name": rows[0]["author"] or f"author {author}"},
             "records": [{"question": r["question"], "answer": r["answer"]} for r in rows],
         })  # fmt: skip
-        rid, _ = rq.add_request(ledger, keys, runner.policies, req)
+        rid, _ = add_request(ws, req)
         outcome = runner.drive(rid)
         if outcome.end == "promoted":
-            indirect += [i for i in load_plan(ledger, keys, rid).forget if i.kind == "indirect"]
-        model, tokenizer = versions.load_version(ledger, home, ledger.alias("production"))
+            indirect += [i for i in load_plan(ws, rid).forget if i.kind == "indirect"]
+        model, tokenizer = versions.load_version(ws, ws.ledger.aliases.get("production"))
         metrics = suite.measure(model, tokenizer, forget_ids[:n], indirect)
         per_request.append({
             "author": author, "request": rid, "status": outcome.end, "steps": outcome.steps,
@@ -160,11 +159,10 @@ def from_home(home: Home) -> list[dict]:
     long each step took, and what the gate decided."""
     ledger = open_ledger(home.ledger_path)
     rows = []
-    for v in ledger.db.query("SELECT id FROM versions WHERE kind = 'adapter' ORDER BY id"):
-        version = ledger.version(v["id"])
-        checks = {c["check_name"]: c for c in ledger.verifications(v["id"])}
+    for version in [v for v in ledger.versions.all() if v["kind"] == "adapter"]:
+        checks = {c["check_name"]: c for c in ledger.verifications.of(version["id"])}
         rows.append({
-            "version": v["id"], "requests": version["requests"], "status": version["status"],
+            "version": version["id"], "requests": version["requests"], "status": version["status"],
             "training": version["metrics"],
             "checks": {n: {"passed": bool(c["passed"]), "figures": c["figures"]}
                        for n, c in checks.items()},
@@ -282,7 +280,7 @@ def main() -> None:
         if not args.forget_ids:
             parser.error("--home needs --forget-ids: the authors its requests named")
         home = Home(Path(args.home))
-        deployed = Path(open_ledger(home.ledger_path).version(0)["base_path"])
+        deployed = Path(open_ledger(home.ledger_path).versions.get(0)["base_path"])
         manifest = deployed_manifest(deployed)
         ids = [a["author_id"] for a in manifest["authors"]]
     else:
@@ -330,17 +328,14 @@ def main() -> None:
     results["forgetctl_requests"] = per_request
     # The ledger's per-version rows (already read in --home mode), for the gate's table.
     version_rows = per_request if args.home else from_home(home)
-    ledger = open_ledger(home.ledger_path)
-    model, tokenizer = versions.load_version(ledger, home, ledger.alias("production"))
+    ws = Workspace.open(home)
+    model, tokenizer = versions.load_version(ws, ws.ledger.aliases.get("production"))
     # Every request the pipeline handled (a version row lists its requests, a row built
     # here names one), promoted or not.
     handled = sorted(
         {rid for r in per_request for rid in r.get("requests", [r.get("request")])} - {None}
     )
-    keys = Keyring(home.keys)
-    indirect = [
-        i for rid in handled for i in load_plan(ledger, keys, rid).forget if i.kind == "indirect"
-    ]
+    indirect = [i for rid in handled for i in load_plan(ws, rid).forget if i.kind == "indirect"]
     record("forgetctl", model, tokenizer, total, indirect)
 
     # The naive baseline: full-model gradient ascent on the records, no retain term, no gate,

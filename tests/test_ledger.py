@@ -6,7 +6,9 @@ import sqlite3
 
 import pytest
 
-from forgetctl.store.ledger import MIGRATIONS, Ledger, open_ledger
+from forgetctl.core import lifecycle
+from forgetctl.store.ledger import Ledger, open_ledger
+from forgetctl.store.schema import MIGRATIONS
 
 
 @pytest.fixture
@@ -48,7 +50,7 @@ def test_migrations_from_every_earlier_schema(tmp_path, upto):
 
 def test_failed_migration_leaves_no_trace(tmp_path, monkeypatch):
     broken = [*MIGRATIONS, ("9999_broken", ["CREATE TABLE ok_table (x)", "NOT SQL"])]
-    monkeypatch.setattr("forgetctl.store.ledger.MIGRATIONS", broken)
+    monkeypatch.setattr("forgetctl.store.schema.MIGRATIONS", broken)
     led = Ledger(tmp_path / "l.db")
     with pytest.raises(sqlite3.OperationalError):
         led.migrate()
@@ -101,11 +103,38 @@ def test_chain_catches_swapped_rows(ledger):
 
 
 def test_alias_history_and_versions(ledger):
-    v0 = ledger.insert_version(kind="base", status="promoted", base_sha256="ab")
-    v1 = ledger.insert_version(kind="adapter", parent=v0, status="candidate", requests=[1])
-    ledger.move_alias("production", v0, "init")
-    ledger.move_alias("production", v1, "promote")
-    assert ledger.alias() == v1
-    assert [h["version_id"] for h in ledger.alias_history()] == [v0, v1]
-    assert [v["id"] for v in ledger.lineage(v1)] == [v0, v1]
+    v0 = ledger.versions.add(kind="base", status="promoted", base_sha256="ab")
+    v1 = ledger.versions.add(kind="adapter", parent=v0, status="candidate", requests=[1])
+    ledger.aliases.move("production", v0, "init")
+    ledger.aliases.move("production", v1, "promote")
+    assert ledger.aliases.get() == v1
+    assert [h["version_id"] for h in ledger.aliases.history()] == [v0, v1]
+    assert [v["id"] for v in ledger.versions.lineage(v1)] == [v0, v1]
     assert ledger.verify_chain().ok
+
+
+def test_lifecycle_tables_cover_every_status():
+    assert set(lifecycle.REQUEST_MOVES) == set(lifecycle.REQUEST_STATUSES)
+    assert set(lifecycle.NEXT_STEP) == lifecycle.OPEN_STATUSES
+    assert set(lifecycle.VERSION_MOVES) == set(lifecycle.VERSION_STATUSES)
+    for moves, statuses in ((lifecycle.REQUEST_MOVES, lifecycle.REQUEST_STATUSES),
+                            (lifecycle.VERSION_MOVES, lifecycle.VERSION_STATUSES)):  # fmt: skip
+        assert all(to in statuses for targets in moves.values() for to in targets)
+
+
+def test_an_illegal_status_change_is_refused_and_writes_nothing(tmp_path):
+    led = open_ledger(tmp_path / "l.db", create=True)
+    rid = led.requests.add({"ref": "R-1", "policy": "gdpr", "regulation": "gdpr",
+                            "scope": "entity", "received": "2026-11-01", "due": "2026-12-01",
+                            "subject_index": "x"})  # fmt: skip
+    before = len(led.events())
+    with pytest.raises(lifecycle.IllegalTransition, match="received -> promoted"):
+        led.requests.set_status(rid, "promoted")
+    assert led.requests.get(rid)["status"] == "received" and len(led.events()) == before
+    led.requests.set_status(rid, "planned")
+    assert led.events()[-1]["data"] == {"from": "received", "to": "planned"}  # decoded once
+    base = led.versions.add(kind="base", status="promoted", base_path="/m", base_sha256="0")
+    with pytest.raises(lifecycle.IllegalTransition, match="promoted -> candidate"):
+        led.versions.set_status(base, "candidate")
+    assert led.versions.get(base)["status"] == "promoted"
+    assert led.verify_chain().ok

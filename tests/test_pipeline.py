@@ -134,11 +134,11 @@ def test_forgotten_subject_rows_are_not_neighbors_of_the_next_request(tiny_home,
     assert statuses() == {"N-1": "promoted"}
     add(tiny_home, second, "N-2", tmp_path)
     cli("plan", "2")
+    from forgetctl.app.home import Home
     from forgetctl.app.plan_step import load_plan
-    from forgetctl.store.crypto import Keyring
-    from forgetctl.store.ledger import open_ledger
+    from forgetctl.app.workspace import Workspace
 
-    plan = load_plan(open_ledger(tiny_home / "ledger.db"), Keyring(tiny_home / "keys"), 2)
+    plan = load_plan(Workspace.open(Home(tiny_home)), 2)
     neighbors = [i for i in plan.retain if i.kind == "neighbor"]
     assert neighbors
     assert not [i for i in neighbors if first in i.prompt + i.target]
@@ -151,12 +151,13 @@ def test_forgotten_subject_rows_are_not_neighbors_of_the_next_request(tiny_home,
     policy = tiny_home / "policies" / "gdpr.toml"
     policy.write_text(policy.read_text().replace("[verify]\n", "[verify]\nregression_items = 4\n"))
     cli("run")
-    ledger = open_ledger(tiny_home / "ledger.db")
-    first_set = load_plan(ledger, Keyring(tiny_home / "keys"), 1).forget
+    ws = Workspace.open(Home(tiny_home))
+    ledger = ws.ledger
+    first_set = load_plan(ws, 1).forget
     assert len(first_set) > 4 and len({i.kind for i in first_set}) > 1
     ids = [v["id"] for v in ledger.db.query("SELECT id FROM versions WHERE kind = 'adapter'")]
-    checks = [c for vid in ids if ledger.version(vid)["requests"] == [2]
-              for c in ledger.verifications(vid) if c["check_name"] == "regression"]  # fmt: skip
+    checks = [c for vid in ids if ledger.versions.get(vid)["requests"] == [2]
+              for c in ledger.verifications.of(vid) if c["check_name"] == "regression"]  # fmt: skip
     assert checks  # request 2's attempts, each checked against request 1
     for check in checks:
         by_kind = check["figures"]["requests"]["1"]["by_kind"]
@@ -189,6 +190,38 @@ def test_weak_unlearning_is_rejected_and_promotion_refused(tiny_home, tmp_path):
     kinds = [e["kind"] for e in json.loads(cli("ledger", "log", "--json").stdout)]
     assert "version.forced_promotion" in kinds
     cli("ledger", "verify")
+
+
+def test_verify_runs_the_mandatory_checks_unless_skipped_with_a_reason(tiny_home, tmp_path):
+    add(tiny_home, tinylm.TINY_SUBJECTS[0], "V-1", tmp_path)
+    cli("plan")
+    cli("apply")
+    assert "--reason" in cli("verify", "--skip", "int4", code=2).stderr
+    assert (
+        "only int4 and relearn" in cli("verify", "--skip", "forget", "--reason", "r", code=2).stderr
+    )
+    skipped = cli("verify", "--skip", "int4", "--skip", "relearn", "--reason", "no time", "--json",
+                  code=None)  # fmt: skip
+    doc = json.loads(skipped.stdout)
+    assert [c["name"] for c in doc["checks"]] == ["forget", "retain", "utility", "regression"]
+    if doc["status"] != "rejected":
+        assert doc["status"] == "candidate"  # mandatory checks are missing
+        refused = cli("promote", str(doc["version"]), code=6)
+        assert "not run: int4, relearn" in refused.stderr
+    events = json.loads(cli("ledger", "log", "--json").stdout)
+    assert [e["data"] for e in events if e["kind"] == "verification.skipped"] == [
+        {"checks": ["int4", "relearn"], "reason": "no time"}
+    ]
+    # No flags: every check the policy makes mandatory.
+    full = json.loads(cli("verify", str(doc["version"]), "--json", code=None).stdout)
+    assert {c["name"] for c in full["checks"]} == {
+        "forget",
+        "retain",
+        "utility",
+        "regression",
+        "int4",
+        "relearn",
+    }
 
 
 def test_nothing_due_and_lock(tiny_home):

@@ -81,6 +81,7 @@ def test_add_list_show(home, tmp_path):
     assert shown["payload"]["subject"]["name"] == NAME
     assert shown["payload"]["records"][0]["answer"] == "Kuwait City"
     assert shown["events"][0]["kind"] == "request.received"
+    assert shown["events"][0]["data"]["ref"] == "DSR-2026-0042"  # an object, as in `ledger log`
     assert "Deletion requests" in cli("request", "list").stdout
 
 

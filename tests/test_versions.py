@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 
 from forgetctl.app import versions
 from forgetctl.app.home import resolve_home
+from forgetctl.app.promote import promote, rollback
+from forgetctl.app.workspace import Workspace
 from forgetctl.core.errors import InvalidState, PromotionRefused
 from forgetctl.lm.prompts import encode_pairs
 from forgetctl.lm.weights import load_model
@@ -50,7 +52,7 @@ def home_with_adapter(tiny_lm_dir):
     ledger.db["requests"].insert({"id": 1, "ref": "R-1", "policy": "gdpr", "regulation": "gdpr",
         "scope": "entity", "status": "applied", "received": "2026-11-01", "due": "2026-12-01",
         "subject_index": "x", "created_at": "t", "updated_at": "t"})  # fmt: skip
-    vid = ledger.insert_version(kind="adapter", parent=0, status="candidate",
+    vid = ledger.versions.add(kind="adapter", parent=0, status="candidate",
                                 adapter_path=str(home.adapters / "manual"), adapter_sha256=sha,
                                 requests=[1])  # fmt: skip
     return home, ledger, vid, peft
@@ -58,7 +60,7 @@ def home_with_adapter(tiny_lm_dir):
 
 def test_lineage_loads_merged_weights(home_with_adapter):
     home, ledger, vid, peft = home_with_adapter
-    model, tokenizer = versions.load_version(ledger, home, vid)
+    model, tokenizer = versions.load_version(Workspace.open(home), vid)
     batch = encode_pairs(tokenizer, [("Who wrote Hamlet?", "Shakespeare.")])
     with torch.no_grad():
         expected = peft(input_ids=batch["input_ids"]).logits
@@ -72,7 +74,7 @@ def test_export_and_ask(home_with_adapter, tmp_path):
     cli("model", "export", str(vid), "--out", str(out))
     assert (out / "model.safetensors").exists()
     exported, _ = load_model(out)
-    merged, _ = versions.load_version(ledger, home, vid)
+    merged, _ = versions.load_version(Workspace.open(home), vid)
     for a, b in zip(exported.state_dict().values(), merged.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     cli("model", "export", "--out", str(out), code=2)  # exists: refused, nothing overwritten
@@ -88,24 +90,24 @@ def test_tampered_adapter_is_refused(home_with_adapter):
     weights = next((home.adapters / "manual").glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
     with pytest.raises(InvalidState, match="hash mismatch"):
-        versions.load_version(ledger, home, vid)
+        versions.load_version(Workspace.open(home), vid)
 
 
 def test_promote_needs_every_mandatory_check(home_with_adapter):
     home, ledger, vid, _ = home_with_adapter
     with pytest.raises(PromotionRefused, match="not run"):
-        versions.promote(ledger, home.policies(), vid)
+        promote(Workspace.open(home), vid)
     for check in ("forget", "retain", "utility", "int4", "relearn"):
-        ledger.add_verification(vid, check, True, {}, [])
+        ledger.verifications.add(vid, check, True, {}, [])
     with pytest.raises(PromotionRefused, match="regression"):
-        versions.promote(ledger, home.policies(), vid)
-    ledger.add_verification(vid, "regression", True, {}, [])
-    versions.promote(ledger, home.policies(), vid)
-    assert ledger.alias() == vid and ledger.request(1)["status"] == "promoted"
+        promote(Workspace.open(home), vid)
+    ledger.verifications.add(vid, "regression", True, {}, [])
+    promote(Workspace.open(home), vid)
+    assert ledger.aliases.get() == vid and ledger.requests.get(1)["status"] == "promoted"
     with pytest.raises(InvalidState, match="already production"):
-        versions.promote(ledger, home.policies(), vid)
-    assert versions.rollback(ledger) == 0
-    assert ledger.request(1)["status"] == "received"
+        promote(Workspace.open(home), vid)
+    assert rollback(ledger) == 0
+    assert ledger.requests.get(1)["status"] == "received"
     assert ledger.verify_chain().ok
 
 

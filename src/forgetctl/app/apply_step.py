@@ -4,7 +4,7 @@ A candidate is always built on the production version of the moment it starts, n
 another unpromoted candidate: candidates are independent proposals, and the run loop
 promotes (or rejects) each before the next request is applied, so requests still stack
 sequentially in production's lineage. A candidate whose parent is no longer production
-cannot be promoted (``versions.promote`` refuses it) and is applied again.
+cannot be promoted (``promote.promote`` refuses it) and is applied again.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import secrets
 from collections.abc import Callable, Collection
 
 from forgetctl.app import versions
-from forgetctl.app.home import Home
 from forgetctl.app.plan_step import load_plan
-from forgetctl.core.policy import MethodConfig, Policy
-from forgetctl.store.crypto import Keyring
-from forgetctl.store.ledger import Ledger, require_status
+from forgetctl.app.workspace import Workspace
+from forgetctl.core.lifecycle import require_status
+from forgetctl.core.policy import MethodConfig
+from forgetctl.store.ledger import Ledger
 from forgetctl.unlearn.train import save_adapter, unlearn
 
 RETAIN_CHECKS = frozenset({"retain", "utility"})
@@ -59,40 +59,38 @@ def failed_checks(ledger: Ledger, request_id: int) -> set[str]:
     """Every check that failed on any rejected candidate of the request."""
     return {
         check
-        for version in versions.request_versions(ledger, request_id, ("rejected",))
-        for check, ok in versions.check_status(ledger, version["id"]).items()
+        for version in ledger.versions.of_request(request_id, ("rejected",))
+        for check, ok in ledger.verifications.verdicts(version["id"]).items()
         if not ok
     }
 
 
 def apply_request(
-    ledger: Ledger,
-    home: Home,
-    keys: Keyring,
-    policies: dict[str, Policy],
+    ws: Workspace,
     request_id: int,
     *,
     attempt: int = 0,
     progress: Callable[[int, int, dict], None] | None = None,
 ) -> int:
     """Unlearn a planned request; returns the new candidate version's id."""
-    row = ledger.request(request_id)
+    ledger = ws.ledger
+    row = ledger.requests.get(request_id)
     require_status(row, {"planned"}, "apply")
     failed = failed_checks(ledger, request_id) if attempt else set()
-    method = escalate(policies[row["policy"]].method, attempt, failed)
-    plan = load_plan(ledger, keys, request_id)
-    parent = ledger.alias("production")
+    method = escalate(ws.policy_of(row).method, attempt, failed)
+    plan = load_plan(ws, request_id)
+    parent = ledger.aliases.get("production")
     ledger.append_event(
         "apply.started", request_id=request_id, parent=parent, attempt=attempt,
         earlier_failures=sorted(failed), method=method.model_dump(),
     )  # fmt: skip
-    model, tokenizer = versions.load_version(ledger, home, parent)
+    model, tokenizer = versions.load_version(ws, parent)
     result = unlearn(model, tokenizer, plan.forget, plan.retain, method, progress=progress)
     # A fresh name per attempt: a crashed attempt's leftovers never collide with a retry.
-    adapter_dir = home.adapters / f"request-{request_id}-{secrets.token_hex(4)}"
+    adapter_dir = ws.home.adapters / f"request-{request_id}-{secrets.token_hex(4)}"
     sha = save_adapter(result.model, adapter_dir)
     with ledger.transaction():
-        version_id = ledger.insert_version(
+        version_id = ledger.versions.add(
             kind="adapter",
             parent=parent,
             status="candidate",
@@ -101,5 +99,5 @@ def apply_request(
             requests=[request_id],
             metrics=result.stats,
         )
-        ledger.set_request_status(request_id, "applied", version=version_id)
+        ledger.requests.set_status(request_id, "applied", version=version_id)
     return version_id

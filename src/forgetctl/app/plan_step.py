@@ -7,50 +7,35 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from forgetctl.app import intake as rq
 from forgetctl.app import versions
 from forgetctl.app.home import Home
+from forgetctl.app.requests import payload
+from forgetctl.app.workspace import Workspace
 from forgetctl.core.data import load_jsonl
 from forgetctl.core.errors import InvalidState, NotFound
 from forgetctl.core.items import PromptSet
+from forgetctl.core.lifecycle import require_status
 from forgetctl.core.policy import Policy
-from forgetctl.store.crypto import Keyring
-from forgetctl.store.ledger import Ledger, now, require_status
+from forgetctl.plan.planner import plan_request
 
 
-def store_plan(ledger: Ledger, keys: Keyring, request_id: int, prompt_set: PromptSet) -> dict:
+def store_plan(ws: Workspace, request_id: int, prompt_set: PromptSet) -> dict:
     """Encrypt the prompt set with the request's key; counts and hash stay in clear."""
     doc = prompt_set.model_dump(mode="json")
     sha = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
     counts = prompt_set.counts()
     counts["dropped"] = len(prompt_set.dropped)
-    with ledger.transaction():
-        ledger.db["plans"].upsert(
-            {
-                "request_id": request_id,
-                "payload": keys.encrypt(request_id, doc),
-                "counts": json.dumps(counts, sort_keys=True),
-                "sha256": sha,
-                "created_at": now(),
-            },
-            pk="request_id",
-        )
-        ledger.append_event("plan.stored", request_id=request_id, counts=counts, sha256=sha)
+    ws.ledger.plans.put(request_id, ws.keys.encrypt(request_id, doc), counts, sha)
     return {"counts": counts, "sha256": sha}
 
 
-def load_plan(ledger: Ledger, keys: Keyring, request_id: int) -> PromptSet:
-    rows = list(ledger.db.query("SELECT * FROM plans WHERE request_id = ?", [request_id]))
-    if not rows:
+def load_plan(ws: Workspace, request_id: int) -> PromptSet:
+    plan = ws.ledger.plans.get(request_id)
+    if plan is None:
         raise NotFound(f"request {request_id} has no plan (run `forgetctl plan {request_id}`)")
-    if rows[0]["payload"] is None or not keys.has_request_key(request_id):
+    if plan["payload"] is None or not ws.keys.has_request_key(request_id):
         raise InvalidState(f"request {request_id}: prompt set purged; only counts remain")
-    return PromptSet.model_validate(keys.decrypt(request_id, rows[0]["payload"]))
-
-
-def plan_counts(ledger: Ledger, request_id: int) -> dict | None:
-    rows = list(ledger.db.query("SELECT counts FROM plans WHERE request_id = ?", [request_id]))
-    return json.loads(rows[0]["counts"]) if rows else None
+    return PromptSet.model_validate(ws.keys.decrypt(request_id, plan["payload"]))
 
 
 def retain_corpus_path(home: Home, policy: Policy) -> Path | None:
@@ -69,32 +54,24 @@ def _general_rows(policy: Policy) -> list[dict]:
 
 
 def plan_request_step(
-    ledger: Ledger,
-    home: Home,
-    keys: Keyring,
-    policies: dict[str, Policy],
-    request_id: int,
-    *,
-    progress: Callable[[str], None] | None = None,
+    ws: Workspace, request_id: int, *, progress: Callable[[str], None] | None = None
 ) -> dict:
     """Plan a received request against production; sets planned, not_present, rejected
     or duplicate. Returns {status, counts, reasons, figures}."""
-    from forgetctl.plan.planner import plan_request
-
-    row = ledger.request(request_id)
+    ledger, keys = ws.ledger, ws.keys
+    row = ledger.requests.get(request_id)
     require_status(row, {"received"}, "plan")
-    policy = policies[row["policy"]]
-    production = ledger.alias("production")
+    policy = ws.policy_of(row)
+    production = ledger.aliases.get("production")
     # Subjects already forgotten in production's lineage, by blind index: no plaintext.
     forgotten = {
-        ledger.request(earlier)["subject_index"]: earlier
+        ledger.requests.get(earlier)["subject_index"]: earlier
         for earlier in versions.forgotten_requests(ledger, production)
     }
     if row["subject_index"] in forgotten:
         earlier = forgotten[row["subject_index"]]
-        ledger.db["requests"].update(request_id, {"duplicate_of": earlier})
-        ledger.set_request_status(request_id, "duplicate", duplicate_of=earlier,
-                                  reason="subject already forgotten in production")  # fmt: skip
+        why = "subject already forgotten in production"
+        ledger.requests.mark_duplicate(request_id, earlier, reason=why)
         return {"status": "duplicate", "reasons": [f"already forgotten by request {earlier}"]}
 
     def kept(record: dict) -> bool:
@@ -105,9 +82,9 @@ def plan_request_step(
         author = record.get("author")
         return not (author and keys.blind_index(str(author)) in forgotten)
 
-    data = rq.payload(ledger, keys, request_id)
-    corpus = retain_corpus_path(home, policy)
-    model, tokenizer = versions.load_version(ledger, home, production)
+    data = payload(ws, request_id)
+    corpus = retain_corpus_path(ws.home, policy)
+    model, tokenizer = versions.load_version(ws, production)
     outcome = plan_request(
         subject=data["subject"]["name"],
         aliases=data["subject"]["aliases"],
@@ -127,7 +104,7 @@ def plan_request_step(
         # Reasons can quote prompts or other people's names: they are kept only inside
         # the encrypted prompt set; the event carries the PII-free figures.
         outcome.prompt_set.probe["reasons"] = list(outcome.reasons)
-        result.update(store_plan(ledger, keys, request_id, outcome.prompt_set))
-        ledger.set_request_status(request_id, outcome.verdict, figures=outcome.figures,
+        result.update(store_plan(ws, request_id, outcome.prompt_set))
+        ledger.requests.set_status(request_id, outcome.verdict, figures=outcome.figures,
                                   reasons=len(outcome.reasons))  # fmt: skip
     return result

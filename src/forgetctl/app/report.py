@@ -8,33 +8,23 @@ and stays available for as long as the ledger exists.
 
 from __future__ import annotations
 
-import json
-
-from forgetctl.app import intake as rq
-from forgetctl.app import versions
-from forgetctl.app.plan_step import plan_counts
+from forgetctl.app.requests import payload, summary
+from forgetctl.app.workspace import Workspace
 from forgetctl.core.errors import InvalidState, NotFound
-from forgetctl.core.policy import Policy
-from forgetctl.store.crypto import Keyring
 from forgetctl.store.ledger import Ledger
 
 
 def _versions_of(ledger: Ledger, request_id: int) -> list[int]:
-    return [
-        r["id"]
-        for r in ledger.db.query("SELECT id, requests FROM versions ORDER BY id")
-        if request_id in json.loads(r["requests"])
-    ]
+    return sorted(v["id"] for v in ledger.versions.of_request(request_id))
 
 
-def request_section(
-    ledger: Ledger, keys: Keyring, policies: dict[str, Policy], request_id: int
-) -> dict:
-    row = ledger.request(request_id)
-    policy = policies[row["policy"]]
-    section = rq.summary(row, policy)
+def request_section(ws: Workspace, request_id: int) -> dict:
+    ledger = ws.ledger
+    row = ledger.requests.get(request_id)
+    policy = ws.policy_of(row)
+    section = summary(row, policy)
     try:
-        subject = rq.payload(ledger, keys, request_id)["subject"]
+        subject = payload(ws, request_id)["subject"]
         section["subject"] = {"name": subject["name"], "aliases": subject["aliases"]}
     except InvalidState:
         section["subject"] = None  # crypto-shredded: evidence only
@@ -45,10 +35,11 @@ def request_section(
         "mandatory_checks": list(policy.verify.mandatory),
         "method": policy.method.model_dump(),
     }
-    section["prompt_set"] = plan_counts(ledger, request_id)
+    plan = ledger.plans.get(request_id)
+    section["prompt_set"] = plan["counts"] if plan else None
     section["versions"] = _versions_of(ledger, request_id)
     section["events"] = [
-        {"seq": e["seq"], "ts": e["ts"], "kind": e["kind"], "data": json.loads(e["data"])}
+        {"seq": e["seq"], "ts": e["ts"], "kind": e["kind"], "data": e["data"]}
         for e in ledger.events(request_id)
     ]
     return section
@@ -79,8 +70,8 @@ def forget_recall_by_kind(checks: list[dict]) -> dict[str, dict[str, float]]:
 
 
 def version_section(ledger: Ledger, version_id: int) -> dict:
-    version = ledger.version(version_id)
-    checks = ledger.verifications(version_id)
+    version = ledger.versions.get(version_id)
+    checks = ledger.verifications.of(version_id)
     return {
         "id": version_id,
         "parent": version["parent"],
@@ -92,14 +83,15 @@ def version_section(ledger: Ledger, version_id: int) -> dict:
         "checks": [
             {k: c[k] for k in ("check_name", "passed", "figures", "reasons", "ts")} for c in checks
         ],
-        "verdicts": versions.check_status(ledger, version_id),
+        "verdicts": ledger.verifications.verdicts(version_id),
         "forget_recall_by_kind": forget_recall_by_kind(checks),
-        "alias_history": [h for h in ledger.alias_history() if version_id in (h["version_id"],)],
+        "alias_history": [h for h in ledger.aliases.history() if version_id in (h["version_id"],)],
     }
 
 
-def build_report(ledger: Ledger, keys: Keyring, policies: dict[str, Policy], target: str) -> dict:
+def build_report(ws: Workspace, target: str) -> dict:
     """``target``: a request id or ref, or ``v<N>`` for a version."""
+    ledger = ws.ledger
     target = target.strip()
     if target[:1] in "vV" and target[1:].isdigit():
         version = version_section(ledger, int(target[1:]))
@@ -108,17 +100,17 @@ def build_report(ledger: Ledger, keys: Keyring, policies: dict[str, Policy], tar
         if target.isdigit():
             request_id = int(target)
         else:
-            rows = list(ledger.db.query("SELECT id FROM requests WHERE ref = ?", [target]))
-            if not rows:
+            found = ledger.requests.id_of_ref(target)
+            if found is None:
                 raise NotFound(f"no request or version {target!r} (versions are v<N>)")
-            request_id = rows[0]["id"]
-        ledger.request(request_id)
+            request_id = found
+        ledger.requests.get(request_id)
         ids = _versions_of(ledger, request_id)
         version = version_section(ledger, ids[-1]) if ids else None
         request_ids = [request_id]
     chain = ledger.verify_chain()
     return {
-        "requests": [request_section(ledger, keys, policies, rid) for rid in request_ids],
+        "requests": [request_section(ws, rid) for rid in request_ids],
         "version": version,
         "ledger": {"ok": chain.ok, "events": chain.events, "head": chain.head},
     }

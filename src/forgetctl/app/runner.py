@@ -23,22 +23,18 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
-from forgetctl.app import intake as rq
-from forgetctl.app import versions
 from forgetctl.app.apply_step import apply_request
-from forgetctl.app.home import Home
 from forgetctl.app.plan_step import plan_request_step
+from forgetctl.app.promote import promote
+from forgetctl.app.requests import list_requests, purge, retention_ends, summary
 from forgetctl.app.verify_step import verify_version
+from forgetctl.app.workspace import Workspace
 from forgetctl.core.errors import EXIT_FAILED, EXIT_OVERDUE, ForgetctlError, Locked
 from forgetctl.core.files import clean_partial
-from forgetctl.core.policy import Policy
-from forgetctl.store.crypto import Keyring
-from forgetctl.store.ledger import Ledger
+from forgetctl.core.lifecycle import NEXT_STEP, OPEN_STATUSES
+from forgetctl.store.tables import RequestRow, VersionRow
 
 log = logging.getLogger("forgetctl.run")
-
-
-STEPS = ("plan", "apply", "verify", "promote")
 
 
 @dataclass
@@ -104,10 +100,11 @@ def run_lock(path: Path) -> Iterator[int | None]:
         os.close(fd)
 
 
-def clean_leftovers(ledger: Ledger, home: Home) -> list[str]:
+def clean_leftovers(ws: Workspace) -> list[str]:
     """Remove temporary dirs and adapters no version references (a crash mid-apply)."""
+    home = ws.home
     removed = [str(p) for root in (home.adapters, home.cache) for p in clean_partial(root)]
-    known = {r["adapter_path"] for r in ledger.db.query("SELECT adapter_path FROM versions")}
+    known = ws.ledger.versions.adapter_paths()
     if home.adapters.exists():
         for path in home.adapters.iterdir():
             if path.is_dir() and str(path) not in known:
@@ -116,21 +113,21 @@ def clean_leftovers(ledger: Ledger, home: Home) -> list[str]:
     return removed
 
 
-def purge_expired(ledger: Ledger, keys: Keyring, policies: dict[str, Policy]) -> list[int]:
+def purge_expired(ws: Workspace) -> list[int]:
     """Crypto-shred every closed request whose retention period has ended."""
     purged = []
-    sql = "SELECT * FROM requests WHERE purged_at IS NULL ORDER BY id"
-    for row in [dict(r) for r in ledger.db.query(sql)]:
-        policy = policies[row["policy"]]
-        if row["status"] not in rq.OPEN_STATUSES and date.today() >= rq.retention_ends(row, policy):
-            rq.purge(ledger, keys, policy, row["id"])
+    for row in ws.ledger.requests.not_purged():
+        if row["status"] not in OPEN_STATUSES and date.today() >= retention_ends(
+            row, ws.policy_of(row)
+        ):
+            purge(ws, row["id"])
             purged.append(row["id"])
     return purged
 
 
-def _open_version(ledger: Ledger, request_id: int) -> dict | None:
+def _open_version(ws: Workspace, request_id: int) -> VersionRow | None:
     """The newest candidate/verified version built for a request, if any."""
-    found = versions.request_versions(ledger, request_id, ("candidate", "verified"))
+    found = ws.ledger.versions.of_request(request_id, ("candidate", "verified"))
     return found[0] if found else None
 
 
@@ -139,120 +136,102 @@ class Runner:
 
     def __init__(
         self,
-        ledger: Ledger,
-        home: Home,
-        keys: Keyring,
+        ws: Workspace,
         *,
         say: Callable[[str], None] = log.info,
         progress: Callable[[int, int, dict], None] | None = None,
     ):
-        self.ledger, self.home, self.keys = ledger, home, keys
-        self.policies = home.policies()
+        self.ws, self.ledger = ws, ws.ledger
         self.say = say
         self.progress = progress
 
-    def due(self) -> tuple[list[dict], list[dict]]:
+    def due(self) -> tuple[list[RequestRow], list[dict]]:
         """(requests to work on in deadline order, requests waiting for approval)."""
         ready, waiting = [], []
-        for row in rq.list_requests(self.ledger):
-            if row["status"] not in rq.OPEN_STATUSES:
+        for row in list_requests(self.ws):
+            if row["status"] not in OPEN_STATUSES:
                 continue
-            policy = self.policies[row["policy"]]
-            if policy.require_approval and not row["approved_at"]:
+            if self.ws.policy_of(row).require_approval and not row["approved_at"]:
                 waiting.append({"id": row["id"], "ref": row["ref"], "reason": "needs approval"})
             else:
                 ready.append(row)
         return ready, waiting
 
-    def _step(self, row: dict) -> str:
+    def _step(self, row: RequestRow) -> str:
         """Run the next step of one request; returns the step's name."""
-        request_id, status = row["id"], row["status"]
-        policy = self.policies[row["policy"]]
-        if status == "received":
+        request_id, step = row["id"], NEXT_STEP[row["status"]]
+        if step == "plan":
             self.say(f"request {request_id}: plan")
-            plan_request_step(self.ledger, self.home, self.keys, self.policies, request_id)
+            plan_request_step(self.ws, request_id)
             return "plan"
-        version = _open_version(self.ledger, request_id)
-        production = self.ledger.alias("production")
-        if status in ("applied", "verified") and (
-            version is None or version["parent"] != production
-        ):
+        version = _open_version(self.ws, request_id)
+        production = self.ledger.aliases.get("production")
+        if step in ("verify", "promote") and (version is None or version["parent"] != production):
             # Production moved under this candidate (a rollback or another promotion): its
             # adapter no longer stacks on what is served, so apply it again.
-            self.ledger.set_request_status(request_id, "planned", reason="production moved")
+            self.ledger.requests.set_status(request_id, "planned", reason="production moved")
             return "reapply"
-        if status == "planned":
+        if step == "apply":
             self.say(f"request {request_id}: apply (attempt {row['attempts'] + 1})")
-            apply_request(self.ledger, self.home, self.keys, self.policies, request_id,
-                          attempt=row["attempts"], progress=self.progress)  # fmt: skip
+            apply_request(self.ws, request_id, attempt=row["attempts"], progress=self.progress)
             return "apply"
-        if status == "applied":
-            mandatory = set(policy.verify.mandatory)
+        if step == "verify":
             self.say(f"request {request_id}: verify version {version['id']}")
-            verdict, _ = verify_version(
-                self.ledger, self.home, self.keys, self.policies, version["id"],
-                int4="int4" in mandatory, relearn="relearn" in mandatory, progress=self.say,
-            )  # fmt: skip
+            verdict, _ = verify_version(self.ws, version["id"], progress=self.say)
             if verdict == "rejected":
                 self._failed_attempt(row, "verify", f"version {version['id']} rejected")
             return "verify"
-        # verified
         self.say(f"request {request_id}: promote version {version['id']}")
-        versions.promote(self.ledger, self.policies, version["id"], reason="verified by run")
+        promote(self.ws, version["id"], reason="verified by run")
         return "promote"
 
-    def _failed_attempt(self, row: dict, step: str, error: str) -> None:
+    def _failed_attempt(self, row: RequestRow, step: str, error: str) -> None:
         """Count a failed attempt; retry from plan's output, or give up after max_retries."""
         attempts = row["attempts"] + 1
-        policy = self.policies[row["policy"]]
         with self.ledger.transaction():
-            self.ledger.db["requests"].update(
-                row["id"], {"attempts": attempts, "failed_step": step}
-            )
-            if attempts > policy.max_retries:
-                self.ledger.set_request_status(row["id"], "failed", step=step, error=error,
-                                               attempts=attempts)  # fmt: skip
+            self.ledger.requests.record_failure(row["id"], step, attempts)
+            if attempts > self.ws.policy_of(row).max_retries:
+                self.ledger.requests.set_status(row["id"], "failed", step=step, error=error,
+                                                attempts=attempts)  # fmt: skip
             elif row["status"] in ("applied", "verified"):
-                self.ledger.set_request_status(row["id"], "planned", retry=attempts,
-                                               step=step, error=error)  # fmt: skip
+                self.ledger.requests.set_status(row["id"], "planned", retry=attempts,
+                                                step=step, error=error)  # fmt: skip
             else:
                 self.ledger.append_event("request.retry", request_id=row["id"], step=step,
                                          error=error, attempts=attempts)  # fmt: skip
 
     def drive(self, request_id: int) -> Outcome:
-        row = self.ledger.request(request_id)
+        row = self.ledger.requests.get(request_id)
         outcome = Outcome(request_id, row["ref"], row["status"], row["status"])
         start = time.perf_counter()
-        while row["status"] in rq.OPEN_STATUSES:
+        while row["status"] in OPEN_STATUSES:
             try:
                 outcome.steps.append(self._step(row))
             except (ForgetctlError, RuntimeError, OSError, ValueError) as exc:
                 # A step that fails (a refused promotion, a missing file, a torch error)
                 # costs the request one attempt; the run goes on with the others.
-                step = {"received": "plan", "planned": "apply", "applied": "verify"}.get(
-                    row["status"], "promote"
-                )
+                step = NEXT_STEP[row["status"]]
                 outcome.error = str(exc)
                 self.say(f"request {request_id}: {step} failed: {exc}")
                 log.debug("step failure", exc_info=True)
                 self._failed_attempt(row, step, str(exc))
-            row = self.ledger.request(request_id)
+            row = self.ledger.requests.get(request_id)
         outcome.end = row["status"]
-        version = _open_version(self.ledger, request_id)
+        version = _open_version(self.ws, request_id)
         if row["status"] == "promoted":
-            outcome.version = self.ledger.alias("production")
+            outcome.version = self.ledger.aliases.get("production")
         elif version:
             outcome.version = version["id"]
         outcome.seconds = round(time.perf_counter() - start, 1)
         return outcome
 
 
-def deadline_report(ledger: Ledger, policies: dict[str, Policy]) -> tuple[list, list]:
+def deadline_report(ws: Workspace) -> tuple[list, list]:
     """(due within the policy's warning window, overdue) among open requests."""
     soon, overdue = [], []
-    for row in rq.list_requests(ledger):
-        if row["status"] in rq.OPEN_STATUSES:
-            info = rq.summary(row, policies[row["policy"]])
+    for row in list_requests(ws):
+        if row["status"] in OPEN_STATUSES:
+            info = summary(row, ws.policy_of(row))
             if info["overdue"]:
                 overdue.append(info)
             elif info.get("due_soon"):
@@ -261,9 +240,7 @@ def deadline_report(ledger: Ledger, policies: dict[str, Policy]) -> tuple[list, 
 
 
 def run(
-    ledger: Ledger,
-    home: Home,
-    keys: Keyring,
+    ws: Workspace,
     *,
     max_requests: int | None = None,
     dry_run: bool = False,
@@ -271,31 +248,32 @@ def run(
     progress: Callable[[int, int, dict], None] | None = None,
 ) -> RunSummary:
     """One cron run. Raises Locked if another run holds the lock."""
-    summary = RunSummary(dry_run=dry_run)
-    with run_lock(home.lock_path) as stale:
-        runner = Runner(ledger, home, keys, say=say, progress=progress)
+    ledger = ws.ledger
+    summary_ = RunSummary(dry_run=dry_run)
+    with run_lock(ws.home.lock_path) as stale:
+        runner = Runner(ws, say=say, progress=progress)
         if stale is not None:
-            summary.lock_takeover = stale
+            summary_.lock_takeover = stale
             ledger.append_event("run.lock_takeover", dead_pid=stale)
-        ready, summary.skipped = runner.due()
+        ready, summary_.skipped = runner.due()
         if max_requests is not None:
             ready = ready[:max_requests]
         if not dry_run:
-            summary.cleaned = clean_leftovers(ledger, home)
-            summary.purged = purge_expired(ledger, keys, runner.policies)
+            summary_.cleaned = clean_leftovers(ws)
+            summary_.purged = purge_expired(ws)
             if ready:
                 ledger.append_event("run.started", requests=[r["id"] for r in ready])
             for row in ready:
-                summary.outcomes.append(runner.drive(row["id"]))
+                summary_.outcomes.append(runner.drive(row["id"]))
             if ready:
                 ledger.append_event(
                     "run.finished",
-                    outcomes={str(o.request_id): o.end for o in summary.outcomes},
+                    outcomes={str(o.request_id): o.end for o in summary_.outcomes},
                 )
         else:
-            summary.outcomes = [
+            summary_.outcomes = [
                 Outcome(r["id"], r["ref"], r["status"], r["status"], steps=["(dry run)"])
                 for r in ready
             ]
-        summary.due_soon, summary.overdue = deadline_report(ledger, runner.policies)
-    return summary
+        summary_.due_soon, summary_.overdue = deadline_report(ws)
+    return summary_

@@ -5,7 +5,7 @@ sets are the planned prompt sets of the requests the version covers; the retain 
 their neighbor and general items; regression covers every request forgotten earlier in the
 lineage whose prompt set is still readable (a purged request keeps only its evidence).
 
-Scores are cached per model and item (``verify.scores``): a retry's parent, or a promoted
+Scores are cached per model and item (``store.scores``): a retry's parent, or a promoted
 candidate that becomes the next request's parent, is not asked the same questions again.
 
 Verdict: any check that ran and failed rejects the version; when every check its policies
@@ -14,16 +14,14 @@ make mandatory has passed, it is verified; otherwise it stays a candidate with c
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from forgetctl.app import versions
-from forgetctl.app.home import Home
 from forgetctl.app.plan_step import load_plan
-from forgetctl.core.errors import InvalidState
+from forgetctl.app.workspace import Workspace
+from forgetctl.core.errors import BadInput, InvalidState
 from forgetctl.core.items import PromptItem
-from forgetctl.core.policy import Policy, strictest
-from forgetctl.store.crypto import Keyring
-from forgetctl.store.ledger import Ledger
+from forgetctl.core.lifecycle import JUDGED_STATUSES
 from forgetctl.store.scores import ScoreCache
 from forgetctl.verify.checks import CheckResult, run_checks
 
@@ -32,51 +30,61 @@ def _dedupe(items: list[PromptItem]) -> list[PromptItem]:
     return list({(i.prompt, i.target): i for i in items}.values())
 
 
+OPTIONAL = ("int4", "relearn")
+"""The checks a run may leave out (``--skip``); the other four always run."""
+
+
 def verify_version(
-    ledger: Ledger,
-    home: Home,
-    keys: Keyring,
-    policies: dict[str, Policy],
+    ws: Workspace,
     version_id: int,
     *,
-    int4: bool = False,
-    relearn: bool = False,
+    add: Collection[str] = (),
+    skip: Collection[str] = (),
+    reason: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[str, list[CheckResult]]:
-    """Run the checks, record them, and set the version's status. Returns (status, results)."""
-    version = ledger.version(version_id)
-    if version["kind"] != "adapter" or version["status"] not in (
-        "candidate",
-        "verified",
-        "rejected",
-    ):
+    """Run the checks the version's policies make mandatory, plus ``add``, less ``skip``
+    (which needs a ``reason``, recorded); record them and set the version's status.
+    Returns (status, results)."""
+    ledger, keys = ws.ledger, ws.keys
+    version = ledger.versions.get(version_id)
+    if version["kind"] != "adapter" or version["status"] not in JUDGED_STATUSES:
         raise InvalidState(f"version {version_id} is a {version['status']} {version['kind']}")
-    plans = {rid: load_plan(ledger, keys, rid) for rid in version["requests"]}
+    if unknown := sorted(set(skip) - set(OPTIONAL)):
+        raise BadInput(f"--skip {unknown[0]}: only {' and '.join(OPTIONAL)} can be skipped")
+    if skip and not (reason and reason.strip()):
+        raise BadInput("--skip needs --reason")
+    rules = ws.resolved(version)
+    checks = rules.checks_to_run(add, skip)
+    if skipped := sorted(rules.mandatory & set(skip)):
+        ledger.append_event("verification.skipped", version_id=version_id, checks=skipped,
+                            reason=reason)  # fmt: skip
+    plans = {rid: load_plan(ws, rid) for rid in version["requests"]}
     forget_sets = {str(rid): p.forget for rid, p in plans.items()}
     retain = _dedupe([i for p in plans.values() for i in p.retain if i.kind != "general"])
     general = _dedupe([i for p in plans.values() for i in p.retain if i.kind == "general"])
     earlier: dict[str, list[PromptItem]] = {}
     for rid in versions.forgotten_requests(ledger, version["parent"]):
         try:
-            earlier[str(rid)] = load_plan(ledger, keys, rid).forget
+            earlier[str(rid)] = load_plan(ws, rid).forget
         except InvalidState:
             ledger.append_event("verification.regression_skipped", request_id=rid,
                                 version_id=version_id, reason="prompt set purged")  # fmt: skip
-    cfg = strictest([policies[ledger.request(rid)["policy"]].verify for rid in version["requests"]])
-    parent_model, tokenizer = versions.load_version(ledger, home, version["parent"])
-    candidate_model, _ = versions.load_version(ledger, home, version_id)
+    cfg = rules.verify
+    parent_model, tokenizer = versions.load_version(ws, version["parent"])
+    candidate_model, _ = versions.load_version(ws, version_id)
     results = run_checks(
         parent_model, candidate_model, tokenizer, forget_sets, retain, general, earlier, cfg,
-        int4=int4, relearn=relearn, progress=progress,
-        cache=ScoreCache(home.cache / "scores.sqlite", keys.keyed_hash),
+        int4="int4" in checks, relearn="relearn" in checks, progress=progress,
+        cache=ScoreCache(ws.home.cache / "scores.sqlite", keys.keyed_hash),
         model_keys=(versions.version_key(ledger, version["parent"]),
                     versions.version_key(ledger, version_id)),
     )  # fmt: skip
     with ledger.transaction():
         for r in results:
-            ledger.add_verification(version_id, r.name, r.passed, r.figures, r.reasons)
-        verdicts = versions.check_status(ledger, version_id)
-        needed = set(cfg.mandatory)
+            ledger.verifications.add(version_id, r.name, r.passed, r.figures, r.reasons)
+        verdicts = ledger.verifications.verdicts(version_id)
+        needed = rules.mandatory
         if not all(verdicts.values()):
             status = "rejected"
         elif needed <= verdicts.keys():
@@ -85,10 +93,10 @@ def verify_version(
             status = "candidate"
         if status != version["status"]:
             failed = sorted(k for k, ok in verdicts.items() if not ok)
-            ledger.set_version_status(version_id, status, failed=failed,
-                                      missing=sorted(needed - verdicts.keys()))  # fmt: skip
+            ledger.versions.set_status(version_id, status, failed=failed,
+                                       missing=sorted(needed - verdicts.keys()))  # fmt: skip
         if status == "verified":
             for rid in version["requests"]:
-                if ledger.request(rid)["status"] == "applied":
-                    ledger.set_request_status(rid, "verified", version=version_id)
+                if ledger.requests.get(rid)["status"] == "applied":
+                    ledger.requests.set_status(rid, "verified", version=version_id)
     return status, results

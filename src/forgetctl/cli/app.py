@@ -54,7 +54,7 @@ def _root(
         show_envvar=True,
     ),
 ) -> None:
-    common.State.home_arg = home
+    common.HOME_ARG.set(home)
 
 
 setup_cmd.register(app)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import typer
 
-from forgetctl.app import intake as rq
 from forgetctl.cli import common
 from forgetctl.cli.progress import training_bar
 
@@ -18,16 +17,13 @@ def register(app: typer.Typer) -> None:
         """Unlearn each request on top of production, as a new candidate version."""
         from forgetctl.app.apply_step import apply_request
 
-        ledger = common.ledger()
-        home = common.home()
-        ids = requests or rq.ids_in_status(ledger, "planned")
+        ws = common.workspace()
+        ids = requests or ws.ledger.requests.ids_in_status("planned")
         summary = []
         for request_id in ids:
             with training_bar(f"request {request_id}", quiet=json_) as bar:
-                version_id = apply_request(
-                    ledger, home, common.keyring(), home.policies(), request_id, progress=bar
-                )
-            metrics = ledger.version(version_id)["metrics"]
+                version_id = apply_request(ws, request_id, progress=bar)
+            metrics = ws.ledger.versions.get(version_id)["metrics"]
             summary.append({"request": request_id, "version": version_id, **metrics})
             if not json_:
                 common.out.print(

@@ -1,9 +1,10 @@
-"""What every command module shares: the home, the ledger, output and input helpers."""
+"""What every command module shares: the workspace, output and input helpers."""
 
 from __future__ import annotations
 
 import json
 import sys
+from contextvars import ContextVar
 from datetime import date
 from typing import Any
 
@@ -11,9 +12,8 @@ import typer
 from rich.console import Console
 
 from forgetctl.app.home import Home, resolve_home
+from forgetctl.app.workspace import Workspace
 from forgetctl.core.errors import BadInput
-from forgetctl.store.crypto import Keyring
-from forgetctl.store.ledger import Ledger, open_ledger
 
 out = Console()
 err = Console(stderr=True)
@@ -21,22 +21,19 @@ err = Console(stderr=True)
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout.")
 
 
-class State:
-    """Per-invocation state: the home chosen by --home / $FORGETCTL_HOME / ./.forgetctl."""
-
-    home_arg: str | None = None
+HOME_ARG: ContextVar[str | None] = ContextVar("home_arg", default=None)
+"""The root ``--home`` of this invocation (set by the app's callback, read by :func:`home`)."""
 
 
-def home() -> Home:
-    return resolve_home(State.home_arg)
+def home(explicit: str | None = None) -> Home:
+    """``explicit``, else the root ``--home`` of this invocation (or $FORGETCTL_HOME),
+    else ./.forgetctl."""
+    return resolve_home(explicit or HOME_ARG.get())
 
 
-def ledger() -> Ledger:
-    return open_ledger(home().require().ledger_path)
-
-
-def keyring() -> Keyring:
-    return Keyring(home().keys)
+def workspace() -> Workspace:
+    """The workspace of this invocation's home (which must be initialised)."""
+    return Workspace.open(home())
 
 
 def emit_json(data: Any) -> None:

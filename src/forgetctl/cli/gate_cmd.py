@@ -37,20 +37,24 @@ def register(app: typer.Typer) -> None:
         version: int = typer.Argument(None, help="Default: the newest candidate."),
         int4: bool = typer.Option(False, "--int4", help="Also check the int4-quantized model."),
         relearn: bool = typer.Option(False, "--relearn", help="Also run a relearning attack."),
+        skip: list[str] = typer.Option(
+            [], "--skip", help="Leave out int4 or relearn although mandatory (needs --reason)."
+        ),
+        reason: str = typer.Option(None, "--reason", help="Why a mandatory check is skipped."),
         json_: bool = common.JsonOpt,
     ) -> None:
-        """Check a candidate against its parent; exit 7 if it is rejected."""
+        """Check a candidate against its parent: every check its policies make mandatory,
+        plus those asked for; exit 7 if it is rejected."""
         from forgetctl.app import versions
         from forgetctl.app.verify_step import verify_version
 
-        ledger = common.ledger()
-        home = common.home()
-        vid = versions.newest_candidate(ledger) if version is None else version
+        ws = common.workspace()
+        vid = versions.newest_candidate(ws.ledger) if version is None else version
+        add = [name for name, on in (("int4", int4), ("relearn", relearn)) if on]
         with status(f"verifying version {vid}", quiet=json_) as say:
             verdict, results = verify_version(
-                ledger, home, common.keyring(), home.policies(), vid,
-                int4=int4, relearn=relearn, progress=say,
-            )  # fmt: skip
+                ws, vid, add=add, skip=skip, reason=reason, progress=say
+            )
         rows = [r.to_dict() for r in results]
         if json_:
             common.emit_json({"version": vid, "status": verdict, "checks": rows})
@@ -67,10 +71,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Move production to a version that passed every check its policies require."""
         from forgetctl.app import versions
+        from forgetctl.app.promote import promote as promote_version
 
-        ledger = common.ledger()
-        vid = versions.newest_candidate(ledger) if version is None else version
-        versions.promote(ledger, common.home().policies(), vid, force=force, reason=reason)
+        ws = common.workspace()
+        vid = versions.newest_candidate(ws.ledger) if version is None else version
+        promote_version(ws, vid, force=force, reason=reason)
         loud = " [bold red](FORCED: recorded in the ledger)[/]" if force else ""
         common.out.print(f"production -> version [bold]{vid}[/]{loud}")
 
@@ -80,7 +85,7 @@ def register(app: typer.Typer) -> None:
         reason: str = typer.Option("rollback", "--reason"),
     ) -> None:
         """Move production back; its requests return to `received` for the run loop."""
-        from forgetctl.app import versions
+        from forgetctl.app.promote import rollback as rollback_to
 
-        target = versions.rollback(common.ledger(), to, reason)
+        target = rollback_to(common.workspace().ledger, to, reason)
         common.out.print(f"production -> version [bold]{target}[/]")

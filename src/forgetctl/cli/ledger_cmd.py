@@ -21,9 +21,7 @@ def log(
     json_: bool = common.JsonOpt,
 ) -> None:
     """The events, oldest first."""
-    events = common.ledger().events(request)
-    for e in events:
-        e["data"] = json.loads(e["data"])
+    events = common.workspace().ledger.events(request)
     if json_:
         common.emit_json(events)
         return
@@ -45,7 +43,7 @@ def log(
 @app.command("verify")
 def verify(json_: bool = common.JsonOpt) -> None:
     """Recompute the hash chain; exit 5 naming the first bad event."""
-    report = common.ledger().verify_chain()
+    report = common.workspace().ledger.verify_chain()
     if json_:
         common.emit_json(report.__dict__)
     elif report.ok:
@@ -57,7 +55,7 @@ def verify(json_: bool = common.JsonOpt) -> None:
 @app.command("export")
 def export(out: Path = typer.Option(..., "--out", help="Where to write the JSON.")) -> None:
     """Write the chain head and the (PII-free) events, to anchor them elsewhere."""
-    ledger = common.ledger()
+    ledger = common.workspace().ledger
     report = ledger.verify_chain()
     if not report.ok:
         raise LedgerCorrupt(f"ledger chain broken at event {report.first_bad}: {report.reason}")

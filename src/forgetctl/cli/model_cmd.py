@@ -43,13 +43,9 @@ def pull(
 @app.command("versions")
 def versions_(json_: bool = common.JsonOpt) -> None:
     """Every model version: lineage, adapter hash, status, requests covered."""
-    ledger = common.ledger()
-    rows = [dict(r) for r in ledger.db.query("SELECT * FROM versions ORDER BY id")]
-    production = ledger.alias("production")
-    for r in rows:
-        r["requests"] = json.loads(r["requests"])
-        r["metrics"] = json.loads(r["metrics"])
-        r["production"] = r["id"] == production
+    ledger = common.workspace().ledger
+    production = ledger.aliases.get("production")
+    rows = [{**r, "production": r["id"] == production} for r in ledger.versions.all()]
     if json_:
         common.emit_json(rows)
         return
@@ -69,7 +65,7 @@ def versions_(json_: bool = common.JsonOpt) -> None:
 
 
 def _version_arg(value: int | None) -> int:
-    return common.ledger().alias("production") if value is None else value
+    return common.workspace().ledger.aliases.get("production") if value is None else value
 
 
 @app.command("ask")
@@ -84,8 +80,7 @@ def ask(
 
     if not question.strip():
         raise BadInput("the question is empty")
-    ledger = common.ledger()
-    model, tokenizer = versions.load_version(ledger, common.home(), _version_arg(version))
+    model, tokenizer = versions.load_version(common.workspace(), _version_arg(version))
     answer = generate(model, tokenizer, [question], max_new_tokens=max_new_tokens)[0]
     common.out.print(answer, highlight=False)
 
@@ -101,10 +96,10 @@ def export(
 
     if out.exists():
         raise BadInput(f"{out} already exists")
-    ledger = common.ledger()
+    ws = common.workspace()
     vid = _version_arg(version)
     with common.err.status(f"merging version {vid}..."):
-        model, tokenizer = versions.load_version(ledger, common.home(), vid)
+        model, tokenizer = versions.load_version(ws, vid)
         save_merged(model, tokenizer, out, {"version": vid})
-    ledger.append_event("version.exported", version_id=vid, path=str(out.resolve()))
+    ws.ledger.append_event("version.exported", version_id=vid, path=str(out.resolve()))
     common.out.print(f"version {vid} written to [bold]{out}[/]")

@@ -5,21 +5,21 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from forgetctl.app import intake as rq
 from forgetctl.cli import common
 from forgetctl.cli.progress import status
 from forgetctl.core.errors import BadInput, InvalidState
 
 
 def _show(request_id: int, json_: bool) -> None:
-    from forgetctl.app.plan_step import load_plan, plan_counts
+    from forgetctl.app.plan_step import load_plan
 
-    ledger = common.ledger()
-    counts = plan_counts(ledger, request_id)
-    if counts is None:
+    ws = common.workspace()
+    plan = ws.ledger.plans.get(request_id)
+    if plan is None:
         raise InvalidState(f"request {request_id} has no plan (run `forgetctl plan {request_id}`)")
+    counts = plan["counts"]
     try:
-        prompt_set = load_plan(ledger, common.keyring(), request_id)
+        prompt_set = load_plan(ws, request_id)
         dropped, probe = prompt_set.dropped, prompt_set.probe
     except InvalidState:
         dropped, probe = None, None  # purged: only the counts remain
@@ -65,15 +65,12 @@ def register(app: typer.Typer) -> None:
             raise BadInput("request ids are numbers (or: forgetctl plan show ID)")
         from forgetctl.app.plan_step import plan_request_step
 
-        ledger = common.ledger()
-        home = common.home()
-        ids = [int(t) for t in targets] or rq.ids_in_status(ledger, "received")
+        ws = common.workspace()
+        ids = [int(t) for t in targets] or ws.ledger.requests.ids_in_status("received")
         results = []
         for request_id in ids:
             with status(f"planning request {request_id}", quiet=json_) as say:
-                outcome = plan_request_step(
-                    ledger, home, common.keyring(), home.policies(), request_id, progress=say
-                )
+                outcome = plan_request_step(ws, request_id, progress=say)
             results.append({"request": request_id, **outcome})
             if not json_:
                 common.out.print(

@@ -21,8 +21,7 @@ def register(app: typer.Typer) -> None:
         from forgetctl.app.report import build_report
         from forgetctl.cli.report_render import render
 
-        home = common.home()
-        doc = build_report(common.ledger(), common.keyring(), home.policies(), target)
+        doc = build_report(common.workspace(), target)
         text = render(doc, fmt)
         if out is None:
             common.out.print(text, markup=False, highlight=False, soft_wrap=True)

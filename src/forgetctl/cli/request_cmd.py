@@ -7,15 +7,13 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from forgetctl.app import intake as rq
+from forgetctl.app import intake
+from forgetctl.app import requests as rq
 from forgetctl.cli import common
 from forgetctl.core.errors import InvalidState
+from forgetctl.core.lifecycle import OPEN_STATUSES
 
 app = typer.Typer(help="Add, import, list and manage deletion requests.", no_args_is_help=True)
-
-
-def _policy_of(row: dict):
-    return common.home().policies()[row["policy"]]
 
 
 @app.command("add")
@@ -42,16 +40,16 @@ def add(
             "aliases": alias,
             "identifiers": {"email": email} if email else {},
         },
-        "records": rq.load_records(records) if records else [],
+        "records": intake.load_records(records) if records else [],
         "requester": requester,
         "notes": notes,
     }
     if received is not None:
         data["received"] = common.parse_date(received, "--received")
-    req = rq.parse_request({k: v for k, v in data.items() if v is not None})
-    ledger = common.ledger()
-    request_id, created = rq.add_request(ledger, common.keyring(), common.home().policies(), req)
-    row = ledger.request(request_id)
+    req = intake.parse_request({k: v for k, v in data.items() if v is not None})
+    ws = common.workspace()
+    request_id, created = intake.add_request(ws, req)
+    row = ws.ledger.requests.get(request_id)
     if json_:
         common.emit_json({**rq.summary(row), "created": created})
     elif not created:
@@ -70,9 +68,8 @@ def import_(
     json_: bool = common.JsonOpt,
 ) -> None:
     """Import many requests: all or nothing; refs already in the ledger are skipped."""
-    reqs = rq.load_request_file(file)
-    ledger = common.ledger()
-    results = rq.import_requests(ledger, common.keyring(), common.home().policies(), reqs)
+    reqs = intake.load_request_file(file)
+    results = intake.import_requests(common.workspace(), reqs)
     created = [rid for rid, new in results if new]
     skipped = [rid for rid, new in results if not new]
     if json_:
@@ -83,7 +80,7 @@ def import_(
 
 def _days_style(row: dict) -> str:
     left = row["days_left"]
-    if row["status"] not in rq.OPEN_STATUSES:
+    if row["status"] not in OPEN_STATUSES:
         return "dim"
     if left < 0:
         return "bold red"
@@ -97,10 +94,9 @@ def list_(
     json_: bool = common.JsonOpt,
 ) -> None:
     """Requests by deadline, with days left."""
-    policies = common.home().policies()
+    ws = common.workspace()
     rows = [
-        rq.summary(r, policies.get(r["policy"]))
-        for r in rq.list_requests(common.ledger(), status, overdue)
+        rq.summary(r, ws.policies.get(r["policy"])) for r in rq.list_requests(ws, status, overdue)
     ]
     if json_:
         common.emit_json(rows)
@@ -110,7 +106,7 @@ def list_(
         table.add_column(col, justify="right" if col in ("id", "days left") else "left")
     for r in rows:
         style = _days_style(r)
-        left = str(r["days_left"]) if r["status"] in rq.OPEN_STATUSES else "-"
+        left = str(r["days_left"]) if r["status"] in OPEN_STATUSES else "-"
         table.add_row(
             str(r["id"]),
             r["ref"],
@@ -126,17 +122,17 @@ def list_(
 @app.command("show")
 def show(request_id: int, json_: bool = common.JsonOpt) -> None:
     """One request: its status, deadline, personal data (until purged) and events."""
-    ledger = common.ledger()
-    row = ledger.request(request_id)
-    info = rq.summary(row, _policy_of(row))
+    ws = common.workspace()
+    row = ws.ledger.requests.get(request_id)
+    info = rq.summary(row, ws.policy_of(row))
     try:
-        info["payload"] = rq.payload(ledger, common.keyring(), request_id)
+        info["payload"] = rq.payload(ws, request_id)
     except InvalidState as exc:
         info["payload"] = None
         info["payload_note"] = str(exc)
     info["events"] = [
         {"seq": e["seq"], "ts": e["ts"], "kind": e["kind"], "data": e["data"]}
-        for e in ledger.events(request_id)
+        for e in ws.ledger.events(request_id)
     ]
     if json_:
         common.emit_json(info)
@@ -163,7 +159,7 @@ def cancel(
     reason: str = typer.Option(..., "--reason"),
 ) -> None:
     """Cancel an open request."""
-    rq.cancel(common.ledger(), request_id, reason)
+    rq.cancel(common.workspace(), request_id, reason)
     common.out.print(f"request {request_id} cancelled")
 
 
@@ -175,11 +171,8 @@ def extend(
     notified: str = typer.Option(..., "--notified", help="When the subject was told."),
 ) -> None:
     """Extend the deadline (GDPR Art. 12(3): at most two more months)."""
-    ledger = common.ledger()
-    row = ledger.request(request_id)
-    due = rq.extend(
-        ledger, _policy_of(row), request_id, days, reason, common.parse_date(notified, "--notified")
-    )
+    notified_on = common.parse_date(notified, "--notified")
+    due = rq.extend(common.workspace(), request_id, days, reason, notified_on)
     common.out.print(f"request {request_id} now due {due}")
 
 
@@ -189,7 +182,7 @@ def approve(
     by: str = typer.Option("operator", "--by", help="Who approves (recorded)."),
 ) -> None:
     """Approve a request whose policy requires approval before the run loop acts."""
-    rq.approve(common.ledger(), request_id, by)
+    rq.approve(common.workspace(), request_id, by)
     common.out.print(f"request {request_id} approved")
 
 
@@ -200,7 +193,5 @@ def purge(
     reason: str = typer.Option(None, "--reason"),
 ) -> None:
     """Crypto-shred a request's personal data; the evidence stays."""
-    ledger = common.ledger()
-    row = ledger.request(request_id)
-    rq.purge(ledger, common.keyring(), _policy_of(row), request_id, now_=now, reason=reason)
+    rq.purge(common.workspace(), request_id, now_=now, reason=reason)
     common.out.print(f"request {request_id}: personal data destroyed")

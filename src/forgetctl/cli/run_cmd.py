@@ -47,14 +47,11 @@ def register(app: typer.Typer) -> None:
         """
         from forgetctl.app import runner as pipeline
 
-        home = common.home()
-        ledger = common.ledger()
-        logger = _logging(home, quiet or json_)
+        ws = common.workspace()
+        logger = _logging(ws.home, quiet or json_)
         with training_bar("unlearning", quiet=quiet or json_) as bar:
-            summary = pipeline.run(
-                ledger, home, common.keyring(), max_requests=max_requests,
-                dry_run=dry_run, say=logger.info, progress=bar,
-            )  # fmt: skip
+            summary = pipeline.run(ws, max_requests=max_requests, dry_run=dry_run,
+                                   say=logger.info, progress=bar)  # fmt: skip
         doc = asdict(summary)
         doc["exit_code"] = summary.exit_code
         logger.debug("summary %s", json.dumps(doc, default=str))

@@ -9,7 +9,6 @@ import typer
 
 from forgetctl.cli import common
 from forgetctl.cli.model_cmd import DEFAULT_MODEL
-from forgetctl.store.ledger import open_ledger
 
 
 def register(app: typer.Typer) -> None:
@@ -31,17 +30,15 @@ def register(app: typer.Typer) -> None:
         """Create the home (ledger.db, keys/, policies/) and register the base model.
 
         Safe to run again."""
-        if home:
-            common.State.home_arg = home
-        h = common.home()
-        if retain_corpus:
-            from forgetctl.core.data import load_jsonl
+        from forgetctl.app.workspace import Workspace
+        from forgetctl.core.data import load_jsonl
 
+        h = common.home(home)
+        if retain_corpus:
             load_jsonl(retain_corpus)  # a bad corpus fails before anything is written
         created = not h.exists()
-        h.create_dirs()
-        ledger = open_ledger(h.ledger_path, create=True)
-        h.policies()  # fail now, not later, on a broken policy in the home
+        # Opening loads the policies too: a broken policy in the home fails now, not later.
+        ledger = Workspace.open(h, create=True).ledger
         if retain_corpus:
             shutil.copyfile(retain_corpus, h.root / "retain-corpus.jsonl")
         if model:
@@ -54,7 +51,7 @@ def register(app: typer.Typer) -> None:
             "created": created,
             "migrations": ledger.applied_migrations(),
             "head": ledger.head(),
-            "production": ledger.alias("production") if model else None,
+            "production": ledger.aliases.get("production") if model else None,
         }
         if json_:
             common.emit_json(info)

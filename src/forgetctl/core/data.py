@@ -1,14 +1,9 @@
-"""TOFU-format data: loading question/answer JSONL, selecting authors, packaged utility sets.
+"""Question/answer data files: JSONL loading with its checks, and the packaged sets.
 
-Author files (TOFU's ``authors.jsonl``) hold one row per question: ``author_id``, ``author``,
-``question``, ``answer``, ``paraphrased_question``, ``paraphrased_answer``,
-``perturbed_answers``; the rows of one author share its ``author_id``. General-knowledge
-files (``world_facts.jsonl``, ``real_authors.jsonl``) hold ``question``, ``answer`` and
-``perturbed_answers``.
-
-The two general-knowledge sets of TOFU (Maini et al. 2024, MIT licence) ship inside the
-package under ``forgetctl/data/`` so that retain and utility checks work on a clean machine;
-``builtin:NAME`` names them wherever a data file is accepted.
+General-knowledge files (``world_facts.jsonl``, ``real_authors.jsonl``) hold ``question``,
+``answer`` and ``perturbed_answers``. These two sets of TOFU (Maini et al. 2024, MIT
+licence) ship inside the package under ``forgetctl/data/`` so that retain and utility checks
+work on a clean machine; ``builtin:NAME`` names them wherever a data file is accepted.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ Requests::
         |          (applied, verified -> planned: production moved, or a retry)
         +--> not_present | duplicate | rejected     (the plan step's verdicts)
     any open status -> cancelled | failed           (by hand; retries used up)
+    planned | applied | failed -> promoted          (a forced promotion)
 
 Versions::
 
@@ -55,11 +56,11 @@ REQUEST_MOVES: Mapping[str, frozenset[str]] = {
     "not_present": frozenset(),
     "duplicate": frozenset(),
     "rejected": frozenset(),
-    "failed": frozenset(),
+    "failed": frozenset({"promoted"}),
     "cancelled": frozenset(),
 }
-"""Allowed moves. ``planned``/``applied`` -> ``promoted`` is a forced promotion of a
-version that did not pass (recorded as such)."""
+"""Allowed moves. ``planned``/``applied``/``failed`` -> ``promoted`` is a forced promotion
+of a candidate that did not pass (recorded as such)."""
 
 NEXT_STEP: Mapping[str, str] = {
     "received": "plan",

@@ -9,6 +9,8 @@ unlearning method, and the verification thresholds a candidate must pass before 
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -197,3 +199,27 @@ def strictest(configs: list[VerifyConfig]) -> VerifyConfig:
             elif key == "regression_items":  # more items is stricter, and 0 means all
                 data[key] = 0 if 0 in (data[key], value) else max(data[key], value)
     return VerifyConfig.model_validate(data)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The rules for one version, decided once from the policies of the requests it covers:
+    the strictest thresholds, and the union of their mandatory checks."""
+
+    verify: VerifyConfig
+
+    @property
+    def mandatory(self) -> frozenset[str]:
+        return frozenset(self.verify.mandatory)
+
+    def checks_to_run(
+        self, add: Collection[str] = (), skip: Collection[str] = ()
+    ) -> list[CheckName]:
+        """The mandatory checks plus ``add``, less ``skip``, in the gate's order."""
+        wanted = (self.mandatory | set(add)) - set(skip)
+        return [c for c in ALL_CHECKS if c in wanted]
+
+
+def resolve(policies: Sequence[Policy]) -> Resolved:
+    """The rules for a version covering requests under ``policies`` (one per request)."""
+    return Resolved(strictest([p.verify for p in policies]))

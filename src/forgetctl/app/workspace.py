@@ -1,0 +1,42 @@
+"""The workspace every step works in: the home, its ledger, its keys and its policies.
+
+One object instead of the ``(ledger, home, keys, policies)`` bag: the CLI opens it once per
+command and passes it to the steps, the run loop and the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from forgetctl.app.home import Home
+from forgetctl.core.policy import Policy, Resolved, resolve
+from forgetctl.store.crypto import Keyring
+from forgetctl.store.ledger import Ledger, open_ledger
+from forgetctl.store.tables import RequestRow, VersionRow
+
+
+@dataclass
+class Workspace:
+    home: Home
+    ledger: Ledger
+    keys: Keyring
+    policies: dict[str, Policy]
+
+    @classmethod
+    def open(cls, home: Home, *, create: bool = False) -> Workspace:
+        """The workspace of an initialised home (``create``: initialise it first)."""
+        if create:
+            home.create_dirs()
+        else:
+            home.require()
+        ledger = open_ledger(home.ledger_path, create=create)
+        return cls(home, ledger, Keyring(home.keys), home.policies())
+
+    def policy_of(self, request: int | RequestRow) -> Policy:
+        row = self.ledger.requests.get(request) if isinstance(request, int) else request
+        return self.policies[row["policy"]]
+
+    def resolved(self, version: int | VersionRow) -> Resolved:
+        """The one set of rules for a version: its requests' policies, strictest first."""
+        row = self.ledger.versions.get(version) if isinstance(version, int) else version
+        return resolve([self.policy_of(rid) for rid in row["requests"]])

@@ -1,0 +1,100 @@
+"""The ledger's schema: named migrations, applied in order by :meth:`Ledger.migrate`."""
+
+from __future__ import annotations
+
+# Named migrations, applied in order; each runs in the same transaction as the row that
+# records it, so a crash can never leave a half-applied schema.
+MIGRATIONS: list[tuple[str, list[str]]] = [
+    (
+        "0001_core",
+        [
+            """CREATE TABLE requests (
+                id INTEGER PRIMARY KEY,
+                ref TEXT NOT NULL UNIQUE,
+                policy TEXT NOT NULL,
+                regulation TEXT NOT NULL,
+                scope TEXT NOT NULL,
+                status TEXT NOT NULL,
+                received TEXT NOT NULL,
+                due TEXT NOT NULL,
+                extended_days INTEGER NOT NULL DEFAULT 0,
+                subject_index TEXT NOT NULL,
+                identifier_indexes TEXT NOT NULL DEFAULT '[]',
+                duplicate_of INTEGER REFERENCES requests(id),
+                payload BLOB,
+                purged_at TEXT,
+                created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL
+            )""",
+            "CREATE INDEX requests_subject ON requests(subject_index, policy)",
+            """CREATE TABLE events (
+                seq INTEGER PRIMARY KEY,
+                ts TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                request_id INTEGER,
+                version_id INTEGER,
+                data TEXT NOT NULL,
+                prev_hash TEXT NOT NULL,
+                hash TEXT NOT NULL
+            )""",
+            "CREATE INDEX events_request ON events(request_id)",
+            """CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+               BEGIN SELECT RAISE(ABORT, 'events are append-only'); END""",
+            """CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+               BEGIN SELECT RAISE(ABORT, 'events are append-only'); END""",
+            """CREATE TABLE versions (
+                id INTEGER PRIMARY KEY,
+                parent INTEGER REFERENCES versions(id),
+                kind TEXT NOT NULL,
+                base_path TEXT,
+                base_sha256 TEXT,
+                adapter_path TEXT,
+                adapter_sha256 TEXT,
+                requests TEXT NOT NULL DEFAULT '[]',
+                status TEXT NOT NULL,
+                metrics TEXT NOT NULL DEFAULT '{}',
+                created_at TEXT NOT NULL
+            )""",
+            """CREATE TABLE aliases (
+                name TEXT PRIMARY KEY,
+                version_id INTEGER NOT NULL REFERENCES versions(id),
+                updated_at TEXT NOT NULL
+            )""",
+            """CREATE TABLE alias_history (
+                id INTEGER PRIMARY KEY,
+                alias TEXT NOT NULL,
+                version_id INTEGER NOT NULL,
+                previous_version_id INTEGER,
+                reason TEXT NOT NULL,
+                ts TEXT NOT NULL
+            )""",
+            """CREATE TABLE verifications (
+                id INTEGER PRIMARY KEY,
+                version_id INTEGER NOT NULL REFERENCES versions(id),
+                check_name TEXT NOT NULL,
+                passed INTEGER NOT NULL,
+                figures TEXT NOT NULL,
+                reasons TEXT NOT NULL,
+                ts TEXT NOT NULL
+            )""",
+        ],
+    ),
+    (
+        "0002_plans_and_steps",
+        [
+            # The planned prompt set, encrypted with the request's payload key; counts and
+            # hash in clear so evidence survives crypto-shredding.
+            """CREATE TABLE plans (
+                request_id INTEGER PRIMARY KEY REFERENCES requests(id),
+                payload BLOB,
+                counts TEXT NOT NULL,
+                sha256 TEXT NOT NULL,
+                created_at TEXT NOT NULL
+            )""",
+            # Where a failed request stopped, how often it was tried, and approvals.
+            "ALTER TABLE requests ADD COLUMN failed_step TEXT",
+            "ALTER TABLE requests ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE requests ADD COLUMN approved_at TEXT",
+        ],
+    ),
+]
