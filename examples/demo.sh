@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export FORGETCTL_HOME="${FORGETCTL_HOME:-$PWD/.forgetctl-demo}"
 F=.venv/bin/forgetctl
-DATA="${TOFU_DATA:-../shared/data/tofu/authors.jsonl}"
+DATA="${TOFU_DATA:-examples/data/tofu/authors.jsonl}"  # TOFU authors 0-19; the first AUTHORS are deployed
 AUTHORS="${DEMO_AUTHORS:-10}"
 DEPLOYED="$FORGETCTL_HOME/models/deployed-$AUTHORS"
 QUESTIONS=(
