@@ -12,6 +12,7 @@ import pytest
 import tinylm
 
 from forgetctl.core.errors import BadInput
+from forgetctl.core.facts import item_facts, key_fact_leakage
 from forgetctl.core.items import PromptItem
 from forgetctl.core.policy import PlanConfig
 from forgetctl.core.text import Subject
@@ -201,6 +202,22 @@ def test_adversarial_variants_cover_partial_lower_typo_and_diacritics():
     kinds = {k for k, _ in ex.name_variants(subject, seed=0)}
     assert {"alias", "surname", "first_name", "lowercase", "no_diacritics", "typo"} <= kinds
     assert ex.name_variants(subject, 0) == ex.name_variants(subject, 0)
+
+
+def test_plan_and_verify_agree_on_whether_a_fact_was_stated():
+    # One rule (core.text.contains_phrase): whole words, ignoring case and diacritics.
+    facts = {"Gabriel García Márquez", "Aracataca", "1927"}
+    answer = "It was GABRIEL GARCIA MARQUEZ, born 1927 in aracataca."
+    assert fl.revealed_facts(answer, "Who wrote it?", facts) == sorted(facts)
+    assert key_fact_leakage([answer], facts) == 1.0
+    assert fl.revealed_facts("born 19270", "", {"1927"}) == []
+    assert key_fact_leakage(["born 19270"], {"1927"}) == 0.0
+    item = PromptItem(
+        prompt="Where was Gabriel Garcia Marquez born?",
+        target="Gabriel García Márquez was born in Aracataca.",
+        kind="record",
+    )
+    assert item_facts(item) == {"Aracataca"}  # the name is in the question, accents or not
 
 
 def test_indirect_never_names_the_subject_even_when_attributes_do():

@@ -8,13 +8,15 @@ looks forgotten in full precision.
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
 import tinylm
 import torch
 
 from forgetctl.core.facts import item_facts, key_fact_leakage, key_facts, rouge_l_recall
 from forgetctl.core.items import PromptItem
-from forgetctl.core.policy import VerifyConfig
+from forgetctl.core.policy import ALL_CHECKS, MethodConfig, VerifyConfig
 from forgetctl.lm.evaluate import (
     EvalResult,
     ItemScore,
@@ -27,8 +29,9 @@ from forgetctl.lm.evaluate import (
 )
 from forgetctl.lm.int4 import BLOCKSIZE, quantize_model_int4, quantized_linear_names
 from forgetctl.store.scores import ScoreCache
-from forgetctl.verify import checks
+from forgetctl.unlearn.objectives import FORGET_OBJECTIVES, RETAIN_TERMS
 from forgetctl.verify.checks import (
+    CHECKS,
     CheckResult,
     check_forget,
     check_int4,
@@ -37,6 +40,7 @@ from forgetctl.verify.checks import (
     clearly_forgotten,
     run_checks,
 )
+from forgetctl.verify.checks import measure as checks_measure
 from forgetctl.verify.relearn import split_items
 
 SUBJECT = tinylm.TINY_SUBJECTS[0]
@@ -201,6 +205,19 @@ def test_check_functions_on_given_figures():
     assert check_retain(back, back, cfg).passed
 
 
+def test_the_registry_has_every_policy_check_in_run_order():
+    names = [c.name for c in CHECKS]
+    assert sorted(names) == sorted(ALL_CHECKS)
+    assert names == ["forget", "retain", "utility", "regression", "int4", "relearn"]
+
+
+def test_the_objective_registries_match_the_policy_choices():
+    # Kept next to the check registry's test; it belongs with tests/test_unlearn.py.
+    fields = MethodConfig.model_fields
+    assert sorted(FORGET_OBJECTIVES) == sorted(get_args(fields["objective"].annotation))
+    assert sorted(RETAIN_TERMS) == sorted(get_args(fields["retain_term"].annotation))
+
+
 def test_unchanged_model_fails_forget_check(tiny_lm):
     model, tok = tiny_lm
     results = run_checks(
@@ -256,7 +273,7 @@ def test_regression_answers_the_whole_set_unless_the_sample_is_clear(tiny_lm, mo
         answered.append(len(items))
         return evaluate(model, tok, items, **kw)
 
-    monkeypatch.setattr(checks, "evaluate", counting)
+    monkeypatch.setattr(checks_measure, "evaluate", counting)
     results = run_checks(model, model, tok, {}, [], [], {"1": known, "2": unknown}, cfg,
                          int4=False, relearn=False)  # fmt: skip
     regression = {r.name: r for r in results}["regression"]

@@ -20,6 +20,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from forgetctl.core.items import PromptItem
+from forgetctl.core.text import contains_phrase
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -162,13 +163,9 @@ def key_facts(text: str) -> set[str]:
     return {" ".join(f.split()) for f in facts if f.strip()}
 
 
-def _contains(text: str, fact: str) -> bool:
-    pattern = r"(?<!\w)" + r"\s+".join(re.escape(w) for w in fact.split()) + r"(?!\w)"
-    return re.search(pattern, text, flags=re.IGNORECASE) is not None
-
-
 def key_fact_leakage(outputs: Iterable[str], facts: Iterable[str]) -> float:
-    """Share of ``facts`` that appear (case-insensitively, as whole words) in any output.
+    """Share of ``facts`` that appear in any output, as whole words ignoring case and
+    diacritics (:func:`~forgetctl.core.text.contains_phrase`, the plan step's rule too).
 
     0.0 when there are no facts to leak.
     """
@@ -176,11 +173,11 @@ def key_fact_leakage(outputs: Iterable[str], facts: Iterable[str]) -> float:
     if not facts:
         return 0.0
     joined = "\n".join(outputs)
-    return sum(_contains(joined, f) for f in facts) / len(facts)
+    return sum(contains_phrase(joined, f) for f in facts) / len(facts)
 
 
 def item_facts(item: PromptItem) -> set[str]:
     """The target's key facts that the prompt does not already give away: echoing a
     name the question contains is not leakage; naming the subject for an indirect
     question is."""
-    return {f for f in key_facts(item.target) if not _contains(item.prompt, f)}
+    return {f for f in key_facts(item.target) if not contains_phrase(item.prompt, f)}

@@ -1,11 +1,13 @@
-"""Text helpers of the plan step: the subject's name forms and where they occur.
+"""Text rules shared by the plan and verify steps: the subject's name forms, where they
+occur, and when a phrase counts as said.
 
 Everything that must recognise, replace or vary the subject's name goes through
 :class:`Subject`, so "the name never appears in an indirect prompt" and "this retain row
-is the subject's own" use one definition of what counts as the name.
+is the subject's own" use one definition of what counts as the name; whether an answer
+states a fact is :func:`contains_phrase` for both the plan's filter and the gate's
+key-fact leakage (:mod:`forgetctl.core.facts`).
 """
 
-# (from crypto.py)
 from __future__ import annotations
 
 import re
@@ -86,7 +88,7 @@ class Subject:
 
 def name_matches(a: str, b: str) -> bool:
     """Same person name, ignoring case, diacritics and spacing."""
-    return squash(fold(a)) == squash(fold(b))
+    return normalise_name(a) == normalise_name(b)
 
 
 def contains_phrase(text: str, phrase: str) -> bool:
@@ -100,6 +102,4 @@ def contains_phrase(text: str, phrase: str) -> bool:
 
 def normalise_name(name: str) -> str:
     """Case-, accent- and whitespace-insensitive form of a name for the blind index."""
-    decomposed = unicodedata.normalize("NFKD", name)
-    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
-    return " ".join(stripped.casefold().split())
+    return squash(fold(name))

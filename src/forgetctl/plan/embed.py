@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
+import torch
 
 CHOICE = "minilm"
 """The default embedder (see the module docstring for why)."""
@@ -67,8 +68,6 @@ class MiniLMEmbedder:
         self.max_length = max_length
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        import torch
-
         if not texts:
             return np.zeros((0, 384), dtype=np.float32)
         chunks = []
@@ -103,8 +102,6 @@ class HiddenStateEmbedder:
         self.name = f"lm-hidden[{layer}]"
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        import torch
-
         tok = self.tokenizer
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token

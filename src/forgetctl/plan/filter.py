@@ -28,19 +28,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from forgetctl.core.facts import key_facts
 from forgetctl.core.items import PromptItem
 from forgetctl.core.text import Subject, contains_phrase, name_matches, squash
+from forgetctl.lm.evaluate import generate_answers
 from forgetctl.plan.embed import Embedder, VectorIndex
 
 # Kind order decides which of two duplicates survives (the record itself first).
 KIND_PRIORITY = {"record": 0, "attribute": 1, "paraphrase": 2, "indirect": 3, "adversarial": 4}
-
-
-def rouge_l_recall(reference: str, output: str) -> float:
-    """ROUGE-L recall of ``reference`` in ``output`` (the verify step's definition)."""
-    from forgetctl.core.facts import rouge_l_recall as _recall
-
-    return _recall(reference, output)
 
 
 def qa_text(item: PromptItem) -> str:
@@ -64,8 +59,6 @@ def probe_answers(
 ) -> list[str]:
     """Greedy answers to every item; items with a target decode only as far as the target
     needs (decoding time dominates the probe), attribute items up to ``max_new_tokens``."""
-    from forgetctl.lm.evaluate import generate_answers
-
     with_target = [i for i, it in enumerate(items) if it.target]
     without = [i for i, it in enumerate(items) if not it.target]
     outputs = [""] * len(items)
@@ -96,8 +89,6 @@ def probe_answers(
 def record_facts(records: Sequence[PromptItem], subject: Subject) -> set[str]:
     """Key facts of the records (names, places, dates, titles, numbers), minus the
     subject's own name forms: an answer that echoes the name reveals nothing."""
-    from forgetctl.core.facts import key_facts
-
     facts: set[str] = set()
     for rec in records:
         facts |= key_facts(rec.target)

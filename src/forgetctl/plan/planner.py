@@ -24,9 +24,11 @@ from typing import Literal
 import numpy as np
 
 from forgetctl.core.errors import BadInput
+from forgetctl.core.facts import rouge_l_recall
 from forgetctl.core.items import FORGET_KINDS, PromptItem, PromptSet
 from forgetctl.core.policy import PlanConfig
 from forgetctl.core.text import Subject, squash
+from forgetctl.lm.infer import answer_logprobs, generate
 from forgetctl.plan import expand as ex
 from forgetctl.plan import filter as fl
 from forgetctl.plan.embed import CachedEmbedder, Embedder, default_embedder
@@ -180,7 +182,7 @@ def plan_request(
     run.say(f"probing the model on {len(first)} record and attribute prompts")
     outputs = fl.probe_answers(model, tokenizer, first, cfg.probe_max_new_tokens)
     own_recall = {
-        it.source: fl.rouge_l_recall(it.target, out)
+        it.source: rouge_l_recall(it.target, out)
         for it, out in zip(first, outputs, strict=True)
         if it.kind == "record"
     }
@@ -195,7 +197,7 @@ def plan_request(
         outputs += fl.probe_answers(model, tokenizer, second, cfg.probe_max_new_tokens)
     probed = [*first, *second]
     recall = [
-        fl.rouge_l_recall(it.target, out) if it.target else 0.0
+        rouge_l_recall(it.target, out) if it.target else 0.0
         for it, out in zip(probed, outputs, strict=True)
     ]
     run.figures["probe_skipped"] = len(derived) - len(second)
@@ -350,8 +352,6 @@ def _check_attributes(attr_pairs, recs, subj, model, tokenizer, cfg: PlanConfig,
 
 
 def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
-    from forgetctl.lm.infer import generate
-
     return generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
 
 
@@ -359,8 +359,6 @@ def _specificity(model, tokenizer, subj: Subject, pairs) -> list[float]:
     """Mean token log-prob of each (question, answer) about the subject minus that of the
     same pair with the name swapped for control names: high only when the model ties the
     answer to this name rather than saying it about anyone."""
-    from forgetctl.lm.infer import answer_logprobs
-
     name_re = subj.form_regex(with_parts=True)
     own = answer_logprobs(model, tokenizer, [(it.prompt, a) for it, a in pairs])
     controls = [c for c in CONTROL_NAMES if not subj.mentioned_in(c)]

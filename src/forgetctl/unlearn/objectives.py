@@ -1,11 +1,11 @@
 """Unlearning objectives: the forget term, the retain term and the consistency regulariser.
 
 All terms work on answer tokens only (prompt tokens are masked by
-:func:`forgetctl.models.encode_pairs`). The *reference* model is the parent version: with a
+:func:`forgetctl.lm.prompts.encode_pairs`). The *reference* model is the parent version: with a
 LoRA adapter it is the same model with the adapter disabled (``peft_model.disable_adapter()``),
 so no copy of the weights is needed; reference quantities are computed under ``no_grad``.
 
-Forget terms (``MethodConfig.objective``):
+Forget terms (``MethodConfig.objective``, registered by name in :data:`FORGET_OBJECTIVES`):
 
 - ``npo``: Negative Preference Optimization (Zhang et al. 2024). With
   ``r = log pi_theta(y|x) - log pi_ref(y|x)`` (summed over the answer tokens), the loss
@@ -15,10 +15,11 @@ Forget terms (``MethodConfig.objective``):
 - ``grad_diff``: gradient ascent on the forget set plus the retain term (Liu et al. 2022).
 - ``grad_ascent``: the negated answer NLL alone (the baseline; the retain term is not used).
 
-Retain terms (``MethodConfig.retain_term``): ``nll`` on the retain/neighbor answers, or
-``kl``, the token-level KL(pi_ref || pi_theta) over the vocabulary at the retain answer
-positions, which keeps the whole output distribution of the parent there, not only the
-argmax answer (a stronger anchor against collateral drift for the same number of items).
+Retain terms (``MethodConfig.retain_term``, in :data:`RETAIN_TERMS`): ``nll`` on the
+retain/neighbor answers, or ``kl``, the token-level KL(pi_ref || pi_theta) over the
+vocabulary at the retain answer positions, which keeps the whole output distribution of the
+parent there, not only the argmax answer (a stronger anchor against collateral drift for
+the same number of items).
 
 Consistency (CAE, entity-level unlearning; ``MethodConfig.consistency_weight``). A forget
 request is about a *subject*, asked in many ways (the record, paraphrases, indirect and
@@ -43,7 +44,7 @@ groups contribute nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -130,6 +131,45 @@ def consistency_loss(delta: torch.Tensor, groups: Sequence[Sequence[int]]) -> to
     return torch.stack(terms).mean() if terms else delta.new_zeros(())
 
 
+ForgetObjective = Callable[[SeqLogprobs, SeqLogprobs | None, float], torch.Tensor]
+"""(policy log-likelihoods, reference ones or None, beta) -> the forget term of a batch."""
+
+
+def _npo(policy: SeqLogprobs, reference: SeqLogprobs | None, beta: float) -> torch.Tensor:
+    if reference is None:
+        raise ValueError("npo needs reference log-likelihoods")
+    return npo_loss(policy.total, reference.total, beta)
+
+
+def _ascent(policy: SeqLogprobs, reference: SeqLogprobs | None, beta: float) -> torch.Tensor:
+    return ascent_loss(policy.mean)
+
+
+FORGET_OBJECTIVES: dict[str, ForgetObjective] = {
+    "npo": _npo,
+    "grad_diff": _ascent,  # the retain term is added by the training loop
+    "grad_ascent": _ascent,
+}
+"""The forget term of each ``MethodConfig.objective``."""
+
+RetainTerm = Callable[[object, dict[str, torch.Tensor], torch.Tensor | None], torch.Tensor]
+"""(model, batch, the parent's log-softmax or None) -> the retain term of a batch."""
+
+
+def _nll(model, batch: dict[str, torch.Tensor], ref_logp: torch.Tensor | None) -> torch.Tensor:
+    return nll_loss(sequence_logprobs(model, batch).mean)
+
+
+def _kl(model, batch: dict[str, torch.Tensor], ref_logp: torch.Tensor | None) -> torch.Tensor:
+    if ref_logp is None:
+        raise ValueError("the kl retain term needs reference log-probs")
+    return kl_retain_loss(answer_token_logp(model, batch), ref_logp)
+
+
+RETAIN_TERMS: dict[str, RetainTerm] = {"nll": _nll, "kl": _kl}
+"""The retain term of each ``MethodConfig.retain_term``."""
+
+
 @dataclass
 class ForgetTerms:
     loss: torch.Tensor
@@ -151,15 +191,11 @@ def forget_terms(
     ``reference`` (the parent's log-likelihoods of the same batch) is needed by NPO and by
     the consistency term; it may be None for gradient ascent without consistency.
     """
-    policy = sequence_logprobs(model, batch)
-    if objective == "npo":
-        if reference is None:
-            raise ValueError("npo needs reference log-likelihoods")
-        forget = npo_loss(policy.total, reference.total, beta)
-    elif objective in ("grad_diff", "grad_ascent"):
-        forget = ascent_loss(policy.mean)
-    else:
+    term = FORGET_OBJECTIVES.get(objective)
+    if term is None:
         raise ValueError(f"unknown objective {objective!r}")
+    policy = sequence_logprobs(model, batch)
+    forget = term(policy, reference, beta)
     consistency = policy.mean.new_zeros(())
     if consistency_weight > 0 and reference is not None:
         consistency = consistency_loss(policy.mean - reference.mean, consistency_groups(items))
@@ -174,10 +210,7 @@ def retain_term(
 ) -> torch.Tensor:
     """The retain-side loss of one batch: ``nll`` or ``kl`` (needs the parent's log-softmax
     ``ref_logp`` from :func:`answer_token_logp`)."""
-    if kind == "nll":
-        return nll_loss(sequence_logprobs(model, batch).mean)
-    if kind == "kl":
-        if ref_logp is None:
-            raise ValueError("the kl retain term needs reference log-probs")
-        return kl_retain_loss(answer_token_logp(model, batch), ref_logp)
-    raise ValueError(f"unknown retain term {kind!r}")
+    term = RETAIN_TERMS.get(kind)
+    if term is None:
+        raise ValueError(f"unknown retain term {kind!r}")
+    return term(model, batch, ref_logp)

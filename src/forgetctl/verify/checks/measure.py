@@ -1,0 +1,106 @@
+"""The measurement context the checks share: every score is measured once per run.
+
+The int4 check reuses the full-precision scores of the forget, retain and utility checks,
+and the relearning attack starts from the forget check's candidate scores, so scores are
+kept per (model, item set, precision) and a second request for them costs nothing.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from forgetctl.core.items import PromptItem
+from forgetctl.core.policy import VerifyConfig
+from forgetctl.lm.evaluate import EvalResult, evaluate
+from forgetctl.lm.int4 import quantize_model_int4
+
+Progress = Callable[[str], None]
+Role = Literal["parent", "candidate"]
+
+
+class ScoreCache(Protocol):
+    """Scores kept across runs by model key (:class:`forgetctl.store.scores.ScoreCache`;
+    the gate is a library and does not depend on the store)."""
+
+    def evaluate(
+        self,
+        model_key: str,
+        load_model: Callable[[], Any],
+        tokenizer: Any,
+        items: Sequence[PromptItem],
+    ) -> EvalResult: ...
+
+
+@dataclass
+class Measurements:
+    """What a verification run measures: two models, the item sets, and their scores."""
+
+    parent_model: object
+    candidate_model: object
+    tokenizer: object
+    forget_sets: Mapping[str, list[PromptItem]]
+    retain: list[PromptItem]
+    general: list[PromptItem]
+    earlier: Mapping[str, list[PromptItem]]
+    cfg: VerifyConfig
+    say: Progress
+    seed: int = 0
+    cache: ScoreCache | None = None
+    model_keys: tuple[str, str] | None = None
+    """(parent's, candidate's) score-cache keys; with ``cache``, scores persist across runs."""
+    quantize_s: float = 0.0
+    """Seconds spent quantizing so far."""
+    _int4_models: dict[Role, object] = field(default_factory=dict)
+    _scores: dict[tuple[Role, str, bool], EvalResult] = field(default_factory=dict)
+
+    def model(self, role: Role) -> object:
+        return self.candidate_model if role == "candidate" else self.parent_model
+
+    def quantized(self, role: Role) -> object:
+        """The NF4 copy of a model, made on first use: a model whose int4 scores are all
+        cached never is quantized."""
+        if role not in self._int4_models:
+            start = time.perf_counter()
+            self._int4_models[role] = quantize_model_int4(self.model(role))
+            self.quantize_s += time.perf_counter() - start
+        return self._int4_models[role]
+
+    def release_int4(self) -> None:
+        """Drop the quantized copies (two more models in memory for the later checks)."""
+        self._int4_models.clear()
+        gc.collect()
+
+    def scores(
+        self, role: Role, name: str, items: list[PromptItem], int4: bool = False
+    ) -> EvalResult:
+        """The parent's or the candidate's scores on ``items``, full precision or int4;
+        ``name`` identifies the item set within the run (one name, one list of items)."""
+        key = (role, name, int4)
+        if key not in self._scores:
+            self._scores[key] = self._measure(role, items, int4)
+        return self._scores[key]
+
+    def forget(self, role: Role, rid: str, int4: bool = False) -> EvalResult:
+        """Scores on request ``rid``'s forget set (the forget, int4 and relearn checks share
+        them)."""
+        return self.scores(role, f"forget/{rid}", self.forget_sets[rid], int4)
+
+    def kept(
+        self, role: Role, name: Literal["retain", "utility"], int4: bool = False
+    ) -> EvalResult:
+        """Scores on the neighbor set (``retain``) or the general-knowledge set (``utility``);
+        the int4 check reuses the full-precision ones."""
+        return self.scores(role, name, self.retain if name == "retain" else self.general, int4)
+
+    def _measure(self, role: Role, items: list[PromptItem], int4: bool) -> EvalResult:
+        def load():
+            return self.quantized(role) if int4 else self.model(role)
+
+        if self.cache is None or self.model_keys is None:
+            return evaluate(load(), self.tokenizer, items)
+        key = self.model_keys[role == "candidate"] + ("/nf4" if int4 else "")
+        return self.cache.evaluate(key, load, self.tokenizer, items)
