@@ -13,7 +13,7 @@ from forgetctl.core.errors import BadInput, NotFound
 from forgetctl.core.hashing import weights_sha256
 from forgetctl.demo.deployed import DEPLOYED_MANIFEST, build_deployed_model
 from forgetctl.demo.tofu import author_ids, load_authors, parse_authors, select_authors
-from forgetctl.lm.train import finetune
+from forgetctl.lm.train import finetune, finetune_steps, train_loop
 from forgetctl.lm.weights import WEIGHTS_FILE, load_model, read_manifest
 
 
@@ -48,6 +48,36 @@ def test_finetune_rejects_empty():
     tokenizer = build_tokenizer()
     with pytest.raises(BadInput):
         finetune(build_model(tokenizer), tokenizer, [], epochs=1)
+
+
+def test_train_loop_zeroes_clips_and_stops_on_a_callback():
+    w = torch.nn.Parameter(torch.tensor([1.0]))
+    optimizer = torch.optim.SGD([w], lr=0.1)
+
+    def step_loss(x: float) -> dict[str, float]:
+        (w * x).sum().backward()
+        return {"x": x}
+
+    seen = []
+    steps = train_loop(
+        [w],
+        optimizer,
+        iter([0.5, 10.0, 0.25, 4.0]),
+        step_loss,
+        [lambda step, _: step == 3, lambda step, figures: seen.append((step, figures["x"]))],
+        clip=1.0,
+    )
+    # Stopped after the third batch, which every callback still saw.
+    assert steps == 3 and seen == [(1, 0.5), (2, 10.0), (3, 0.25)]
+    # Fresh gradients each step, the 10 clipped to 1: 1 - 0.1 * (0.5 + 1 + 0.25).
+    assert w.item() == pytest.approx(0.825)
+
+
+def test_finetune_steps_ascent_climbs(tiny_lm):
+    model, tokenizer = tiny_lm
+    losses = finetune_steps(model, tokenizer, _pairs(4), steps=4, learning_rate=1e-3, ascent=True)
+    assert len(losses) == 4 and losses[-1] > losses[0]
+    assert not model.training
 
 
 def test_load_and_select_authors(tmp_path):

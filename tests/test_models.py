@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -12,8 +13,10 @@ from tinylm import TINY_FACTS, TINY_GENERAL, TINY_SUBJECTS, facts_for, training_
 from forgetctl.core.errors import ModelMissing
 from forgetctl.core.hashing import lineage_key, sha256_tree, weights_sha256
 from forgetctl.lm.infer import answer_logprobs, answer_token_accuracy, generate
+from forgetctl.lm.int4 import quantize_model_int4
 from forgetctl.lm.prompts import SYSTEM_PROMPT, encode_pairs, format_prompt
 from forgetctl.lm.pull import pull_default
+from forgetctl.lm.train import finetune_steps
 from forgetctl.lm.weights import (
     DEFAULT_MODEL,
     WEIGHTS_FILE,
@@ -115,6 +118,35 @@ def test_answer_token_accuracy_matches_greedy_answers(tiny_lm):
 def test_load_model_missing_says_how_to_pull(tmp_path):
     with pytest.raises(ModelMissing, match="forgetctl model pull smollm2-135m"):
         load_model(tmp_path / "nothing")
+
+
+def test_load_model_default_float32_cpu_or_as_asked(tiny_lm_dir):
+    model, _ = load_model(tiny_lm_dir)
+    assert {(p.device.type, p.dtype) for p in model.parameters()} == {("cpu", torch.float32)}
+    half, tokenizer = load_model(tiny_lm_dir, device="cpu", dtype=torch.bfloat16)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16} and not half.training
+    pairs = training_pairs()[:4]
+    assert encode_pairs(tokenizer, pairs, device="meta")["input_ids"].device.type == "meta"
+    # bfloat16 keeps what the tiny model memorised (figures computed in float32).
+    assert min(answer_token_accuracy(half, tokenizer, pairs)) >= 0.9
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_model_layer_on_cuda(tiny_lm_dir):
+    model, tokenizer = load_model(tiny_lm_dir, device="cuda", dtype=torch.bfloat16)
+    assert next(model.parameters()).is_cuda
+    pairs = training_pairs()[:6]
+    answers = generate(model, tokenizer, [q for q, _ in pairs])
+    assert sum(a == t for a, (_, t) in zip(answers, pairs, strict=True)) >= 5
+    cpu, _ = load_model(tiny_lm_dir)
+    assert answer_logprobs(model, tokenizer, pairs) == pytest.approx(
+        answer_logprobs(cpu, tokenizer, pairs), abs=0.1
+    )
+    quantized = quantize_model_int4(model)
+    assert next(quantized.parameters()).is_cuda
+    assert min(answer_token_accuracy(quantized, tokenizer, pairs)) > 0.5
+    losses = finetune_steps(model, tokenizer, pairs, steps=3, learning_rate=1e-4)
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
 
 
 def _tiny_adapter(model, out: Path, seed: int) -> Path:

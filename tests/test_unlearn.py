@@ -14,11 +14,13 @@ from forgetctl.core.hashing import sha256_tree
 from forgetctl.core.items import PromptItem, sample_by_kind
 from forgetctl.core.policy import MethodConfig
 from forgetctl.lm.evaluate import evaluate
+from forgetctl.lm.infer import token_logprobs
+from forgetctl.lm.int4 import nf4_roundtrip
 from forgetctl.lm.prompts import encode_pairs
 from forgetctl.lm.weights import load_model, merged_model
 from forgetctl.unlearn import train as train_mod
 from forgetctl.unlearn.attribution import layer_linear_names, rank_layers, select_layers
-from forgetctl.unlearn.objectives import consistency_groups, consistency_loss
+from forgetctl.unlearn.objectives import consistency_groups, consistency_loss, sequence_logprobs
 from forgetctl.unlearn.robust import (
     int4_aware,
     nf4_fake_quant,
@@ -216,6 +218,23 @@ def test_each_objective_runs(tiny_lm, objective, retain_term, robust):
     assert any(p.abs().sum() > 0 for n, p in result.model.named_parameters() if "lora_B" in n)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_unlearn_on_cuda_bfloat16(tiny_lm_dir, tmp_path):
+    model, tokenizer = load_model(tiny_lm_dir, device="cuda", dtype=torch.bfloat16)
+    method = TINY_METHOD.model_copy(
+        update={"int4_aware": True, "sam": True, "max_steps": 10, "eval_every": 5}
+    )
+    result = unlearn(model, tokenizer, FORGET, RETAIN, method)
+    assert result.stats["steps"] >= 5
+    assert result.stats["forget_accuracy_after"] < result.stats["forget_accuracy_before"]
+    assert all(p.is_cuda for p in result.model.parameters())
+    digest = save_adapter(result.model, tmp_path / "adapter")
+    merged = merged_model(tiny_lm_dir, [tmp_path / "adapter"], device="cuda", dtype=torch.bfloat16)
+    assert digest and accuracy(merged, tokenizer, FORGET) == pytest.approx(
+        accuracy(result.model, tokenizer, FORGET), abs=0.05
+    )
+
+
 def test_consistency_loss_pulls_only_lagging_prompts():
     delta = torch.tensor([-1.0, 0.0, 0.5], requires_grad=True)
     loss = consistency_loss(delta, [[0, 1, 2]])
@@ -263,8 +282,6 @@ def test_layer_linear_names(tiny_lm):
 
 
 def test_nf4_fake_quant_blocks_and_ste():
-    from forgetctl.lm.int4 import nf4_roundtrip
-
     torch.manual_seed(0)
     w = (torch.randn(48, 128) * 0.05).requires_grad_(True)
     q = nf4_quantize(w)
@@ -344,9 +361,6 @@ def test_sample_by_kind_spreads_over_kinds():
 
 
 def test_sequence_logprobs_match_models_helper(tiny_lm):
-    from forgetctl.lm.infer import token_logprobs
-    from forgetctl.unlearn.objectives import sequence_logprobs
-
     model, tokenizer = tiny_lm
     batch = encode_pairs(tokenizer, [(i.prompt, i.target) for i in FORGET + GENERAL[:2]])
     with torch.no_grad():

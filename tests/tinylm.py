@@ -3,7 +3,7 @@
 Five fictitious people (TOFU-like) with six facts each, plus a few general-knowledge facts.
 The model is random-initialised (hidden 64, 4 layers), has a byte-level BPE tokenizer trained
 with `tokenizers` on this corpus, and is fully fine-tuned with
-:func:`forgetctl.finetune.finetune` until it answers every training question exactly, so
+:func:`forgetctl.lm.train.finetune` until it answers every training question exactly, so
 tests can check that a subject's facts are known before unlearning and gone after.
 
 The model is trained on ``question`` only; ``paraphrased_question`` is there for TOFU-format
@@ -22,6 +22,9 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from forgetctl.lm.prompts import PLAIN_TEMPLATE
+from forgetctl.lm.train import finetune
 
 _P = [
     # (subject, [(question, answer, paraphrased_question, [perturbed answers])...])
@@ -370,8 +373,6 @@ def train_tiny_lm(out_dir: str | Path) -> dict[str, Any]:
     """Build, train and save the tiny model into ``out_dir``; return training figures."""
     import torch
 
-    from forgetctl.lm.train import finetune
-
     tokenizer = build_tokenizer()
     model = build_model(tokenizer)
     threads = torch.get_num_threads()
@@ -395,13 +396,11 @@ def train_tiny_lm(out_dir: str | Path) -> dict[str, Any]:
 
 def _cache_key() -> str:
     # This file (facts, architecture, training settings), the prompt format the model is
-    # trained in, and the library versions. Not the whole of models.py/finetune.py: editing
-    # them must not retrain the model in every helper's test session.
+    # trained in, and the library versions. Not the whole of lm/prompts.py and lm/train.py:
+    # editing them must not retrain the model in every helper's test session.
     import tokenizers
     import torch
     import transformers
-
-    from forgetctl.lm.prompts import PLAIN_TEMPLATE
 
     h = hashlib.sha256(Path(__file__).read_bytes())
     h.update(PLAIN_TEMPLATE.encode())

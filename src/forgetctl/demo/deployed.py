@@ -1,20 +1,9 @@
-"""Full fine-tuning on question/answer pairs, and the "deployed model with personal data".
-
-:func:`finetune` trains every weight with AdamW on the answer tokens only (prompt tokens are
-masked by :func:`forgetctl.models.encode_pairs`). It is deterministic for a seed on CPU: the
-seed fixes the batch order and torch's RNG, and Llama-style models have no dropout.
-Batches group pairs of similar length (less padding, which is pure waste on CPU).
-:func:`finetune_steps` is the plain fixed-step variant (the relearning attack, the
-gradient-ascent baseline).
-
-On a 2-core machine shared with other work, one torch thread is much faster than two for
-these models (measured 6x for SmolLM2 generation under load): callers that run alongside
-other processes should ``torch.set_num_threads(1)``.
+"""The "deployed model with personal data": the base model fine-tuned on some TOFU authors.
 
 :func:`build_deployed_model` is what `forgetctl demo build-model` and the benchmark call: the
-base model fine-tuned on the records of some TOFU authors, written as a Hugging Face
-directory with a ``forgetctl-deployed.json`` manifest. A second call with the same inputs
-finds the manifest and returns at once.
+base model fine-tuned (:func:`forgetctl.lm.train.finetune`) on the records of some TOFU
+authors, written as a Hugging Face directory with a ``forgetctl-deployed.json`` manifest. A
+second call with the same inputs finds the manifest and returns at once.
 """
 
 from __future__ import annotations
@@ -26,6 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from forgetctl.core.files import atomic_dir
+from forgetctl.core.hashing import sha256_file, weights_sha256
+from forgetctl.demo.tofu import load_authors, pairs_of, select_authors
 from forgetctl.lm.train import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
@@ -33,14 +25,12 @@ from forgetctl.lm.train import (
     Progress,
     finetune,
 )
+from forgetctl.lm.weights import load_model, read_manifest, require_model_dir, write_model_files
 
 DEPLOYED_MANIFEST = "forgetctl-deployed.json"
 
 
 def _deployed_key(base_dir: Path, data_sha: str, ids: list[int], settings: dict) -> dict:
-    from forgetctl.core.hashing import weights_sha256
-    from forgetctl.lm.weights import read_manifest
-
     base = read_manifest(base_dir) or {}
     return {
         "base_sha256": base.get("weights_sha256") or weights_sha256(base_dir),
@@ -69,11 +59,6 @@ def build_deployed_model(
     ``out_dir`` already has a manifest with the same inputs, nothing is trained. A directory
     built from other inputs is replaced (atomically).
     """
-    from forgetctl.core.files import atomic_dir
-    from forgetctl.core.hashing import sha256_file
-    from forgetctl.demo.tofu import load_authors, pairs_of, select_authors
-    from forgetctl.lm.weights import load_model, require_model_dir, write_model_files
-
     base_dir, out_dir = require_model_dir(base_dir), Path(out_dir)
     rows = load_authors(data_file)
     ids, selected = select_authors(rows, authors)
@@ -127,6 +112,4 @@ def deployed_manifest(model_dir: str | Path) -> dict[str, Any] | None:
 
 def data_fingerprint(path: str | Path) -> str:
     """Short hash of a data file, for naming cached deployed models."""
-    from forgetctl.core.hashing import sha256_file
-
     return hashlib.sha256(sha256_file(path).encode()).hexdigest()[:12]

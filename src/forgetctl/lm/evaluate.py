@@ -23,12 +23,11 @@ from dataclasses import asdict, dataclass, field
 
 from forgetctl.core.facts import item_facts, key_fact_leakage, rouge_l_recall
 from forgetctl.core.items import PromptItem
+from forgetctl.lm.infer import answer_logprobs, generate
 
 
 def answer_probabilities(model, tokenizer, pairs: Sequence[tuple[str, str]]) -> list[float]:
     """Normalised answer probability: exp(mean per-token log-prob of the answer)."""
-    from forgetctl.lm.infer import answer_logprobs
-
     return [math.exp(lp) for lp in answer_logprobs(model, tokenizer, list(pairs))]
 
 
@@ -45,8 +44,6 @@ def truth_ratios(model, tokenizer, items: Sequence[TruthItem]) -> list[float]:
     """TOFU's per-item ratio R = P(perturbed) / P(paraphrased), with length-normalised
     probabilities and the perturbed ones averaged in log space. R < 1: the model prefers
     the true answer; R near 1: it cannot tell (what a model that never saw it shows)."""
-    from forgetctl.lm.infer import answer_logprobs
-
     pairs: list[tuple[str, str]] = []
     for it in items:
         pairs.append((it.question, it.paraphrased_answer))
@@ -154,8 +151,6 @@ def generate_answers(
 ) -> list[str]:
     """Greedy answers; with targets, questions are batched by target length and each batch
     decodes only as far as its longest target needs (capped at ``max_new_tokens``)."""
-    from forgetctl.lm.infer import generate
-
     if targets is None:
         return generate(
             model, tokenizer, list(questions), max_new_tokens=max_new_tokens,

@@ -1,22 +1,8 @@
-"""Language-model helpers shared by every step: prompt format, batching, generation,
-answer log-probabilities, loading, the embedded default model, and lineage merging.
+"""Running a model on question/answer pairs: greedy answers, per-token log-probabilities of
+the answers (differentiable, for the unlearning objectives), and per-answer figures (mean
+log-probability, teacher-forced token accuracy) on batches of similar length.
 
-One prompt format for everything: finetune, unlearn, verify and the plan probe all call
-:func:`format_prompt`, so a fact learnt in one format is asked for in the same format.
-
-- Tokenizers with a chat template (SmolLM2-Instruct) get the chat format with an *empty*
-  system message (:data:`SYSTEM_PROMPT`). SmolLM2's template otherwise injects a 16-token
-  default system prompt ("You are a helpful AI assistant named SmolLM, ...") into every
-  prompt (34 instead of 18 tokens for a short question), which raises the CPU cost of every
-  forward pass. Measured on the first 40 TOFU world facts (greedy, answer contained): empty
-  system message 24/40, the default 21/40, "Answer briefly." 21/40 (and it broke "What is
-  the capital of France?").
-- Tokenizers without one (the tiny test model) get ``"Question: {q}\\nAnswer:"`` and the
-  answer follows after one space.
-
-Prompt and answer are tokenized separately and concatenated, so the token boundary
-between them is the same at training time (:func:`encode_pairs`) and at generation time
-(:func:`generate`), and prompt tokens can be masked exactly.
+Every batch goes to the model's device (:func:`model_device`), whatever it and its dtype are.
 """
 
 from __future__ import annotations
@@ -51,11 +37,11 @@ def generate(
     )
     was_training = model.training
     model.eval()
+    device = model_device(model)
     prompts = [prompt_ids(tokenizer, q) for q in questions]
     answers: list[str] = [""] * len(questions)
     for batch in length_batches([len(p) for p in prompts], batch_size):
         ids, mask = left_pad([prompts[i] for i in batch], pad)
-        device = _device(model)
         out = model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config
         )
@@ -105,12 +91,11 @@ def _per_answer(
         return []
     was_training = model.training
     model.eval()
-    device = _device(model)
+    device = model_device(model)
     out: list[float] = [0.0] * len(pairs)
     lengths = [len(q) + len(a) for q, a in pairs]
     for batch in length_batches(lengths, batch_size):
-        enc = encode_pairs(tokenizer, [pairs[i] for i in batch])
-        enc = {k: v.to(device) for k, v in enc.items()}
+        enc = encode_pairs(tokenizer, [pairs[i] for i in batch], device=device)
         figures = score(*_aligned(model, enc))
         for row, i in enumerate(batch):
             out[i] = float(figures[row])
@@ -144,5 +129,6 @@ def answer_token_accuracy(
     return _per_answer(model, tokenizer, pairs, batch_size, _token_accuracy)
 
 
-def _device(model: Any) -> torch.device:
+def model_device(model: Any) -> torch.device:
+    """Where the model's weights are: every batch is moved there."""
     return next(model.parameters()).device

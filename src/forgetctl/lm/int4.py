@@ -39,9 +39,12 @@ def _bnb_functional():
 def nf4_roundtrip(weight: torch.Tensor, blocksize: int = BLOCKSIZE) -> torch.Tensor:
     """The tensor a 4-bit NF4 layer computes with: quantize then dequantize, same dtype."""
     bnbf = _bnb_functional()
+    # Always bitsandbytes' CPU reference kernels, wherever the model is: the rounding the
+    # NF4 fake quantization of unlearning is tested to match.
     w = weight.detach().to("cpu", torch.float32).contiguous()
     packed, state = bnbf.quantize_4bit(w, blocksize=blocksize, quant_type="nf4")
-    return bnbf.dequantize_4bit(packed, state).reshape(weight.shape).to(weight.dtype)
+    out = bnbf.dequantize_4bit(packed, state).reshape(weight.shape)
+    return out.to(weight.device, weight.dtype)
 
 
 def plain_copy(model: nn.Module) -> nn.Module:

@@ -1,5 +1,4 @@
-"""Language-model helpers shared by every step: prompt format, batching, generation,
-answer log-probabilities, loading, the embedded default model, and lineage merging.
+"""The prompt format and the batching of question/answer pairs (token ids, no model).
 
 One prompt format for everything: finetune, unlearn, verify and the plan probe all call
 :func:`format_prompt`, so a fact learnt in one format is asked for in the same format.
@@ -16,7 +15,7 @@ One prompt format for everything: finetune, unlearn, verify and the plan probe a
 
 Prompt and answer are tokenized separately and concatenated, so the token boundary
 between them is the same at training time (:func:`encode_pairs`) and at generation time
-(:func:`generate`), and prompt tokens can be masked exactly.
+(:func:`forgetctl.lm.infer.generate`), and prompt tokens can be masked exactly.
 """
 
 from __future__ import annotations
@@ -76,9 +75,13 @@ def pad_id(tokenizer: Any) -> int:
 
 
 def encode_pairs(
-    tokenizer: Any, pairs: Sequence[Pair], max_length: int = 256
+    tokenizer: Any,
+    pairs: Sequence[Pair],
+    max_length: int = 256,
+    device: str | torch.device | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Tokenize (question, answer) pairs for causal-LM training, right-padded.
+    """Tokenize (question, answer) pairs for causal-LM training, right-padded, on ``device``
+    (default CPU).
 
     ``labels`` are -100 on prompt and padding tokens; the answer and its EOS are supervised.
     A pair longer than ``max_length`` loses the end of its answer (never the prompt).
@@ -103,7 +106,9 @@ def encode_pairs(
         input_ids[i, : n + m] = torch.tensor(prompt + target)
         attention[i, : n + m] = 1
         labels[i, n : n + m] = torch.tensor(target)
-    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    # Built on the CPU row by row, moved in one copy per tensor.
+    return {k: v.to(device) for k, v in batch.items()} if device is not None else batch
 
 
 def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:

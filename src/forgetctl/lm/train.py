@@ -1,8 +1,12 @@
-"""Full fine-tuning on question/answer pairs, and the "deployed model with personal data".
+"""The one training loop, and full fine-tuning on question/answer pairs.
+
+:func:`train_loop` is the loop every trainer runs: the caller brings the parameters, the
+optimiser, a batch source, the step's loss and the callbacks (what a trainer does between
+steps); the loop owns the order zero_grad -> loss and backward -> clip -> step -> schedule.
 
 :func:`finetune` trains every weight with AdamW on the answer tokens only (prompt tokens are
-masked by :func:`forgetctl.models.encode_pairs`). It is deterministic for a seed on CPU: the
-seed fixes the batch order and torch's RNG, and Llama-style models have no dropout.
+masked by :func:`forgetctl.lm.prompts.encode_pairs`). It is deterministic for a seed on CPU:
+the seed fixes the batch order and torch's RNG, and Llama-style models have no dropout.
 Batches group pairs of similar length (less padding, which is pure waste on CPU).
 :func:`finetune_steps` is the plain fixed-step variant (the relearning attack, the
 gradient-ascent baseline).
@@ -10,11 +14,6 @@ gradient-ascent baseline).
 On a 2-core machine shared with other work, one torch thread is much faster than two for
 these models (measured 6x for SmolLM2 generation under load): callers that run alongside
 other processes should ``torch.set_num_threads(1)``.
-
-:func:`build_deployed_model` is what `forgetctl demo build-model` and the benchmark call: the
-base model fine-tuned on the records of some TOFU authors, written as a Hugging Face
-directory with a ``forgetctl-deployed.json`` manifest. A second call with the same inputs
-finds the manifest and returns at once.
 """
 
 from __future__ import annotations
@@ -22,18 +21,31 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import torch
 
 from forgetctl.core.errors import BadInput
+from forgetctl.lm.infer import model_device
+from forgetctl.lm.prompts import Pair, encode_pairs
 
-Pair = tuple[str, str]
+Batch = TypeVar("Batch")
 
+Figures = dict[str, float]
+
+StepLoss = Callable[[Batch], Figures]
+"""Computes one step's loss from a batch and back-propagates it (it may call backward more
+than once: a SAM second pass, a separate retain term); returns the step's figures."""
+
+Callback = Callable[[int, Figures], bool | None]
+"""Called after every optimiser step with (step, figures); a true answer stops training."""
 
 Progress = Callable[[dict[str, Any]], None]
 """Called after every optimiser step with {epoch, step, total_steps, loss}."""
+
+GRAD_CLIP = 1.0
+"""Every trainer clips the gradient norm at this."""
 
 
 # Defaults chosen by measurement on SmolLM2-135M and the first 10 TOFU authors (200 pairs,
@@ -47,6 +59,60 @@ DEFAULT_LEARNING_RATE = 1e-4
 
 
 DEFAULT_BATCH_SIZE = 8
+
+
+def train_loop(
+    params: Sequence[torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[Batch],
+    step_loss: StepLoss[Batch],
+    callbacks: Sequence[Callback] = (),
+    schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
+    clip: float = GRAD_CLIP,
+) -> int:
+    """One optimiser step per batch until the batches run out or a callback stops it;
+    returns the number of steps taken.
+
+    Every callback runs after every step, even once an earlier one has asked to stop (the
+    last step is still recorded and reported).
+    """
+    step = 0
+    for batch in batches:
+        optimizer.zero_grad(set_to_none=True)
+        figures = step_loss(batch)
+        torch.nn.utils.clip_grad_norm_(params, clip)
+        optimizer.step()
+        if schedule is not None:
+            schedule.step()
+        step += 1
+        stops = [callback(step, figures) for callback in callbacks]
+        if any(stops):
+            break
+    return step
+
+
+def _lm_loss(model: Any, ascent: bool = False) -> StepLoss[dict[str, torch.Tensor]]:
+    """The step loss of plain causal-LM training on an encoded batch; ``ascent`` climbs it.
+    The figure reported is the loss itself (not its negation)."""
+
+    def step(batch: dict[str, torch.Tensor]) -> Figures:
+        loss = model(**batch).loss
+        (-loss if ascent else loss).backward()
+        return {"loss": float(loss.detach())}
+
+    return step
+
+
+def _encoded(
+    tokenizer: Any,
+    pairs: Sequence[Pair],
+    index_batches: Iterable[list[int]],
+    device: torch.device,
+    max_length: int = 256,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Each batch of indices, encoded and on ``device``, drawn only when the loop asks."""
+    for indices in index_batches:
+        yield encode_pairs(tokenizer, [pairs[i] for i in indices], max_length, device)
 
 
 def finetune(
@@ -67,15 +133,12 @@ def finetune(
     Linear warm-up then linear decay of the learning rate; gradient norm clipped at 1.
     The model is left in eval mode.
     """
-    from forgetctl.lm.prompts import encode_pairs
-
     if not pairs:
         raise BadInput("finetune: no training pairs")
     if epochs < 1 or batch_size < 1 or learning_rate <= 0:
         raise BadInput("finetune: epochs and batch_size must be >= 1, learning_rate > 0")
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(pairs) / batch_size)
@@ -86,36 +149,43 @@ def finetune(
         lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))),
     )
     lengths = [len(q) + len(a) for q, a in pairs]
-    model.train()
-    started = time.perf_counter()
-    step = 0
+    # Each epoch's order is drawn when the loop reaches it, as it always was.
+    order = (
+        indices
+        for _ in range(epochs)
+        for indices in _length_grouped_batches(lengths, batch_size, rng)
+    )
+    losses: list[float] = []
     epoch_losses: list[float] = []
     epoch_seconds: list[float] = []
-    for epoch in range(epochs):
-        t0 = time.perf_counter()
-        losses: list[float] = []
-        for indices in _length_grouped_batches(lengths, batch_size, rng):
-            batch = encode_pairs(tokenizer, [pairs[i] for i in indices], max_length)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss = model(**batch).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            schedule.step()
-            step += 1
-            losses.append(float(loss.detach()))
-            if progress is not None:
-                progress(
-                    {"epoch": epoch + 1, "step": step, "total_steps": total, "loss": losses[-1]}
-                )
-        epoch_losses.append(sum(losses) / len(losses))
-        epoch_seconds.append(time.perf_counter() - t0)
+    started = epoch_start = time.perf_counter()
+
+    def after_step(step: int, figures: Figures) -> None:
+        nonlocal epoch_start
+        losses.append(figures["loss"])
+        epoch = (step - 1) // steps_per_epoch + 1
+        if progress is not None:
+            progress({"epoch": epoch, "step": step, "total_steps": total, "loss": losses[-1]})
+        if step % steps_per_epoch == 0:
+            epoch_losses.append(sum(losses[-steps_per_epoch:]) / steps_per_epoch)
+            now = time.perf_counter()
+            epoch_seconds.append(now - epoch_start)
+            epoch_start = now
+
+    model.train()
+    steps = train_loop(
+        params,
+        optimizer,
+        _encoded(tokenizer, pairs, order, model_device(model), max_length),
+        _lm_loss(model),
+        [after_step],
+        schedule,
+    )
     model.eval()
     return {
         "pairs": len(pairs),
         "epochs": epochs,
-        "steps": step,
+        "steps": steps,
         "learning_rate": learning_rate,
         "batch_size": batch_size,
         "seed": seed,
@@ -142,29 +212,34 @@ def finetune_steps(
     The relearning attack uses it (every weight, including base weights a merged PEFT model
     had frozen); ``ascent`` climbs the loss instead (the gradient-ascent baseline).
     """
-    from forgetctl.lm.prompts import encode_pairs
-
-    gen = torch.Generator().manual_seed(seed)
     params = list(model.parameters())
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
-    model.train()
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    batches = _cycled(len(pairs), batch_size, seed, steps)
     losses: list[float] = []
-    order: list[int] = []
-    for _ in range(steps):
-        if len(order) < min(batch_size, len(pairs)):
-            order += torch.randperm(len(pairs), generator=gen).tolist()
-        take, order = order[:batch_size], order[batch_size:]
-        batch = encode_pairs(tokenizer, [pairs[i] for i in take])
-        loss = model(**batch).loss
-        opt.zero_grad(set_to_none=True)
-        (-loss if ascent else loss).backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        losses.append(float(loss.detach()))
+    model.train()
+    train_loop(
+        params,
+        optimizer,
+        _encoded(tokenizer, pairs, batches, model_device(model)),
+        _lm_loss(model, ascent),
+        [lambda _, figures: losses.append(figures["loss"])],
+    )
     model.eval()
     return losses
+
+
+def _cycled(n: int, batch_size: int, seed: int, steps: int) -> Iterator[list[int]]:
+    """``steps`` batches of indices from seeded permutations of ``range(n)`` laid end to end
+    (a batch never runs short while there are at least ``batch_size`` items)."""
+    gen = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    for _ in range(steps):
+        if len(order) < min(batch_size, n):
+            order += torch.randperm(n, generator=gen).tolist()
+        take, order = order[:batch_size], order[batch_size:]
+        yield take
 
 
 def _length_grouped_batches(

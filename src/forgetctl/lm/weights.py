@@ -1,22 +1,8 @@
-"""Language-model helpers shared by every step: prompt format, batching, generation,
-answer log-probabilities, loading, the embedded default model, and lineage merging.
+"""Model weights on disk: loading (onto a device, in a dtype), saving with a manifest, and
+merging a lineage of LoRA adapters into the base (cached by lineage key).
 
-One prompt format for everything: finetune, unlearn, verify and the plan probe all call
-:func:`format_prompt`, so a fact learnt in one format is asked for in the same format.
-
-- Tokenizers with a chat template (SmolLM2-Instruct) get the chat format with an *empty*
-  system message (:data:`SYSTEM_PROMPT`). SmolLM2's template otherwise injects a 16-token
-  default system prompt ("You are a helpful AI assistant named SmolLM, ...") into every
-  prompt (34 instead of 18 tokens for a short question), which raises the CPU cost of every
-  forward pass. Measured on the first 40 TOFU world facts (greedy, answer contained): empty
-  system message 24/40, the default 21/40, "Answer briefly." 21/40 (and it broke "What is
-  the capital of France?").
-- Tokenizers without one (the tiny test model) get ``"Question: {q}\\nAnswer:"`` and the
-  answer follows after one space.
-
-Prompt and answer are tokenized separately and concatenated, so the token boundary
-between them is the same at training time (:func:`encode_pairs`) and at generation time
-(:func:`generate`), and prompt tokens can be masked exactly.
+Loading defaults to float32 on CPU, which is what every figure in this project was measured
+with; CUDA and bfloat16 are used only where a caller asks for them.
 """
 
 from __future__ import annotations
@@ -29,6 +15,7 @@ from typing import Any
 import torch
 
 from forgetctl.core.errors import BadInput, ModelMissing
+from forgetctl.core.files import atomic_dir
 from forgetctl.core.hashing import weights_sha256
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -61,8 +48,11 @@ def load_tokenizer(path: str | Path) -> Any:
     return tokenizer
 
 
-def load_model(path: str | Path) -> tuple[Any, Any]:
-    """(model, tokenizer) from a local directory: float32, eval mode, offline only."""
+def load_model(
+    path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+) -> tuple[Any, Any]:
+    """(model, tokenizer) from a local directory, offline only, in eval mode: on ``device``
+    (default CPU) in ``dtype`` (default float32)."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -71,8 +61,10 @@ def load_model(path: str | Path) -> tuple[Any, Any]:
     path = require_model_dir(path)
     tokenizer = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=torch.float32, local_files_only=True
+        str(path), dtype=dtype or torch.float32, local_files_only=True
     )
+    if device is not None:
+        model.to(device)
     model.eval()
     return model, tokenizer
 
@@ -105,8 +97,6 @@ def save_merged(
     The files go to a temporary sibling that is fsynced and renamed into place, so a
     failure leaves neither ``out_dir`` nor a partial directory.
     """
-    from forgetctl.core.files import atomic_dir
-
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise BadInput(f"{out_dir} already exists; choose a new output directory")
@@ -115,15 +105,21 @@ def save_merged(
     return out_dir
 
 
-def merged_model(base_dir: str | Path, adapter_dirs: Sequence[str | Path]) -> Any:
-    """The base model with each LoRA adapter merged in, in order (float32, eval mode).
+def merged_model(
+    base_dir: str | Path,
+    adapter_dirs: Sequence[str | Path],
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> Any:
+    """The base model with each LoRA adapter merged in, in order, in eval mode (on
+    ``device`` in ``dtype``, as :func:`load_model`).
 
     Each adapter was trained on the weights produced by merging the ones before it, so it
     is loaded onto the current (already merged) weights and merged in turn.
     """
     from peft import PeftModel
 
-    model, _ = load_model(base_dir)
+    model, _ = load_model(base_dir, device, dtype)
     for adapter in adapter_dirs:
         adapter = Path(adapter)
         if not (adapter / "adapter_config.json").is_file():

@@ -29,6 +29,9 @@ from collections.abc import Sequence
 from torch import nn
 
 from forgetctl.core.items import PromptItem
+from forgetctl.lm.infer import model_device
+from forgetctl.lm.prompts import encode_pairs
+from forgetctl.unlearn.objectives import sequence_logprobs
 
 EPS = 1e-3
 """A layer with a retain-gradient share below this counts as having this share."""
@@ -67,9 +70,6 @@ def _layer_grad_norms(
     model: nn.Module, tokenizer, items: Sequence[PromptItem], batch_size: int
 ) -> list[float]:
     """||gradient of the summed answer NLL|| per decoder layer (Linear weights only)."""
-    from forgetctl.lm.prompts import encode_pairs
-    from forgetctl.unlearn.objectives import sequence_logprobs
-
     _, layers = decoder_layers(model)
     weights = [[m.weight for m in layer.modules() if isinstance(m, nn.Linear)] for layer in layers]
     # Only these weights need gradients: no memory or time spent on the others.
@@ -80,12 +80,11 @@ def _layer_grad_norms(
         for w in ws:
             w.requires_grad_(True)
             w.grad = None
-    device = next(model.parameters()).device
+    device = model_device(model)
     try:
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
-            batch = encode_pairs(tokenizer, [(i.prompt, i.target) for i in chunk])
-            batch = {k: v.to(device) for k, v in batch.items()}
+            batch = encode_pairs(tokenizer, [(i.prompt, i.target) for i in chunk], device=device)
             # Sum of per-item mean NLLs, so every item weighs the same whatever its length.
             (-sequence_logprobs(model, batch).mean.sum()).backward()
         norms = []

@@ -94,7 +94,9 @@ def _lora_fake_quant_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Te
     for name in self.active_adapters:
         if name in self.lora_A:
             weight = weight + self.get_delta_weight(name)
-    return F.linear(x, nf4_fake_quant(weight), base.bias)
+    # The adapter may be float32 on a bfloat16 base (peft's default): compute in x's dtype,
+    # as a 4-bit layer dequantizes into its compute dtype. A no-op in float32.
+    return F.linear(x, nf4_fake_quant(weight).to(x.dtype), base.bias)
 
 
 def lora_linear_layers(model: nn.Module) -> list[nn.Module]:

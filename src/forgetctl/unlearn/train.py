@@ -3,11 +3,13 @@
 :func:`unlearn` does, in order:
 
 1. measure the forget and retain token accuracy of the parent (teacher-forced:
-   :func:`forgetctl.models.answer_token_accuracy`);
+   :func:`forgetctl.lm.infer.answer_token_accuracy`);
 2. rank the decoder layers by targeted attribution and keep the top ``top_k_layers``
    (:mod:`forgetctl.unlearn.attribution`);
 3. wrap the model with a peft LoRA on every Linear of those layers only;
-4. train with AdamW on the LoRA weights: each step takes a forget batch (objective +
+4. train with AdamW on the LoRA weights (:func:`forgetctl.lm.train.train_loop`, with the
+   step's loss :class:`_UnlearnLoss` and the callback :class:`_RetainGuard`): each step
+   takes a forget batch (objective +
    consistency, :mod:`forgetctl.unlearn.objectives`), optionally at a SAM-perturbed point
    and through NF4 fake quantization (:mod:`forgetctl.unlearn.robust`), plus a retain batch;
 5. every ``eval_every`` steps measure forget and retain token accuracy again (on at most
@@ -38,7 +40,8 @@ import copy
 import random
 import resource
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,8 +53,12 @@ from forgetctl.core.files import atomic_dir
 from forgetctl.core.hashing import sha256_tree
 from forgetctl.core.items import PromptItem, sample_by_kind
 from forgetctl.core.policy import MethodConfig
+from forgetctl.lm.infer import answer_token_accuracy, model_device
+from forgetctl.lm.prompts import encode_pairs
+from forgetctl.lm.train import Figures, train_loop
 from forgetctl.unlearn.attribution import layer_linear_names, rank_layers, select_layers
 from forgetctl.unlearn.objectives import (
+    ForgetTerms,
     SeqLogprobs,
     answer_token_logp,
     forget_terms,
@@ -65,8 +72,6 @@ Progress = Callable[[int, int, dict[str, float]], None]
 
 GUARD_TRIPS = 3
 """How many times the retain guard may roll training back before it stops training."""
-
-GRAD_CLIP = 1.0
 
 
 @dataclass
@@ -89,18 +94,13 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def accuracy(model, tokenizer, items: Sequence[PromptItem]) -> float:
+def accuracy(model: Any, tokenizer: Any, items: Sequence[PromptItem]) -> float:
     """Mean teacher-forced token accuracy of the items' targets."""
-    from forgetctl.lm.infer import answer_token_accuracy
-
     return _mean(answer_token_accuracy(model, tokenizer, [(i.prompt, i.target) for i in items]))
 
 
-def _encode(tokenizer, items: Sequence[PromptItem], device) -> dict[str, torch.Tensor]:
-    from forgetctl.lm.prompts import encode_pairs
-
-    batch = encode_pairs(tokenizer, [(i.prompt, i.target) for i in items])
-    return {k: v.to(device) for k, v in batch.items()}
+def _encode(tokenizer: Any, items: Sequence[PromptItem], device: torch.device) -> dict:
+    return encode_pairs(tokenizer, [(i.prompt, i.target) for i in items], device=device)
 
 
 class _Batches:
@@ -119,8 +119,88 @@ class _Batches:
         return sorted(batch)
 
 
+class _Cost:
+    """Wall and CPU time of a run, split by phase, and its peak memory.
+
+    Time is charged to the innermost phase: an evaluation inside training counts as
+    ``eval_s`` only.
+    """
+
+    def __init__(self) -> None:
+        self.started = self.since = time.perf_counter()
+        self.cpu_start = _cpu_seconds()
+        self.phases = {"eval_s": 0.0, "train_s": 0.0}
+        self.stack: list[str] = []
+
+    def _charge(self) -> None:
+        now = time.perf_counter()
+        if self.stack:
+            self.phases[self.stack[-1]] = self.phases.get(self.stack[-1], 0.0) + now - self.since
+        self.since = now
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        self._charge()
+        self.stack.append(phase)
+        try:
+            yield
+        finally:
+            self._charge()
+            self.stack.pop()
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "wall_s": round(time.perf_counter() - self.started, 3),
+            "cpu_s": round(_cpu_seconds() - self.cpu_start, 3),
+            "timing_s": {k: round(v, 3) for k, v in self.phases.items()},
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        }
+
+
+def _cpu_seconds() -> float:
+    return sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
+
+
+@dataclass
+class _Probe:
+    """The fixed forget and retain samples scored at every evaluation (token accuracy)."""
+
+    tokenizer: Any
+    forget: list[PromptItem]
+    retain: list[PromptItem]
+    cost: _Cost
+
+    def __call__(self, model: Any) -> dict[str, float | None]:
+        with self.cost.timed("eval_s"):
+            fa = accuracy(model, self.tokenizer, self.forget)
+            ra = accuracy(model, self.tokenizer, self.retain) if self.retain else None
+        return {"forget_accuracy": fa, "retain_accuracy": ra}
+
+
+def _probe(
+    tokenizer: Any,
+    forget: list[PromptItem],
+    retain: list[PromptItem],
+    method: MethodConfig,
+    cost: _Cost,
+) -> _Probe:
+    """A bounded, fixed sample of each side, spread over kinds."""
+    # The guard watches the neighbors (what the retain check judges): general questions the
+    # model answers at ~0.2 recall only add noise to a small threshold on a small sample.
+    neighbors = [item for item in retain if item.kind != "general"] or retain
+    return _Probe(
+        tokenizer,
+        sample_by_kind(forget, method.eval_items, method.seed),
+        sample_by_kind(neighbors, method.eval_items, method.seed + 1),
+        cost,
+    )
+
+
 @torch.no_grad()
-def _reference_logprobs(model, tokenizer, items, batch_size, device) -> SeqLogprobs:
+def _reference_logprobs(
+    model: Any, tokenizer: Any, items: list[PromptItem], batch_size: int
+) -> SeqLogprobs:
+    device = model_device(model)
     totals, means = [], []
     for start in range(0, len(items), batch_size):
         lp = sequence_logprobs(model, _encode(tokenizer, items[start : start + batch_size], device))
@@ -129,7 +209,7 @@ def _reference_logprobs(model, tokenizer, items, batch_size, device) -> SeqLogpr
     return SeqLogprobs(total=torch.cat(totals), mean=torch.cat(means))
 
 
-def lora_model(model, layers: Sequence[int], rank: int, alpha: float):
+def lora_model(model: Any, layers: Sequence[int], rank: int, alpha: float) -> Any:
     """``model`` wrapped (in place) with a LoRA adapter on every Linear of ``layers``."""
     from peft import LoraConfig, get_peft_model
 
@@ -145,9 +225,162 @@ def lora_model(model, layers: Sequence[int], rank: int, alpha: float):
     return get_peft_model(model, config)
 
 
+class _UnlearnLoss:
+    """One step's loss, back-propagated: the forget terms (their gradient taken again at the
+    SAM-perturbed point when asked), then the weighted retain term, all computed through NF4
+    fake quantization when int4-aware. ``retain_scale`` is the guard's extra retain weight."""
+
+    def __init__(
+        self,
+        peft_model: Any,
+        tokenizer: Any,
+        forget: list[PromptItem],
+        retain: list[PromptItem],
+        retain_batches: _Batches,
+        reference: SeqLogprobs,
+        method: MethodConfig,
+        params: list[torch.nn.Parameter],
+        optimizer: torch.optim.Optimizer,
+    ) -> None:
+        self.model, self.tokenizer, self.device = peft_model, tokenizer, model_device(peft_model)
+        self.forget, self.retain, self.retain_batches = forget, retain, retain_batches
+        self.reference, self.method = reference, method
+        self.params, self.optimizer = params, optimizer
+        self.use_retain = (
+            bool(retain) and method.retain_weight > 0 and method.objective != "grad_ascent"
+        )
+        self.retain_scale = 1.0
+
+    def __call__(self, idx: list[int]) -> Figures:
+        method = self.method
+        batch = _encode(self.tokenizer, [self.forget[i] for i in idx], self.device)
+        with int4_aware(self.model, method.int4_aware):
+            terms = self._forget_terms(idx, batch)
+            terms.loss.backward()
+            if method.sam and method.sam_rho > 0:
+                # The forget gradient again, at the worst point within rho (see robust.py).
+                with sam_perturbation(self.params, method.sam_rho) as moved:
+                    if moved:
+                        self.optimizer.zero_grad(set_to_none=True)
+                        self._forget_terms(idx, batch).loss.backward()
+            retain_value = self._retain_backward() if self.use_retain else 0.0
+        weight = method.retain_weight * self.retain_scale
+        return {
+            "loss": float(terms.loss.detach()) + weight * retain_value,
+            "forget": float(terms.forget.detach()),
+            "consistency": float(terms.consistency.detach()),
+            "retain": retain_value,
+        }
+
+    def _forget_terms(self, idx: list[int], batch: dict[str, torch.Tensor]) -> ForgetTerms:
+        ref = SeqLogprobs(total=self.reference.total[idx], mean=self.reference.mean[idx])
+        return forget_terms(
+            self.model,
+            batch,
+            [self.forget[i] for i in idx],
+            ref,
+            self.method.objective,
+            self.method.npo_beta,
+            self.method.consistency_weight,
+        )
+
+    def _retain_backward(self) -> float:
+        """Back-propagate the weighted retain term of the next retain batch; its value."""
+        method = self.method
+        items = [self.retain[i] for i in self.retain_batches.next()]
+        batch = _encode(self.tokenizer, items, self.device)
+        ref_logp = None
+        if method.retain_term == "kl":
+            with torch.no_grad(), self.model.disable_adapter():
+                ref_logp = answer_token_logp(self.model, batch)
+        loss = retain_term(self.model, batch, method.retain_term, ref_logp)
+        (method.retain_weight * self.retain_scale * loss).backward()
+        return float(loss.detach())
+
+
+class _RetainGuard:
+    """The callback after every step: evaluate every ``eval_every`` steps (and at the last),
+    stop at the target forget accuracy, and guard the retain accuracy.
+
+    It keeps a snapshot (LoRA weights and optimiser state) of the last evaluated state within
+    the guard; a drop beyond ``max_retain_accuracy_drop`` rolls back to it, halves the
+    learning rate and doubles the retain weight, and the ``GUARD_TRIPS``-th trip stops.
+    """
+
+    def __init__(
+        self,
+        peft_model: Any,
+        probe: _Probe,
+        before: dict[str, float | None],
+        method: MethodConfig,
+        params: list[torch.nn.Parameter],
+        optimizer: torch.optim.Optimizer,
+        loss: _UnlearnLoss,
+    ) -> None:
+        self.model, self.probe, self.before, self.method = peft_model, probe, before, method
+        self.params, self.optimizer, self.loss = params, optimizer, loss
+        self.lr = method.learning_rate
+        self.good = self._snapshot()
+        self.good_eval: dict[str, Any] = {"step": 0, **before}
+        self.evals: list[dict[str, Any]] = []
+        self.trips = 0
+        self.latest = {"forget_accuracy": before["forget_accuracy"]}
+        at_target = before["forget_accuracy"] <= method.target_accuracy
+        self.stop_reason = "target_accuracy" if at_target else "max_steps"
+
+    def __call__(self, step: int, figures: Figures) -> bool:
+        if step % self.method.eval_every and step != self.method.max_steps:
+            return False
+        scores = self.probe(self.model)
+        self.evals.append({"step": step, **scores, "lr": self.lr})
+        self.latest = {k: v for k, v in scores.items() if v is not None}
+        if self._dropped(scores["retain_accuracy"]):
+            self._back_off()
+        else:
+            self.good, self.good_eval = self._snapshot(), {"step": step, **scores}
+            if scores["forget_accuracy"] <= self.method.target_accuracy:
+                self.stop_reason = "target_accuracy"
+        return self.stop_reason != "max_steps"
+
+    def finish(self, step: int) -> None:
+        """Leave the adapter at the last evaluated state within the guard."""
+        if self.good_eval["step"] != step:
+            self._restore(self.good)
+
+    def _dropped(self, retain_accuracy: float | None) -> bool:
+        before = self.before["retain_accuracy"]
+        return (
+            before is not None
+            and retain_accuracy is not None
+            and before - retain_accuracy > self.method.max_retain_accuracy_drop
+        )
+
+    def _back_off(self) -> None:
+        self.trips += 1
+        self._restore(self.good)
+        self.lr *= 0.5
+        self.loss.retain_scale *= 2.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        if self.trips >= GUARD_TRIPS:
+            self.stop_reason = "retain_guard"
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {
+            "params": [p.detach().clone() for p in self.params],
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for p, saved in zip(self.params, state["params"], strict=True):
+                p.copy_(saved)
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
 def unlearn(
-    model,
-    tokenizer,
+    model: Any,
+    tokenizer: Any,
     forget: list[PromptItem],
     retain: list[PromptItem],
     method: MethodConfig,
@@ -161,181 +394,95 @@ def unlearn(
     """
     if not forget:
         raise BadInput("unlearn: the forget set is empty")
-    started = time.perf_counter()
-    cpu_start = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
+    cost = _Cost()
     torch.manual_seed(method.seed)
     rng = random.Random(method.seed)
-    device = next(model.parameters()).device
     model.eval()  # no dropout anywhere: a step depends only on the batch and the seed
 
-    # A bounded, fixed sample is scored at each evaluation.
-    forget_eval = sample_by_kind(forget, method.eval_items, method.seed)
-    # The guard watches the neighbors (what the retain check judges): general questions the
-    # model answers at ~0.2 recall only add noise to a small threshold on a small sample.
-    neighbors = [item for item in retain if item.kind != "general"] or retain
-    retain_eval = sample_by_kind(neighbors, method.eval_items, method.seed + 1)
-    timing = {"eval_s": 0.0, "train_s": 0.0}
-    clock = time.perf_counter()
-    forget_before = accuracy(model, tokenizer, forget_eval)
-    retain_before = accuracy(model, tokenizer, retain_eval) if retain_eval else None
-    timing["eval_s"] += time.perf_counter() - clock
-    clock = time.perf_counter()
-    ranking = rank_layers(model, tokenizer, forget, retain, seed=method.seed)
-    layers = select_layers(ranking, method.top_k_layers)
-    timing["rank_s"] = time.perf_counter() - clock
-    clock = time.perf_counter()
-    reference = _reference_logprobs(model, tokenizer, forget, method.batch_size, device)
-    timing["reference_s"] = time.perf_counter() - clock
+    probe = _probe(tokenizer, forget, retain, method, cost)
+    before = probe(model)  # the parent's accuracies
+    with cost.timed("rank_s"):
+        ranking = rank_layers(model, tokenizer, forget, retain, seed=method.seed)
+        layers = select_layers(ranking, method.top_k_layers)
+    with cost.timed("reference_s"):
+        reference = _reference_logprobs(model, tokenizer, forget, method.batch_size)
 
     peft_model = lora_model(model, layers, method.lora_rank, method.lora_alpha)
     peft_model.eval()
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=method.learning_rate, weight_decay=0.0)
-    use_retain = bool(retain) and method.retain_weight > 0 and method.objective != "grad_ascent"
     forget_batches = _Batches(len(forget), method.batch_size, random.Random(rng.random()))
     retain_batches = _Batches(max(1, len(retain)), method.batch_size, random.Random(rng.random()))
-
-    def snapshot() -> dict[str, Any]:
-        return {
-            "params": [p.detach().clone() for p in params],
-            "optimizer": copy.deepcopy(optimizer.state_dict()),
-        }
-
-    def restore(state: dict[str, Any]) -> None:
-        with torch.no_grad():
-            for p, saved in zip(params, state["params"], strict=True):
-                p.copy_(saved)
-        optimizer.load_state_dict(state["optimizer"])
-
-    def forget_loss(idx: list[int], batch: dict[str, torch.Tensor]):
-        ref = SeqLogprobs(total=reference.total[idx], mean=reference.mean[idx])
-        return forget_terms(
-            peft_model,
-            batch,
-            [forget[i] for i in idx],
-            ref,
-            method.objective,
-            method.npo_beta,
-            method.consistency_weight,
-        )
-
-    lr = method.learning_rate
-    retain_scale = 1.0
-    good = snapshot()
-    good_eval = {"step": 0, "forget_accuracy": forget_before, "retain_accuracy": retain_before}
-    evals: list[dict[str, Any]] = []
+    loss = _UnlearnLoss(
+        peft_model, tokenizer, forget, retain, retain_batches, reference, method, params, optimizer
+    )
+    guard = _RetainGuard(peft_model, probe, before, method, params, optimizer, loss)
     history: list[dict[str, float]] = []
-    trips = 0
-    step = 0
-    stop_reason = "max_steps"
-    latest = {"forget_accuracy": forget_before}
-    if forget_before <= method.target_accuracy:
-        stop_reason = "target_accuracy"
-    while stop_reason == "max_steps" and step < method.max_steps:
-        clock = time.perf_counter()
-        idx = forget_batches.next()
-        fbatch = _encode(tokenizer, [forget[i] for i in idx], device)
-        optimizer.zero_grad(set_to_none=True)
-        with int4_aware(peft_model, method.int4_aware):
-            terms = forget_loss(idx, fbatch)
-            terms.loss.backward()
-            if method.sam and method.sam_rho > 0:
-                # The forget gradient again, at the worst point within rho (see robust.py).
-                with sam_perturbation(params, method.sam_rho) as moved:
-                    if moved:
-                        optimizer.zero_grad(set_to_none=True)
-                        forget_loss(idx, fbatch).loss.backward()
-            retain_value = 0.0
-            if use_retain:
-                rbatch = _encode(tokenizer, [retain[i] for i in retain_batches.next()], device)
-                ref_logp = None
-                if method.retain_term == "kl":
-                    with torch.no_grad(), peft_model.disable_adapter():
-                        ref_logp = answer_token_logp(peft_model, rbatch)
-                r_loss = retain_term(peft_model, rbatch, method.retain_term, ref_logp)
-                (method.retain_weight * retain_scale * r_loss).backward()
-                retain_value = float(r_loss.detach())
-        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-        optimizer.step()
-        step += 1
-        losses = {
-            "loss": float(terms.loss.detach()) + method.retain_weight * retain_scale * retain_value,
-            "forget": float(terms.forget.detach()),
-            "consistency": float(terms.consistency.detach()),
-            "retain": retain_value,
-        }
+
+    def report(step: int, losses: Figures) -> None:
         history.append({"step": step, **losses})
-        timing["train_s"] += time.perf_counter() - clock
-
-        if step % method.eval_every == 0 or step == method.max_steps:
-            clock = time.perf_counter()
-            fa = accuracy(peft_model, tokenizer, forget_eval)
-            ra = accuracy(peft_model, tokenizer, retain_eval) if retain_eval else None
-            timing["eval_s"] += time.perf_counter() - clock
-            evals.append({"step": step, "forget_accuracy": fa, "retain_accuracy": ra, "lr": lr})
-            latest = {"forget_accuracy": fa} | ({"retain_accuracy": ra} if ra is not None else {})
-            dropped = (
-                retain_before is not None
-                and ra is not None
-                and (retain_before - ra > method.max_retain_accuracy_drop)
-            )
-            if dropped:
-                trips += 1
-                restore(good)
-                lr *= 0.5
-                retain_scale *= 2.0
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                if trips >= GUARD_TRIPS:
-                    stop_reason = "retain_guard"
-            else:
-                good, good_eval = (
-                    snapshot(),
-                    {"step": step, "forget_accuracy": fa, "retain_accuracy": ra},
-                )
-                if fa <= method.target_accuracy:
-                    stop_reason = "target_accuracy"
         if progress is not None:
-            progress(step, method.max_steps, {**losses, **latest})
+            progress(step, method.max_steps, {**losses, **guard.latest})
 
-    # The returned adapter is the last evaluated state within the retain guard.
-    if good_eval["step"] != step:
-        restore(good)
+    # A parent already at the target is not trained at all.
+    budget = 0 if guard.stop_reason == "target_accuracy" else method.max_steps
+    with cost.timed("train_s"):
+        steps = train_loop(
+            params,
+            optimizer,
+            (forget_batches.next() for _ in range(budget)),
+            loss,
+            [guard, report],
+        )
+    guard.finish(steps)
     peft_model.eval()
     for p in peft_model.parameters():
         p.requires_grad_(False)
-    stats = {
-        "steps": step,
-        "final_state_step": good_eval["step"],
-        "stop_reason": stop_reason,
-        "wall_s": round(time.perf_counter() - started, 3),
-        "cpu_s": round(sum(resource.getrusage(resource.RUSAGE_SELF)[:2]) - cpu_start, 3),
-        "timing_s": {k: round(v, 3) for k, v in timing.items()},
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    stats = _stats(method, steps, guard, cost, history, ranking, layers, params, forget, retain)
+    return UnlearnResult(model=peft_model, stats=stats)
+
+
+def _stats(
+    method: MethodConfig,
+    steps: int,
+    guard: _RetainGuard,
+    cost: _Cost,
+    history: list[dict[str, float]],
+    ranking: list[tuple[int, float]],
+    layers: list[int],
+    params: list[torch.nn.Parameter],
+    forget: list[PromptItem],
+    retain: list[PromptItem],
+) -> dict[str, Any]:
+    """The JSON-serialisable figures of a run (what the ledger keeps as the metrics)."""
+    return {
+        "steps": steps,
+        "final_state_step": guard.good_eval["step"],
+        "stop_reason": guard.stop_reason,
+        **cost.figures(),
         "layers": layers,
         "layer_ranking": [[layer, round(score, 6)] for layer, score in ranking],
         "trainable_params": sum(p.numel() for p in params),
         "forget_items": len(forget),
         "retain_items": len(retain),
         # The accuracies below are over these evaluation samples (all items when small).
-        "forget_eval_items": len(forget_eval),
-        "retain_eval_items": len(retain_eval),
-        "forget_accuracy_before": forget_before,
-        "forget_accuracy_after": good_eval["forget_accuracy"],
-        "retain_accuracy_before": retain_before,
-        "retain_accuracy_after": good_eval["retain_accuracy"],
-        "guard_trips": trips,
-        "final_learning_rate": lr,
-        "evals": evals,
+        "forget_eval_items": len(guard.probe.forget),
+        "retain_eval_items": len(guard.probe.retain),
+        "forget_accuracy_before": guard.before["forget_accuracy"],
+        "forget_accuracy_after": guard.good_eval["forget_accuracy"],
+        "retain_accuracy_before": guard.before["retain_accuracy"],
+        "retain_accuracy_after": guard.good_eval["retain_accuracy"],
+        "guard_trips": guard.trips,
+        "final_learning_rate": guard.lr,
+        "evals": guard.evals,
         "losses": history,
         "method": method.model_dump(),
     }
-    return UnlearnResult(model=peft_model, stats=stats)
 
 
-def save_adapter(peft_model, dest_dir: str | Path) -> str:
+def save_adapter(peft_model: Any, dest_dir: str | Path) -> str:
     """Write the LoRA adapter to ``dest_dir`` atomically; return its sha256 (over the
-    adapter files, canonical order: :func:`forgetctl.fsutil.sha256_tree`).
+    adapter files, canonical order: :func:`forgetctl.core.hashing.sha256_tree`).
 
     The files are written to a temporary sibling, fsynced and renamed; on any failure
     nothing is left at ``dest_dir``. ``dest_dir`` must not exist.
