@@ -22,6 +22,7 @@ from forgetctl.lm.evaluate import (
     ItemScore,
     TruthItem,
     evaluate,
+    evaluate_cached,
     score_outputs,
     truth_ratio_forget,
     truth_ratio_retain,
@@ -293,7 +294,7 @@ def test_score_cache_reuses_scores_and_keeps_no_text(tiny_lm, tmp_path):
     path = tmp_path / "scores.sqlite"
     cache = ScoreCache(path, lambda m: hashlib.sha256(b"secret" + m.encode()).hexdigest())
     items = _forget_items()[:3] + _general_items()[:2]
-    first = cache.evaluate("model-a", lambda: model, tok, items[:4])
+    first = evaluate_cached(cache, "model-a", lambda: model, tok, items[:4])
     assert first.items == evaluate(model, tok, items[:4]).items
 
     calls = []
@@ -302,14 +303,14 @@ def test_score_cache_reuses_scores_and_keeps_no_text(tiny_lm, tmp_path):
         calls.append(1)
         return model
 
-    again = cache.evaluate("model-a", load, tok, items)
+    again = evaluate_cached(cache, "model-a", load, tok, items)
     assert len(calls) == 1  # the model was needed for the fifth item only
     for cached, fresh in zip(again.items[:4], first.items, strict=True):
         assert (cached.recall, cached.leakage, cached.prob, cached.kind, cached.output) == (
             fresh.recall, fresh.leakage, fresh.prob, fresh.kind, "")  # fmt: skip
-    assert cache.evaluate("model-a", load, tok, items).overall == again.overall
+    assert evaluate_cached(cache, "model-a", load, tok, items).overall == again.overall
     assert len(calls) == 1
-    cache.evaluate("model-b", load, tok, items[:1])  # another model: measured again
+    evaluate_cached(cache, "model-b", load, tok, items[:1])  # another model: measured again
     assert len(calls) == 2
     raw = path.read_bytes()
     assert all(word.encode() not in raw for i in items for word in i.prompt.split()[-2:])

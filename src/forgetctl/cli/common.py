@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Collection, Iterable, Sequence
 from contextvars import ContextVar
 from datetime import date
 from typing import Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from forgetctl.app.home import Home, resolve_home
 from forgetctl.app.workspace import Workspace
@@ -38,6 +40,18 @@ def workspace() -> Workspace:
 
 def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def print_table(
+    title: str, columns: Sequence[str], rows: Iterable[Sequence[str]], right: Collection[str] = ()
+) -> None:
+    """One table on stdout; ``right``: the columns to right-align (numbers)."""
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, justify="right" if col in right else "left")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
 
 
 def parse_date(value: str | None, option: str) -> date | None:

@@ -9,6 +9,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from forgetctl.cli import common
+from forgetctl.lm import DEFAULT_MODEL
 
 app = typer.Typer(help="Build the demo's deployed model.", no_args_is_help=True)
 
@@ -30,7 +31,6 @@ def build_model(
     Also writes the selected records to OUT/training-data.jsonl: the retain corpus to pass
     to `forgetctl init --retain-corpus`.
     """
-    from forgetctl.cli.model_cmd import DEFAULT_MODEL
     from forgetctl.demo.deployed import build_deployed_model
     from forgetctl.demo.tofu import load_authors, parse_authors, select_authors
     from forgetctl.lm.weights import require_model_dir

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from forgetctl.cli import common
 from forgetctl.core.errors import LedgerCorrupt
@@ -25,19 +24,12 @@ def log(
     if json_:
         common.emit_json(events)
         return
-    table = Table(title="Ledger events")
-    for col in ("seq", "time (UTC)", "kind", "request", "version", "data"):
-        table.add_column(col)
-    for e in events:
-        table.add_row(
-            str(e["seq"]),
-            e["ts"][:19],
-            e["kind"],
-            str(e["request_id"] or ""),
-            str(e["version_id"] or ""),
-            json.dumps(e["data"], sort_keys=True),
-        )
-    common.out.print(table)
+    columns = ("seq", "time (UTC)", "kind", "request", "version", "data")
+    common.print_table("Ledger events", columns, (
+        (str(e["seq"]), e["ts"][:19], e["kind"], str(e["request_id"] or ""),
+         str(e["version_id"] or ""), json.dumps(e["data"], sort_keys=True))
+        for e in events
+    ))  # fmt: skip
 
 
 @app.command("verify")

@@ -6,14 +6,13 @@ import json
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from forgetctl.cli import common
 from forgetctl.core.errors import BadInput
+from forgetctl.lm import DEFAULT_MODEL
 
 # The model stack (torch, transformers) is imported inside the commands that need it, so
 # `forgetctl request list` and friends start in a fraction of a second.
-DEFAULT_MODEL = "smollm2-135m"  # = forgetctl.models.DEFAULT_MODEL
 
 app = typer.Typer(help="The base model and its versions.", no_args_is_help=True)
 
@@ -49,19 +48,13 @@ def versions_(json_: bool = common.JsonOpt) -> None:
     if json_:
         common.emit_json(rows)
         return
-    table = Table(title="Model versions")
-    for col in ("id", "parent", "status", "requests", "adapter sha256", ""):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
-            str(r["id"]),
-            "" if r["parent"] is None else str(r["parent"]),
-            r["status"],
-            ",".join(map(str, r["requests"])),
-            (r["adapter_sha256"] or r["base_sha256"] or "")[:16],
-            "[bold green]production[/]" if r["production"] else "",
-        )
-    common.out.print(table)
+    columns = ("id", "parent", "status", "requests", "adapter sha256", "")
+    common.print_table("Model versions", columns, (
+        (str(r["id"]), "" if r["parent"] is None else str(r["parent"]), r["status"],
+         ",".join(map(str, r["requests"])), (r["adapter_sha256"] or r["base_sha256"] or "")[:16],
+         "[bold green]production[/]" if r["production"] else "")
+        for r in rows
+    ))  # fmt: skip
 
 
 def _version_arg(value: int | None) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from forgetctl.app import intake
 from forgetctl.app import requests as rq
@@ -101,22 +100,12 @@ def list_(
     if json_:
         common.emit_json(rows)
         return
-    table = Table(title="Deletion requests")
-    for col in ("id", "ref", "policy", "status", "received", "due", "days left"):
-        table.add_column(col, justify="right" if col in ("id", "days left") else "left")
-    for r in rows:
-        style = _days_style(r)
-        left = str(r["days_left"]) if r["status"] in OPEN_STATUSES else "-"
-        table.add_row(
-            str(r["id"]),
-            r["ref"],
-            r["policy"],
-            r["status"],
-            r["received"],
-            r["due"],
-            f"[{style}]{left}[/]",
-        )
-    common.out.print(table)
+    columns = ("id", "ref", "policy", "status", "received", "due", "days left")
+    common.print_table("Deletion requests", columns, (
+        (str(r["id"]), r["ref"], r["policy"], r["status"], r["received"], r["due"],
+         f"[{_days_style(r)}]{r['days_left'] if r['status'] in OPEN_STATUSES else '-'}[/]")
+        for r in rows
+    ), right=("id", "days left"))  # fmt: skip
 
 
 @app.command("show")

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from forgetctl.cli import common
-from forgetctl.cli.model_cmd import DEFAULT_MODEL
+from forgetctl.lm import DEFAULT_MODEL
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,4 @@
-"""Forgetting and utility metrics, shared by verify, the benchmark, unlearn and plan.
+"""The text metrics of forgetting, shared by the plan's probe, the gate and the benchmark.
 
 - **Answer recall**: ROUGE-L recall of the target answer in the model's greedy output,
   as TOFU and MUSE report it (longest common subsequence of word tokens / reference length).
@@ -6,12 +6,8 @@
   places, quoted titles, emails) that appear in the output. Recall is forgiving of
   paraphrase but rewards template words ("The author was born in ..."); leakage asks the
   sharper question "did the name, date or title come out?".
-- **Normalised answer probability**: exp of the mean per-token log-prob of the target.
-- **Truth ratio** (TOFU): how much more likely a paraphrased true answer is than wrong
-  answers in the same style, where such answers exist.
 
-Generation is the expensive part; ``evaluate`` does it once per (model, item set) and
-derives every per-item figure from that single pass.
+Both are pure text rules: :mod:`forgetctl.lm.evaluate` applies them to a model's answers.
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
-"""Forgetting and utility metrics, shared by verify, the benchmark, unlearn and plan.
+"""Evaluating a model on prompt items: what the plan's probe, the gate and the benchmark measure.
 
-- **Answer recall**: ROUGE-L recall of the target answer in the model's greedy output,
-  as TOFU and MUSE report it (longest common subsequence of word tokens / reference length).
-- **Key-fact leakage**: the share of a target's salient spans (names, dates, years, numbers,
-  places, quoted titles, emails) that appear in the output. Recall is forgiving of
-  paraphrase but rewards template words ("The author was born in ..."); leakage asks the
-  sharper question "did the name, date or title come out?".
+- **Answer recall** and **key-fact leakage** of the greedy answer (the text rules are
+  :mod:`forgetctl.core.facts`').
 - **Normalised answer probability**: exp of the mean per-token log-prob of the target.
 - **Truth ratio** (TOFU): how much more likely a paraphrased true answer is than wrong
   answers in the same style, where such answers exist.
@@ -18,8 +14,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
 
 from forgetctl.core.facts import item_facts, key_fact_leakage, rouge_l_recall
 from forgetctl.core.items import PromptItem
@@ -69,8 +66,9 @@ def truth_ratio_retain(ratios: Sequence[float]) -> float:
     return sum(max(0.0, 1 - r) for r in ratios) / len(ratios) if ratios else float("nan")
 
 
-SCORING_VERSION = "1"
-"""Bump when generation or scoring changes: cached scores (``verify.scores``) carry it."""
+SCORING_VERSION = "2"
+"""Bump when generation or scoring changes: cached scores (``store.scores``) carry it.
+2: key-fact leakage ignores diacritics (``core.text.contains_phrase``)."""
 
 
 @dataclass
@@ -220,3 +218,46 @@ def evaluate(
         for s, p in zip(scores, probs, strict=True):
             s.prob = p
     return EvalResult(scores, time.perf_counter() - start)
+
+
+NUMBERS = ("recall", "leakage", "facts", "prob")
+"""The fields of an ``ItemScore`` that a score store keeps: figures, never text."""
+
+
+class ScoreStore(Protocol):
+    """Where scores persist between runs (:class:`forgetctl.store.scores.ScoreCache`)."""
+
+    def keys(self, model_key: str, items: Sequence[PromptItem], settings: str) -> list[str]: ...
+
+    def get(self, keys: Sequence[str]) -> dict[str, dict[str, float | None]]: ...
+
+    def put(self, scores: Mapping[str, dict[str, float | None]]) -> None: ...
+
+
+def evaluate_cached(
+    store: ScoreStore,
+    model_key: str,
+    load_model: Callable[[], Any],
+    tokenizer: Any,
+    items: Sequence[PromptItem],
+    with_prob: bool = True,
+) -> EvalResult:
+    """:func:`evaluate` of the model ``model_key`` names on ``items``, generating only for
+    the items ``store`` does not hold; ``load_model`` is called only when some are missing.
+    A stored item's ``output`` is empty (answers are not kept)."""
+    keys = store.keys(model_key, items, f"{SCORING_VERSION}/prob={with_prob}")
+    found = store.get(keys)
+    missing = [i for i, k in enumerate(keys) if k not in found]
+    fresh = EvalResult([])
+    if missing:
+        fresh = evaluate(load_model(), tokenizer, [items[i] for i in missing], with_prob)
+        store.put({keys[i]: {f: getattr(s, f) for f in NUMBERS}
+                   for i, s in zip(missing, fresh.items, strict=True)})  # fmt: skip
+    measured = dict(zip(missing, fresh.items, strict=True))
+    scores = [
+        measured.get(i)
+        or ItemScore(prompt=item.prompt, target=item.target, kind=item.kind,
+                     source=item.source, output="", **found[keys[i]])
+        for i, item in enumerate(items)
+    ]  # fmt: skip
+    return EvalResult(scores, fresh.wall_s)

