@@ -339,14 +339,8 @@ class Aliases(_Table):
                     "ts": ts,
                 }
             )
-            self.ledger.append_event(
-                "alias.moved",
-                version_id=version_id,
-                alias=name,
-                previous=previous,
-                reason=reason,
-                **data,
-            )
+            self.ledger.append_event("alias.moved", version_id=version_id, alias=name,
+                                     previous=previous, reason=reason, **data)  # fmt: skip
 
     def history(self, name: str = "production") -> list[dict]:
         sql = "SELECT * FROM alias_history WHERE alias = ? ORDER BY id"
@@ -368,13 +362,8 @@ class Verifications(_Table):
                     "ts": now(),
                 }
             )
-            self.ledger.append_event(
-                "verification.recorded",
-                version_id=version_id,
-                check=check,
-                passed=passed,
-                reasons=reasons,
-            )
+            self.ledger.append_event("verification.recorded", version_id=version_id,
+                                     check=check, passed=passed, reasons=reasons)  # fmt: skip
 
     def of(self, version_id: int) -> list[VerificationRow]:
         sql = "SELECT * FROM verifications WHERE version_id = ? ORDER BY id"

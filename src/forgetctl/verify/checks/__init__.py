@@ -30,6 +30,7 @@ from forgetctl.lm.evaluate import ScoreStore
 from forgetctl.verify.checks.base import Check, CheckResult
 from forgetctl.verify.checks.forget import FORGET, check_forget
 from forgetctl.verify.checks.int4 import INT4, check_int4
+from forgetctl.verify.checks.kept import RETAIN, UTILITY, check_retain, check_utility
 from forgetctl.verify.checks.measure import Measurements, Progress
 from forgetctl.verify.checks.regression import (
     REGRESSION,
@@ -38,8 +39,6 @@ from forgetctl.verify.checks.regression import (
     clearly_forgotten,
 )
 from forgetctl.verify.checks.relearn import RELEARN, check_relearn
-from forgetctl.verify.checks.retain import RETAIN, check_retain
-from forgetctl.verify.checks.utility import UTILITY, check_utility
 
 __all__ = [
     "CHECKS",

@@ -10,9 +10,8 @@ from forgetctl.core.policy import VerifyConfig
 from forgetctl.lm.evaluate import EvalResult
 from forgetctl.verify.checks.base import Check, CheckResult, combine, recovery, rounded
 from forgetctl.verify.checks.forget import check_forget
+from forgetctl.verify.checks.kept import check_retain, check_utility
 from forgetctl.verify.checks.measure import Measurements
-from forgetctl.verify.checks.retain import check_retain
-from forgetctl.verify.checks.utility import check_utility
 
 
 def check_int4(
