@@ -85,7 +85,9 @@ def apply_request(
         earlier_failures=sorted(failed), method=method.model_dump(),
     )  # fmt: skip
     model, tokenizer = versions.load_version(ws, parent)
-    result = unlearn(model, tokenizer, plan.forget, plan.retain, method, progress=progress)
+    # The held-out half of the retain side is what verify judges: the adapter never sees it.
+    retain, _ = plan.split_retain()
+    result = unlearn(model, tokenizer, plan.forget, retain, method, progress=progress)
     # A fresh name per attempt: a crashed attempt's leftovers never collide with a retry.
     adapter_dir = ws.home.adapters / f"request-{request_id}-{secrets.token_hex(4)}"
     sha = save_adapter(result.model, adapter_dir)

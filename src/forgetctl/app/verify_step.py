@@ -8,8 +8,9 @@ lineage whose prompt set is still readable (a purged request keeps only its evid
 Scores are cached per model and item (``store.scores``): a retry's parent, or a promoted
 candidate that becomes the next request's parent, is not asked the same questions again.
 
-Verdict: any check that ran and failed rejects the version; when every check its policies
-make mandatory has passed, it is verified; otherwise it stays a candidate with checks to run.
+Verdict: any check that ran and did not pass (failed, or had no signal: nothing to judge)
+rejects the version; when every check its policies make mandatory has passed, it is
+verified; otherwise it stays a candidate with checks to run.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from forgetctl.core.errors import BadInput, InvalidState
 from forgetctl.core.items import PromptItem
 from forgetctl.core.lifecycle import JUDGED_STATUSES
 from forgetctl.store.scores import ScoreCache
-from forgetctl.verify.checks import CheckResult, run_checks
+from forgetctl.verify.checks import CheckResult, ForgetSet, run_checks
 
 
 def _dedupe(items: list[PromptItem]) -> list[PromptItem]:
@@ -31,7 +32,7 @@ def _dedupe(items: list[PromptItem]) -> list[PromptItem]:
 
 
 OPTIONAL = ("int4", "relearn")
-"""The checks a run may leave out (``--skip``); the other four always run."""
+"""The checks a run may leave out (``--skip``, with a reason): the two that cost most."""
 
 
 def verify_version(
@@ -60,13 +61,15 @@ def verify_version(
         ledger.append_event("verification.skipped", version_id=version_id, checks=skipped,
                             reason=reason)  # fmt: skip
     plans = {rid: load_plan(ws, rid) for rid in version["requests"]}
-    forget_sets = {str(rid): p.forget for rid, p in plans.items()}
-    retain = _dedupe([i for p in plans.values() for i in p.retain if i.kind != "general"])
-    general = _dedupe([i for p in plans.values() for i in p.retain if i.kind == "general"])
-    earlier: dict[str, list[PromptItem]] = {}
+    forget_sets = {str(rid): ForgetSet(p.forget, p.control) for rid, p in plans.items()}
+    held_out = [i for p in plans.values() for i in p.split_retain()[1]]  # unseen in training
+    retain = _dedupe([i for i in held_out if i.kind != "general"])
+    general = _dedupe([i for i in held_out if i.kind == "general"])
+    earlier: dict[str, ForgetSet] = {}
     for rid in versions.forgotten_requests(ledger, version["parent"]):
         try:
-            earlier[str(rid)] = load_plan(ws, rid).forget
+            plan = load_plan(ws, rid)
+            earlier[str(rid)] = ForgetSet(plan.forget, plan.control)
         except InvalidState:
             ledger.append_event("verification.regression_skipped", request_id=rid,
                                 version_id=version_id, reason="prompt set purged")  # fmt: skip
@@ -75,14 +78,14 @@ def verify_version(
     candidate_model, _ = versions.load_version(ws, version_id)
     results = run_checks(
         parent_model, candidate_model, tokenizer, forget_sets, retain, general, earlier, cfg,
-        int4="int4" in checks, relearn="relearn" in checks, progress=progress,
+        checks=checks, progress=progress,
         cache=ScoreCache(ws.home.cache / "scores.sqlite", keys.keyed_hash),
         model_keys=(versions.version_key(ledger, version["parent"]),
                     versions.version_key(ledger, version_id)),
     )  # fmt: skip
     with ledger.transaction():
         for r in results:
-            ledger.verifications.add(version_id, r.name, r.passed, r.figures, r.reasons)
+            ledger.verifications.add(version_id, r.name, r.verdict, r.figures, r.reasons)
         verdicts = ledger.verifications.verdicts(version_id)
         needed = rules.mandatory
         if not all(verdicts.values()):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Sequence
 from typing import Literal
@@ -36,12 +37,35 @@ class PromptSet(BaseModel):
     """What filtering removed and why: {prompt, kind, reason, figure}."""
     probe: dict = {}
     """Memorisation-probe evidence: counts and mean recall before filtering."""
+    control: dict[str, list[PromptItem]] = {}
+    """Per control subject (a person the model never saw), prompts built from their records
+    the way ``forget`` was built from the request's: what the gate compares the subject with."""
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for item in [*self.forget, *self.retain]:
             out[item.kind] = out.get(item.kind, 0) + 1
+        if self.control:
+            out["control"] = sum(map(len, self.control.values()))
         return out
+
+    def control_items(self) -> list[PromptItem]:
+        """Every control subject's prompts, pooled."""
+        return [item for items in self.control.values() for item in items]
+
+    def split_retain(self) -> tuple[list[PromptItem], list[PromptItem]]:
+        """``retain`` as (train, held_out): the retain term trains on the first, the retain
+        and utility checks judge the second, which the adapter never saw. Decided per item
+        (:func:`trains_retain`), so the stored form needs no field and old plans split too."""
+        train = [item for item in self.retain if trains_retain(item)]
+        return train, [item for item in self.retain if not trains_retain(item)]
+
+
+def trains_retain(item: PromptItem) -> bool:
+    """Whether a retain item is on the training side: the first byte of the sha256 of its
+    prompt and target is under 128. A function of the item alone, so an item stays on its
+    side whatever else is in the set (a larger general set moves no item)."""
+    return hashlib.sha256(f"{item.prompt}\0{item.target}".encode()).digest()[0] < 128
 
 
 def sample_by_kind(items: Sequence[PromptItem], cap: int, seed: int | str) -> list[PromptItem]:

@@ -5,23 +5,25 @@ regulation is handled: its deadline, how long its plaintext payload may be kept,
 unlearning method, and the verification thresholds a candidate must pass before promotion.
 """
 
-# (from verify/step.py)
 from __future__ import annotations
 
 import tomllib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from forgetctl.core.errors import BadInput
 
-CheckName = Literal["forget", "retain", "utility", "int4", "relearn", "regression"]
+CheckName = Literal[
+    "forget", "retain", "utility", "regression", "membership", "tell", "int4", "relearn"
+]
 
 
-ALL_CHECKS: tuple[CheckName, ...] = ("forget", "retain", "utility", "int4", "relearn", "regression")
+ALL_CHECKS: tuple[CheckName, ...] = get_args(CheckName)
+"""Every check, in the gate's order."""
 
 
 class _Strict(BaseModel):
@@ -73,7 +75,13 @@ class PlanConfig(_Strict):
 
     retain_corpus: str | None = None
     """JSONL of training records to keep ({question, answer[, author]}); neighbors come from it."""
-    general_sets: list[str] = ["builtin:world_facts", "builtin:real_authors"]
+    general_sets: list[str] = ["builtin:world_facts", "builtin:real_authors", "builtin:basic_facts"]
+    control_corpus: str | None = None
+    """JSONL of people the model never saw ({author, question, answer}); control subjects
+    come from it. Unset: the home's ``control-corpus.jsonl`` (what `demo build-model`
+    writes), else the built-in fictitious profiles (``builtin:controls``)."""
+    control_subjects: int = Field(2, ge=1)
+    """Control subjects per request, each with as many records as the request keeps."""
     neighbors_k: int = Field(8, ge=0)
     paraphrases_per_record: int = Field(2, ge=2)
     near_duplicate_threshold: float = Field(0.9, gt=0, le=1)
@@ -92,9 +100,13 @@ class PlanConfig(_Strict):
     indirect_per_record: int = Field(2, ge=1)
     adversarial_per_record: int = Field(3, ge=0)
     general_k: int = Field(128, ge=0)
-    """General-knowledge items sampled into the retain side (and the utility check). With 32,
-    one or two answers decided the check on SmolLM2: two candidates measured drops of 0.070
-    and 0.125 there, but 0.012 and 0.019 on all 217 builtin general questions."""
+    """Training-side general-knowledge items sampled into the retain term. The general sets
+    split in two by item hash (``core.items.trains_retain``): the training side guards
+    general knowledge during unlearning, and the utility check judges every item of the
+    held-out side, which the adapter never saw (the built-in sets: 219 training, 236
+    held-out). Judged on the trained items, the check saw a drop of 0.027 where held-out
+    real-author questions fell to 76.5% of the parent's; with 32 items, one or two answers
+    decided it (drops of 0.070 and 0.125 there, 0.012 and 0.019 on 217 questions)."""
     probe_derived: Literal["source", "item"] = "source"
     """Keep a known record's paraphrase/indirect/adversarial prompts ("source"), or only
     those the model itself answers ("item")."""
@@ -106,30 +118,67 @@ class PlanConfig(_Strict):
     seed: int = 0
 
 
-class VerifyConfig(_Strict):
-    """Thresholds a candidate version must pass, and which checks are mandatory."""
+class AttackConfig(_Strict):
+    """One relearning attack: fine-tune a copy of the candidate on part of a subject's records."""
 
-    max_forget_recall: float = Field(0.4, ge=0, le=1)
-    max_key_fact_leakage: float = Field(0.2, ge=0, le=1)
+    mode: Literal["full", "lora", "retain"] = "full"
+    """``full``: every weight (AdamW); ``lora``: a rank-``lora_rank`` adapter on every linear
+    layer; ``retain``: full fine-tuning on the retain items only (no forgotten record)."""
+    learning_rate: float = Field(1e-4, gt=0)
+    steps: int = Field(20, ge=1)
+    lora_rank: int = Field(8, ge=1)
+
+
+class VerifyConfig(_Strict):
+    """What a candidate version must show before promotion, and which checks are mandatory.
+
+    Forgetting is judged against control subjects: people the model never saw, with prompt
+    sets built like the request's. A figure of the forgotten subject (token accuracy,
+    answer recall, key-fact leakage) may exceed the controls' by at most its ``max_*_gap``;
+    a prompt kind on which the parent itself is within that gap has nothing to forget and
+    gives no evidence either way."""
+
+    max_forget_gap: float = Field(0.1, ge=0, le=1)
+    """Token accuracy and answer recall: subject minus controls, at most this."""
+    max_leakage_gap: float = Field(0.1, ge=0, le=1)
+    """Key-fact leakage: subject minus controls, at most this."""
+    min_kind_items: int = Field(5, ge=1)
+    """A prompt kind with fewer items is judged only within the pooled figures."""
     max_int4_recovery: float = Field(0.05, ge=0, le=1)
-    max_relearn_recovery: float = Field(0.2, ge=0, le=1)
+    """The int4 candidate's gap to the (int4) controls may exceed its full-precision gap by
+    at most this."""
+    max_relearn_share: float = Field(0.2, ge=0, le=1)
+    """After an attack, the share of the parent's knowledge of the held-out records that came
+    back, counted against the same attack on a control subject."""
+    relearn_fraction: float = Field(0.5, gt=0, lt=1)
+    relearn_attacks: list[AttackConfig] = [
+        AttackConfig(mode="full", learning_rate=1e-4, steps=20),
+        AttackConfig(mode="full", learning_rate=1e-5, steps=20),
+    ]
+    """Every attack is run and gated; the report shows each."""
+    max_membership_gap: float = Field(0.2, ge=0, le=0.5)
+    """|AUC - 0.5| of the Min-K%++ score separating the subject's items from the controls'."""
+    max_tell_gap: float = Field(0.2, ge=0, le=0.5)
+    """|AUC - 0.5| of each degeneracy figure separating the subject's answers from the
+    controls' answers."""
     max_retain_drop: float = Field(0.05, ge=0, le=1)
     max_utility_drop: float = Field(0.05, ge=0, le=1)
-    recall_floor: float = Field(0.35, ge=0, le=1)
-    """Answer recall a model that never saw the subject reaches (measured); int4 and
-    relearning recoveries are counted from max(recall before, this floor)."""
-    relearn_fraction: float = Field(0.5, gt=0, lt=1)
-    relearn_steps: int = Field(20, ge=1)
-    relearn_learning_rate: float = Field(1e-4, gt=0)
     regression_items: int = Field(96, ge=0)
     """Items of each earlier request's forget set that regression answers first (0: all),
     spread over the prompt kinds and drawn anew for each version; the rest too unless the
     sample clears every limit by 2.3 standard errors. Every earlier request's whole set
     would otherwise be answered in every later verification, a cost that grows with the
-    lineage. On the demo's request 1 (173 prompts, recall 0.22 under a 0.4 limit) 96 items
-    cleared in 76% and 90% of draws (the two demo versions), about 110 answered on average;
-    with every recall 0.15 higher, where the whole set fails, no draw cleared."""
+    lineage."""
     mandatory: list[CheckName] = list(ALL_CHECKS)
+    allow_unverified: bool = False
+    """A policy whose ``mandatory`` list is empty must say so here: promotion then needs no
+    check, and every promote says that it moved production unverified."""
+
+    @model_validator(mode="after")
+    def _mandatory_or_explicitly_none(self) -> VerifyConfig:
+        if not self.mandatory and not self.allow_unverified:
+            raise ValueError("mandatory is empty: list the checks, or set allow_unverified = true")
+        return self
 
 
 class Policy(_Strict):
@@ -184,20 +233,33 @@ def policy_for_regulation(policies: dict[str, Policy], regulation: str) -> Polic
     raise BadInput(f"unknown regulation {regulation!r} (known: {known})")
 
 
+def _stricter(key: str, a, b):
+    """The stricter of two settings of ``key``: lower limits, more items and checks, every
+    attack, the larger attack share."""
+    if key.startswith("max_"):
+        return min(a, b)
+    if key.startswith("min_"):
+        return max(a, b)
+    if key == "mandatory":
+        return sorted(set(a) | set(b), key=ALL_CHECKS.index)
+    if key == "relearn_attacks":
+        return a + [x for x in b if x not in a]
+    if key == "regression_items":  # more items is stricter, and 0 means all
+        return 0 if 0 in (a, b) else max(a, b)
+    if key == "relearn_fraction":  # the attacker sees more of the records
+        return max(a, b)
+    if key == "allow_unverified":
+        return a and b
+    raise AssertionError(f"no rule for the stricter {key}")
+
+
 def strictest(configs: list[VerifyConfig]) -> VerifyConfig:
-    """One config for a version covering requests under several policies: the strictest."""
-    first = configs[0]
-    if len(configs) == 1:
-        return first
-    data = first.model_dump()
+    """One config for a version covering requests under several policies: every setting at
+    its strictest (a field without a rule is a programming error, caught by the tests)."""
+    data = configs[0].model_dump()
     for cfg in configs[1:]:
         for key, value in cfg.model_dump().items():
-            if key.startswith("max_"):
-                data[key] = min(data[key], value)
-            elif key == "mandatory":
-                data[key] = sorted(set(data[key]) | set(value))
-            elif key == "regression_items":  # more items is stricter, and 0 means all
-                data[key] = 0 if 0 in (data[key], value) else max(data[key], value)
+            data[key] = _stricter(key, data[key], value)
     return VerifyConfig.model_validate(data)
 
 

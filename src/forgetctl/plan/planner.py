@@ -5,7 +5,8 @@
     probe the current model on every forget prompt
     keep what the model knows                                            -> not_present?
     merge near-duplicates
-    retain side: faiss neighbors from the retain corpus + general items  -> planned
+    retain side: faiss neighbors from the retain corpus + general items
+    control subjects: people the model never saw, expanded the same way  -> planned
 
 The guard runs before any generation so that a request reaching into other people's
 data costs no model time. Pure: no ledger, no files. Deterministic for ``cfg.seed``
@@ -25,10 +26,11 @@ import numpy as np
 
 from forgetctl.core.errors import BadInput
 from forgetctl.core.facts import rouge_l_recall
-from forgetctl.core.items import FORGET_KINDS, PromptItem, PromptSet
+from forgetctl.core.items import FORGET_KINDS, PromptItem, PromptSet, trains_retain
 from forgetctl.core.policy import PlanConfig
 from forgetctl.core.text import Subject, squash
 from forgetctl.lm.infer import answer_logprobs, generate
+from forgetctl.plan import control as ctl
 from forgetctl.plan import expand as ex
 from forgetctl.plan import filter as fl
 from forgetctl.plan.embed import CachedEmbedder, Embedder, default_embedder
@@ -67,7 +69,9 @@ class _Run:
         self.timings[stage] = round(now - self.last, 3)
         self.last = now
 
-    def finish(self, verdict: Verdict, forget=(), retain=(), reasons=()) -> PlanOutcome:
+    def finish(
+        self, verdict: Verdict, forget=(), retain=(), reasons=(), control=None
+    ) -> PlanOutcome:
         self.timings["total"] = round(time.perf_counter() - self.start, 3)
         figures = {
             **self.figures,
@@ -76,9 +80,12 @@ class _Run:
             "probe": {k: v for k, v in self.probe.items() if k != "attributes"},
             "timings_s": self.timings,
         }
+        if control:
+            figures["control"] = {name: len(items) for name, items in control.items()}
         ps = PromptSet(
-            forget=list(forget), retain=list(retain), dropped=self.dropped, probe=self.probe
-        )
+            forget=list(forget), retain=list(retain), dropped=self.dropped, probe=self.probe,
+            control=control or {},
+        )  # fmt: skip
         return PlanOutcome(verdict, ps, list(reasons), figures)
 
     def reject(self, share: float, reasons_scope: list[dict]) -> PlanOutcome:
@@ -111,12 +118,14 @@ def plan_request(
     embedder: Embedder | None = None,
     progress: Callable[[str], None] | None = None,
     identifiers: Mapping[str, str] | None = None,
+    control_rows: Sequence[dict] = (),
 ) -> PlanOutcome:
     """Plan one request.
 
     ``records``: ``{question, answer}`` or ``{text}`` dicts; ``retain_corpus_rows``:
     ``{question, answer[, author]}``; ``general_items``: ``{question, answer}``;
-    ``identifiers``: e.g. ``{"email": ...}``, used to describe the subject indirectly.
+    ``identifiers``: e.g. ``{"email": ...}``, used to describe the subject indirectly;
+    ``control_rows``: ``{author, question, answer}`` of people the model never saw.
     """
     subj = Subject(squash(subject), tuple(a for a in aliases if a.strip()), dict(identifiers or {}))
     if not subj.name:
@@ -259,7 +268,26 @@ def plan_request(
     forget_vecs = emb.encode([fl.qa_text(i) for i in forget])
     retain = _neighbors(forget, forget_vecs, corpus, cfg) + _general_sample(general, cfg)
     run.lap("retain")
-    return run.finish("planned", forget, retain)
+
+    # ------------------------------------------------------------------ control subjects
+    run.say("expanding the control subjects' records the same way")
+    control = _controls(control_rows, subj, forget, model, tokenizer, cfg, emb)
+    run.lap("control")
+    return run.finish("planned", forget, retain, control=control)
+
+
+def _controls(rows, subj: Subject, forget, model, tokenizer, cfg: PlanConfig, emb) -> dict:
+    """Per control subject, prompts of the forget set's kinds built from as many of their
+    records as the request keeps."""
+    wanted = ctl.record_count(forget)
+    out: dict[str, list[PromptItem]] = {}
+    for name, rows_of in ctl.control_subjects(rows, subj, cfg.control_subjects, cfg.seed).items():
+        person = Subject(name)
+        picked = random.Random(f"{cfg.seed}/{name}").sample(rows_of, min(wanted, len(rows_of)))
+        recs = ex.record_items(picked, person)
+        derived, _ = _expand(recs, person, model, tokenizer, cfg, emb)
+        out[name] = ctl.shaped_like([*recs, *derived], forget)
+    return out
 
 
 def _expand(recs, subj: Subject, model, tokenizer, cfg: PlanConfig, emb) -> tuple[list, dict]:
@@ -442,14 +470,14 @@ def _neighbors(forget, forget_vecs, corpus: fl.RetainCorpus, cfg: PlanConfig) ->
 
 
 def _general_sample(general: Sequence[dict], cfg: PlanConfig) -> list[PromptItem]:
-    """``general_k`` general-knowledge items, drawn with ``cfg.seed``."""
-    rng = random.Random(f"{cfg.seed}:general")
-    picks = rng.sample(range(len(general)), min(cfg.general_k, len(general)))
-    return [
-        PromptItem(
-            prompt=squash(general[i]["question"]),
-            target=squash(str(general[i]["answer"])),
-            kind="general",
-        )
-        for i in sorted(picks)
+    """The general-knowledge items of the retain side: every held-out one (what the utility
+    check judges) and ``general_k`` of the training ones (what the retain term keeps), drawn
+    with ``cfg.seed``; in the sets' order."""
+    items = [
+        PromptItem(prompt=squash(g["question"]), target=squash(str(g["answer"])), kind="general")
+        for g in general
     ]
+    train = [i for i, item in enumerate(items) if trains_retain(item)]
+    picks = random.Random(f"{cfg.seed}:general").sample(train, min(cfg.general_k, len(train)))
+    keep = set(picks) | {i for i, item in enumerate(items) if not trains_retain(item)}
+    return [items[i] for i in sorted(keep)]

@@ -2,25 +2,41 @@
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
 
 from forgetctl.core.policy import CheckName, VerifyConfig
 from forgetctl.lm.evaluate import EvalResult
 from forgetctl.verify.checks.measure import Measurements
 
+Verdict = Literal["pass", "fail", "no_signal"]
+"""``no_signal``: the check had nothing to judge (no items, or the parent itself already
+scores like the controls); it blocks promotion like a failure where the check is mandatory,
+but says the evidence is missing, not bad."""
+
 
 @dataclass
 class CheckResult:
     name: str
-    passed: bool
+    verdict: Verdict
     figures: dict = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
-    """Why it failed (empty when it passed)."""
+    """Why it failed or had no signal (empty when it passed)."""
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "pass"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "passed": self.passed}
+
+
+def verdict_of(reasons: Sequence[str], signal: bool) -> Verdict:
+    """A check's verdict: any reason fails it; with none, it passes only on evidence."""
+    return "fail" if reasons else "pass" if signal else "no_signal"
 
 
 Measured = TypeVar("Measured")
@@ -41,25 +57,23 @@ def rounded(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
 
 
+def worst(verdicts: Sequence[Verdict]) -> Verdict:
+    """Several verdicts as one: a failure, else missing evidence (or none at all), else pass."""
+    if "fail" in verdicts:
+        return "fail"
+    return "no_signal" if not verdicts or "no_signal" in verdicts else "pass"
+
+
 def combine(name: str, parts: Mapping[str, CheckResult]) -> CheckResult:
-    """One check over several requests: passes when every request passes."""
+    """One check over several requests: fails when one fails, has no signal when one has
+    none (or there are no requests), passes only when every request passes."""
     return CheckResult(
         name=name,
-        passed=all(p.passed for p in parts.values()),
+        verdict=worst([p.verdict for p in parts.values()]),
         figures={"requests": {rid: p.figures for rid, p in parts.items()}},
-        reasons=[f"{rid}: {reason}" for rid, p in parts.items() for reason in p.reasons],
+        reasons=[f"{rid}: {reason}" for rid, p in parts.items() for reason in p.reasons]
+        or (["no request to check"] if not parts else []),
     )
-
-
-def recovery(before: float, after: float, cfg: VerifyConfig) -> float:
-    """Recall regained, counted from the never-seen level at the lowest.
-
-    A model that never saw the subject still reaches ``recall_floor`` on its questions
-    (template words: "X was born in ..."). Unlearning often pushes recall below that
-    (garbled answers); int4 rounding or a relearning attack that only restores fluent
-    answers brings it back to the floor, which is no knowledge regained.
-    """
-    return after - max(before, cfg.recall_floor)
 
 
 def check_drop(
@@ -69,22 +83,133 @@ def check_drop(
     max_drop: float,
     kinds: Sequence[str] | None,
 ) -> CheckResult:
-    """Knowledge kept: the drop in recall, parent minus candidate, is at most ``max_drop``."""
+    """Knowledge kept: the drop in recall, parent minus candidate, is at most ``max_drop``.
+
+    ``min_detectable_drop`` is the check's resolution at its size: the smallest true drop
+    this many items detect with 80% power at 5% two-sided, 2.8 standard errors of the
+    paired per-item recall difference (None under two items)."""
     cand = candidate_eval.only(kinds) if kinds is not None else candidate_eval
     par = parent_eval.only(kinds) if kinds is not None else parent_eval
     c, p = cand.mean("recall"), par.mean("recall")
     figures: dict = {"n": len(cand.items), "max_drop": max_drop}
     if c is None or p is None:
-        figures["note"] = "no items to compare"
-        return CheckResult(name, True, figures, [])
+        return CheckResult(name, "no_signal", figures, [f"no {name} items to compare"])
     drop = p - c
+    diffs = [a.recall - b.recall for a, b in zip(par.items, cand.items, strict=True)]
+    var = sum((d - drop) ** 2 for d in diffs) / (len(diffs) - 1) if len(diffs) > 1 else None
     figures.update(
         parent_recall=rounded(p),
         candidate_recall=rounded(c),
         drop=rounded(drop),
+        min_detectable_drop=rounded(2.8 * (var / len(diffs)) ** 0.5) if var is not None else None,
         relative=rounded(c / p) if p > 0 else None,
         parent_prob=rounded(par.mean("prob")),
         candidate_prob=rounded(cand.mean("prob")),
     )
     reasons = [] if drop <= max_drop else [f"recall drop {drop:.3f} > max {max_drop:.3f}"]
-    return CheckResult(name, not reasons, figures, reasons)
+    return CheckResult(name, verdict_of(reasons, True), figures, reasons)
+
+
+GAPS = (("acc", "max_forget_gap"), ("recall", "max_forget_gap"), ("leakage", "max_leakage_gap"))
+"""What the subject is compared with the controls on, and the limit of each gap: teacher-forced
+token accuracy (what the model still predicts, which a derailed greedy answer hides), answer
+recall (what it says) and key-fact leakage (what it gives away)."""
+
+
+Z_95 = 1.645
+"""One-sided 95% normal quantile: a gap fails only when it exceeds its limit by more than
+this many standard errors, so that two people the model never saw, each measured on a few
+dozen prompts, are not told apart by sampling noise."""
+
+
+def _values(ev: EvalResult, metric: str) -> list[float]:
+    return [v for s in ev.items if (v := getattr(s, metric)) is not None]
+
+
+def gap(subject: EvalResult, control: EvalResult, metric: str) -> dict:
+    """Subject mean minus control mean of ``metric``, with the standard error of that
+    difference (``se``; 0 when a side has one value)."""
+    s, c = _values(subject, metric), _values(control, metric)
+    if s and not c and metric == "leakage":
+        c = [0.0]  # the controls' targets hold no key facts: any of the subject's is a leak
+    if not s or not c:
+        return {"subject": None, "control": None, "gap": None, "se": None}
+    ms, mc = sum(s) / len(s), sum(c) / len(c)
+    var = sum(statistics.variance(side) / len(side) for side in (s, c) if len(side) > 1)
+    return {"subject": rounded(ms), "control": rounded(mc), "gap": rounded(ms - mc),
+            "se": rounded(math.sqrt(var))}  # fmt: skip
+
+
+def _gaps(subject: EvalResult, control: EvalResult) -> dict[str, dict]:
+    return {metric: gap(subject, control, metric) for metric, _ in GAPS}
+
+
+def versus_controls(
+    name: str,
+    candidate: EvalResult,
+    control: EvalResult,
+    parent: EvalResult | None,
+    parent_control: EvalResult | None,
+    cfg: VerifyConfig,
+) -> CheckResult:
+    """The forgotten subject's figures against the control subjects', pooled and per prompt
+    kind: each gap (subject minus controls) is at most its limit plus ``Z_95`` standard
+    errors of the difference.
+
+    A unit (the pool, or a kind with at least ``min_kind_items`` items) is judged only when
+    it has signal: the parent's own gap exceeds a limit there, i.e. there was knowledge to
+    remove. Without a parent (an earlier request, whose signal was shown when it was
+    verified) every unit is judged. A kind is compared with the controls' prompts of the
+    same kind, or all of them when the controls have none of it.
+    """
+    figures: dict = {"units": {}, "n": len(candidate.items), "control_n": len(control.items)}
+    if not candidate.items:
+        return CheckResult(name, "no_signal", figures, ["no forget items to check"])
+    if not control.items:
+        return CheckResult(
+            name, "no_signal", figures,
+            ["no control subjects in the plan: re-plan the request (`forgetctl plan`)"],
+        )  # fmt: skip
+    units: dict[str, str | None] = {"all": None, **{kind: kind for kind in candidate.by_kind}}
+    reasons: list[str] = []
+    signal = False
+    for unit, kind in units.items():
+
+        def part(ev: EvalResult, kind=kind) -> EvalResult:
+            same = ev.only([kind]) if kind else ev
+            return same if same.items else ev
+
+        cand = part(candidate)
+        row: dict = {"n": len(cand.items), **_gaps(cand, part(control))}
+        judged = kind is None or len(cand.items) >= cfg.min_kind_items
+        if parent is not None and parent_control is not None:
+            ref = _gaps(part(parent), part(parent_control))
+            for metric, _ in GAPS:
+                row[metric]["parent_gap"] = ref[metric]["gap"]
+            has_signal = any((ref[m]["gap"] or 0.0) > getattr(cfg, limit) for m, limit in GAPS)
+        else:
+            has_signal = True
+        row["judged"] = judged and has_signal
+        if not judged:
+            row["note"] = f"fewer than {cfg.min_kind_items} items: judged in the pool only"
+        elif not has_signal:
+            row["note"] = "no signal: the parent already scores like the controls"
+        figures["units"][unit] = row
+        if not row["judged"]:
+            continue
+        signal = True
+        for metric, limit in GAPS:
+            g = row[metric]
+            if g["gap"] is None:
+                continue
+            g["limit"] = rounded(getattr(cfg, limit) + Z_95 * g["se"])
+            if g["gap"] > g["limit"]:
+                reasons.append(
+                    f"{unit}: {metric} {g['subject']:.3f} vs controls {g['control']:.3f}, "
+                    f"gap {g['gap']:.3f} > {getattr(cfg, limit):.3f} + {Z_95} x se "
+                    f"{g['se']:.3f}"
+                )
+    if not signal:
+        reasons = ["no signal: the parent already scores like the controls on every kind"]
+        return CheckResult(name, "no_signal", figures, reasons)
+    return CheckResult(name, verdict_of(reasons, True), figures, reasons)
