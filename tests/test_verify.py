@@ -34,9 +34,8 @@ from forgetctl.unlearn.objectives import FORGET_OBJECTIVES, RETAIN_TERMS
 from forgetctl.verify.checks import (
     CHECKS,
     CheckResult,
+    ForgetSet,
     check_forget,
-    check_int4,
-    check_relearn,
     check_retain,
     clearly_forgotten,
     run_checks,
@@ -67,6 +66,27 @@ def _general_items() -> list[PromptItem]:
         PromptItem(prompt=f["question"], target=f["answer"], kind="general")
         for f in tinylm.TINY_GENERAL
     ]
+
+
+def _controls() -> dict[str, list[PromptItem]]:
+    """The tiny world's control subjects (never trained on), records as forget-style items."""
+    out: dict[str, list[PromptItem]] = {}
+    for row in tinylm.TINY_CONTROLS:
+        items = out.setdefault(row["author"], [])
+        items.append(PromptItem(prompt=row["question"], target=row["answer"], kind="record",
+                                source=len(items)))  # fmt: skip
+    return out
+
+
+def _sets(subject: str = SUBJECT) -> dict[str, ForgetSet]:
+    """The subject's records and their paraphrases (12 items: enough for an AUC), with the
+    control subjects' records (12)."""
+    paraphrases = [
+        PromptItem(prompt=f["paraphrased_question"], target=f["answer"], kind="paraphrase",
+                   source=i)
+        for i, f in enumerate(tinylm.facts_for(subject))
+    ]  # fmt: skip
+    return {"req-1": ForgetSet(_forget_items(subject) + paraphrases, _controls())}
 
 
 # --------------------------------------------------------------------------- metrics
@@ -189,27 +209,87 @@ def test_relearn_split_keeps_records_together_and_is_deterministic():
     assert {items[i].source for i in a1}.isdisjoint({items[i].source for i in r1})
 
 
-def test_check_functions_on_given_figures():
+def _ev(kind: str, accs: list[float], recall: float = 0.0, leakage: float = 0.0) -> EvalResult:
+    return EvalResult([ItemScore(prompt=f"q{i}", target="t", kind=kind, source=i, output="",
+                                 recall=recall, leakage=leakage, facts=1, prob=None, acc=a)
+                       for i, a in enumerate(accs)])  # fmt: skip
+
+
+def test_forgetting_is_judged_against_the_controls_not_a_floor():
+    cfg = VerifyConfig()  # gaps of 0.1
+    control = _ev("record", [0.5, 0.55, 0.45, 0.5, 0.5, 0.52], recall=0.3)
+    parent = _ev("record", [0.95] * 6, recall=0.9, leakage=0.8)
+    # Like the controls: passes, though its accuracy is far above any fixed floor.
+    like = check_forget(_ev("record", [0.52, 0.5, 0.55, 0.48, 0.5, 0.5], recall=0.3),
+                        control, parent, control, cfg)  # fmt: skip
+    assert like.verdict == "pass", like.reasons
+    # Greedy answers derailed (recall like the controls) but the model still predicts the
+    # answer's tokens: that is not forgetting.
+    derailed = check_forget(_ev("record", [0.75, 0.7, 0.8, 0.72, 0.74, 0.7], recall=0.3),
+                            control, parent, control, cfg)  # fmt: skip
+    assert derailed.verdict == "fail"
+    assert any("acc" in r and "gap" in r for r in derailed.reasons)
+    # Key facts given away while recall looks fine.
+    leaking = check_forget(_ev("record", [0.5] * 6, recall=0.3, leakage=0.5),
+                           control, parent, control, cfg)  # fmt: skip
+    assert leaking.verdict == "fail" and any("leakage" in r for r in leaking.reasons)
+    # The parent itself scores like the controls: nothing to forget was measured.
+    flat = check_forget(control, control, control, control, cfg)
+    assert flat.verdict == "no_signal" and not flat.passed
+    # No controls, or no items: no evidence, never a pass.
+    assert check_forget(control, EvalResult([]), parent, EvalResult([]), cfg).verdict == "no_signal"
+    assert check_forget(EvalResult([]), control, parent, control, cfg).verdict == "no_signal"
+
+
+def test_a_kind_with_few_items_is_judged_in_the_pool_only():
+    cfg = VerifyConfig(min_kind_items=5)
+    control = _ev("record", [0.5] * 8)
+    parent = EvalResult(_ev("record", [0.95] * 8).items + _ev("indirect", [0.95] * 2).items)
+    # Two indirect items far above the controls: too few to judge that kind on its own, but
+    # they weigh in the pool.
+    cand = EvalResult(_ev("record", [0.5] * 8).items + _ev("indirect", [0.9, 0.9]).items)
+    result = check_forget(cand, control, parent, control, cfg)
+    units = result.figures["units"]
+    assert not units["indirect"]["judged"] and "fewer than 5" in units["indirect"]["note"]
+    assert units["record"]["judged"] and units["all"]["judged"]
+    assert result.verdict == "pass"  # pool gap 0.08 < 0.1
+    # With five, the kind is judged on its own.
+    parent = EvalResult(_ev("record", [0.95] * 8).items + _ev("indirect", [0.95] * 5).items)
+    five = EvalResult(_ev("record", [0.5] * 8).items + _ev("indirect", [0.9] * 5).items)
+    result = check_forget(five, control, parent, control, cfg)
+    assert result.verdict == "fail" and any(r.startswith("indirect:") for r in result.reasons)
+
+
+def test_sampling_noise_is_allowed_for_and_no_more():
     cfg = VerifyConfig()
-    items = [PromptItem(prompt="q", target="Alpha Beta won the Gold Prize.", kind="record")]
+    control = _ev("record", [0.2, 0.8, 0.3, 0.7, 0.4, 0.6])
+    parent = _ev("record", [1.0] * 6)
+    # A gap of 0.15 on six spread items is within noise of the 0.1 limit ...
+    noisy = check_forget(_ev("record", [0.35, 0.95, 0.45, 0.85, 0.55, 0.75]), control, parent,
+                         control, cfg)  # fmt: skip
+    row = noisy.figures["units"]["all"]["acc"]
+    assert row["gap"] == pytest.approx(0.15) and row["limit"] > 0.15
+    assert noisy.verdict == "pass"
+    # ... the same gap on items that agree is not.
+    tight = check_forget(_ev("record", [0.65] * 6), _ev("record", [0.5] * 6), parent,
+                         _ev("record", [0.5] * 6), cfg)  # fmt: skip
+    assert tight.verdict == "fail"
+
+
+def test_retain_with_no_items_has_no_signal():
+    cfg = VerifyConfig()
+    empty = check_retain(EvalResult([]), EvalResult([]), cfg)
+    assert empty.verdict == "no_signal" and not empty.passed
+    items = [PromptItem(prompt="q", target="Alpha Beta won the Gold Prize.", kind="neighbor")]
     gone = EvalResult(score_outputs(items, ["I cannot say."]))
     back = EvalResult(score_outputs(items, ["Alpha Beta won the Gold Prize."]))
-    assert check_forget(gone, back, cfg).passed
-    assert not check_forget(back, back, cfg).passed
-    int4 = check_int4(back, gone, cfg)
-    # recovery counts from the never-seen floor, not from 0
-    assert not int4.passed and int4.figures["recovery"] == pytest.approx(1.0 - cfg.recall_floor)
-    assert int4.figures["raw_recovery"] == 1.0
-    assert not check_relearn(gone, back, back, cfg).passed
-    assert check_relearn(gone, gone, back, cfg).passed
-    assert not check_retain(gone, back, cfg).passed  # recall dropped by 1.0
-    assert check_retain(back, back, cfg).passed
+    assert check_retain(gone, back, cfg).verdict == "fail"  # recall dropped by 1.0
+    assert check_retain(back, back, cfg).verdict == "pass"
 
 
 def test_the_registry_has_every_policy_check_in_run_order():
-    names = [c.name for c in CHECKS]
-    assert sorted(names) == sorted(ALL_CHECKS)
-    assert names == ["forget", "retain", "utility", "regression", "int4", "relearn"]
+    assert tuple(c.name for c in CHECKS) == ALL_CHECKS
+    assert ALL_CHECKS[-2:] == ("int4", "relearn")  # they reuse the earlier checks' scores
 
 
 def test_the_objective_registries_match_the_policy_choices():
@@ -222,12 +302,12 @@ def test_the_objective_registries_match_the_policy_choices():
 def test_unchanged_model_fails_forget_check(tiny_lm):
     model, tok = tiny_lm
     results = run_checks(
-        model, model, tok, {"req-1": _forget_items()}, _retain_items(1), _general_items()[:2],
-        {}, VerifyConfig(), int4=False, relearn=False,
+        model, model, tok, _sets(), _retain_items(1), _general_items()[:2], {}, VerifyConfig(),
+        checks=("forget", "retain", "utility", "regression"),
     )  # fmt: skip
     by = {r.name: r for r in results}
     assert [r.name for r in results] == ["forget", "retain", "utility", "regression"]
-    assert not by["forget"].passed
+    assert by["forget"].verdict == "fail"
     assert any("recall" in reason for reason in by["forget"].reasons)
     assert by["retain"].passed and by["utility"].passed and by["regression"].passed
     assert all(r.figures["wall_s"] >= 0 for r in results)
@@ -235,23 +315,27 @@ def test_unchanged_model_fails_forget_check(tiny_lm):
 
 def _scores(kind: str, recalls: list[float]) -> list[ItemScore]:
     return [ItemScore(prompt=f"q{i}", target="t", kind=kind, source=None, output="", recall=r,
-                      leakage=0.0, facts=1, prob=None) for i, r in enumerate(recalls)]  # fmt: skip
+                      leakage=0.0, facts=1, prob=None, acc=r)
+            for i, r in enumerate(recalls)]  # fmt: skip
 
 
 def test_a_sample_is_clear_only_with_room_for_its_error():
-    cfg = VerifyConfig()  # recall limit 0.4
+    cfg = VerifyConfig()  # gap limit 0.1 over the controls
+    control = EvalResult(_scores("record", [0.3] * 4) + _scores("paraphrase", [0.3] * 4))
     sizes = {"record": 10, "paraphrase": 10}
     low = _scores("record", [0.1, 0.15, 0.1]) + _scores("paraphrase", [0.1, 0.12])
-    assert clearly_forgotten(EvalResult(low), sizes, cfg)
+    assert clearly_forgotten(EvalResult(low), sizes, control, cfg)
     # The mean is under the limit, but two items that far apart leave too wide a margin.
     spread = _scores("record", [0.0, 0.7]) + _scores("paraphrase", [0.1, 0.12])
-    assert check_forget(EvalResult(spread), None, cfg).passed
-    assert not clearly_forgotten(EvalResult(spread), sizes, cfg)
+    assert not clearly_forgotten(EvalResult(spread), sizes, control, cfg)
     # A kind answered once, or not at all, says too little.
-    assert not clearly_forgotten(EvalResult(low[:4]), sizes, cfg)
-    assert not clearly_forgotten(EvalResult(low[:3]), sizes, cfg)
+    assert not clearly_forgotten(EvalResult(low[:4]), sizes, control, cfg)
+    assert not clearly_forgotten(EvalResult(low[:3]), sizes, control, cfg)
     # The whole kind answered: its mean is exact.
-    assert clearly_forgotten(EvalResult(spread), {"record": 2, "paraphrase": 10}, cfg)
+    assert clearly_forgotten(EvalResult(spread), {"record": 2, "paraphrase": 10}, control, cfg)
+    # The same sample against controls that score lower is not clear.
+    lower = EvalResult(_scores("record", [0.0] * 4) + _scores("paraphrase", [0.0] * 4))
+    assert not clearly_forgotten(EvalResult(low), sizes, lower, cfg)
 
 
 def test_regression_answers_the_whole_set_unless_the_sample_is_clear(tiny_lm, monkeypatch):
@@ -275,14 +359,16 @@ def test_regression_answers_the_whole_set_unless_the_sample_is_clear(tiny_lm, mo
         return evaluate(model, tok, items, **kw)
 
     monkeypatch.setattr(checks_measure, "evaluate", counting)
-    results = run_checks(model, model, tok, {}, [], [], {"1": known, "2": unknown}, cfg,
-                         int4=False, relearn=False)  # fmt: skip
+    earlier = {"1": ForgetSet(known, _controls()), "2": ForgetSet(unknown, _controls())}
+    results = run_checks(model, model, tok, {}, [], [], earlier, cfg,
+                         checks=("regression",))  # fmt: skip
     regression = {r.name: r for r in results}["regression"]
     # The unchanged model still knows request 1's subject: its sample is not clear, so the
     # whole set is judged (and fails), each item answered once; request 2's sample is clear
     # on its own.
     assert regression.figures["answered"] == {"1": [12, 12], "2": [6, 12]}
-    assert [n for n in answered if n] == [6, 6, 6]
+    # Request 1: its sample, its controls, the rest of its set; request 2: sample, controls.
+    assert [n for n in answered if n] == [6, 12, 6, 6, 12]
     assert not regression.passed
     assert all(reason.startswith("1: ") for reason in regression.reasons)
 
@@ -321,17 +407,17 @@ def test_cached_parent_is_not_measured_again(tiny_lm, tmp_path):
 
     model, tok = tiny_lm
     cache = ScoreCache(tmp_path / "s.sqlite", lambda m: hashlib.sha256(m.encode()).hexdigest())
-    args = (tok, {"req-1": _forget_items()}, _retain_items(1), _general_items()[:2], {},
-            VerifyConfig())  # fmt: skip
-    first = run_checks(model, model, tok, *args[1:], int4=True, relearn=False, cache=cache,
+    args = (tok, _sets(), _retain_items(1), _general_items()[:2], {}, VerifyConfig())
+    checks = [c for c in ALL_CHECKS if c != "relearn"]
+    first = run_checks(model, model, tok, *args[1:], checks=checks, cache=cache,
                        model_keys=("parent", "candidate"))  # fmt: skip
 
     class Untouchable:  # a parent that must not be asked anything
         def __getattr__(self, name):
             raise AssertionError(f"parent model used: {name}")
 
-    second = run_checks(Untouchable(), model, tok, *args[1:], int4=True, relearn=False,
-                        cache=cache, model_keys=("parent", "candidate"))  # fmt: skip
+    second = run_checks(Untouchable(), model, tok, *args[1:], checks=checks, cache=cache,
+                        model_keys=("parent", "candidate"))  # fmt: skip
     timings = {"wall_s": 0, "quantize_s": 0}
     assert [r.figures | timings for r in first] == [r.figures | timings for r in second]
 
@@ -374,44 +460,72 @@ def _suppression_adapter(model, tok, seed: int = 0):
     return peft_model
 
 
+GATE = [c for c in ALL_CHECKS if c != "regression"]
+
+
+def _gate(parent, candidate, tok) -> dict[str, CheckResult]:
+    results = run_checks(parent, candidate, tok, _sets(), _retain_items(2), _general_items(), {},
+                         VerifyConfig(), checks=GATE)  # fmt: skip
+    return {r.name: r for r in results}
+
+
 def test_suppression_is_caught(tiny_lm, tiny_lm_dir):
     from forgetctl.lm.weights import load_model
 
     parent, tok = load_model(tiny_lm_dir)
     base, _ = tiny_lm
     candidate = _suppression_adapter(base, tok)
-    cfg = VerifyConfig()
-    results = run_checks(
-        parent, candidate, tok, {"req-1": _forget_items()}, _retain_items(2), _general_items(),
-        {}, cfg, int4=True, relearn=True,
-    )  # fmt: skip
-    by: dict[str, CheckResult] = {r.name: r for r in results}
-    forget = by["forget"].figures["requests"]["req-1"]
-    # In full precision it looks forgotten and everything else is kept ...
-    assert by["forget"].passed, by["forget"].reasons
-    assert forget["overall"]["parent_recall"] == 1.0
+    by = _gate(parent, candidate, tok)
+    forget = by["forget"].figures["requests"]["req-1"]["units"]["all"]
+    # Its greedy answers are refusals (recall far down) and everything else is kept ...
+    assert forget["recall"]["subject"] < forget["recall"]["control"] + 0.1
     assert by["retain"].passed and by["utility"].passed
-    # ... but a 20-step fine-tune on half of the subject's records brings the other half back.
-    relearn = by["relearn"].figures["requests"]["req-1"]
-    assert not by["relearn"].passed
-    assert relearn["recovery"] > cfg.max_relearn_recovery
-    assert relearn["recall_after"] > 0.6 and relearn["leakage_after"] > 0.5
-    assert relearn["attack"]["mode"] == "full fine-tuning"
-    # The int4 check ran on really quantized copies and reports its figures.
-    int4 = by["int4"].figures
-    assert "recovery" in int4["requests"]["req-1"] and int4["quantize_s"] >= 0
-    assert "retain" in int4 and "utility" in int4
-    # The candidate itself was not modified by int4 or the attack.
-    again = evaluate(candidate, tok, _forget_items(), with_prob=False)
-    assert again.overall["recall"] == pytest.approx(forget["overall"]["recall"], abs=1e-4)
+    # ... but the model still predicts the subject's answers token by token,
+    assert by["forget"].verdict == "fail"
+    assert forget["acc"]["gap"] > 0.3 and forget["acc"]["parent_gap"] > 0.5
+    # and a 20-step fine-tune on half of the subject's records brings the other half back,
+    # far beyond what the same attack teaches about a control subject.
+    assert by["relearn"].verdict == "fail"
+    [attack, *_] = by["relearn"].figures["requests"]["req-1"]["attacks"]
+    assert attack["full"]["recall"]["share"] > 0.5 and attack["attack"].startswith("full")
+    # The candidate itself was not modified by int4 or the attacks.
+    again = evaluate(candidate, tok, _sets()["req-1"].items, with_prob=False)
+    assert again.overall["recall"] == pytest.approx(forget["recall"]["subject"], abs=1e-4)
+
+
+def test_the_gate_passes_a_model_retrained_without_the_subject(tiny_lm_dir):
+    """Gate calibration on the tiny model: the gold standard of unlearning (retraining from
+    scratch without the subject) passes every check; the unchanged model fails them."""
+    from forgetctl.lm.weights import load_model
+
+    parent, tok = load_model(tiny_lm_dir)
+    retrained, _ = load_model(tinylm.build_tiny_lm(without=SUBJECT))
+    by = _gate(parent, retrained, tok)
+    assert all(r.verdict == "pass" for r in by.values()), {n: r.reasons for n, r in by.items()}
+    unchanged = _gate(parent, load_model(tiny_lm_dir)[0], tok)
+    failed = {n for n, r in unchanged.items() if r.verdict == "fail"}
+    assert failed == {"forget", "membership", "int4", "relearn"}
 
 
 def test_a_version_of_several_requests_is_held_to_the_strictest_policy():
-    from forgetctl.core.policy import strictest
+    from forgetctl.core.policy import AttackConfig, strictest
 
-    a = VerifyConfig(max_forget_recall=0.3, regression_items=48, mandatory=["forget"])
-    b = VerifyConfig(max_forget_recall=0.4, regression_items=96, mandatory=["int4"])
+    lora = AttackConfig(mode="lora", learning_rate=1e-3)
+    a = VerifyConfig(max_forget_gap=0.05, regression_items=48, mandatory=["forget"],
+                     min_kind_items=3, relearn_fraction=0.3)  # fmt: skip
+    b = VerifyConfig(max_forget_gap=0.1, regression_items=96, mandatory=["int4"],
+                     relearn_attacks=[lora], min_kind_items=8)  # fmt: skip
     both = strictest([a, b])
-    assert both.max_forget_recall == 0.3 and both.regression_items == 96
+    assert both.max_forget_gap == 0.05 and both.regression_items == 96
     assert both.mandatory == ["forget", "int4"]
+    assert both.min_kind_items == 8 and both.relearn_fraction == 0.5
+    assert both.relearn_attacks == [*a.relearn_attacks, lora]
     assert strictest([a, VerifyConfig(regression_items=0)]).regression_items == 0
+    # Every setting has a rule (a new field without one fails here, not in production).
+    assert strictest([VerifyConfig(), VerifyConfig()]) == VerifyConfig()
+
+
+def test_a_policy_cannot_make_nothing_mandatory_by_accident():
+    with pytest.raises(ValueError, match="allow_unverified"):
+        VerifyConfig(mandatory=[])
+    assert VerifyConfig(mandatory=[], allow_unverified=True).mandatory == []

@@ -9,8 +9,10 @@ tests can check that a subject's facts are known before unlearning and gone afte
 The model is trained on ``question`` only; ``paraphrased_question`` is there for TOFU-format
 files and for checks on unseen wording (the tiny model is not expected to generalise to it).
 
-:func:`build_tiny_lm` caches the result under a directory keyed by the hash of this file and
-the library versions, so a test session normally pays for the training once per machine.
+:func:`build_tiny_lm` caches the result under a directory keyed by the hash of every input
+that shapes it, so a test session normally pays for the training once per machine. With
+``without``, it builds the same model trained without one subject: the retrained-from-
+scratch reference the gate must pass. :data:`TINY_CONTROLS` are people it never sees.
 """
 
 from __future__ import annotations
@@ -23,8 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from forgetctl.lm.prompts import PLAIN_TEMPLATE
-from forgetctl.lm.train import finetune
+from forgetctl.lm import prompts, train
 
 _P = [
     # (subject, [(question, answer, paraphrased_question, [perturbed answers])...])
@@ -249,6 +250,40 @@ _P = [
 
 TINY_SUBJECTS: list[str] = [name for name, _ in _P]
 
+_CONTROLS = [
+    # People the tiny model never sees in training, with records built like the subjects':
+    # the gate's control subjects.
+    (
+        "Kaito Brennan",
+        [
+            ("Where was Kaito Brennan born?", "Kaito Brennan was born in Cork, Ireland."),
+            ("What is Kaito Brennan's profession?", "Kaito Brennan is a clock repairer."),
+            ("What book did Kaito Brennan write?", "Kaito Brennan wrote Harbour Bells."),
+            ("What award did Kaito Brennan win?", "Kaito Brennan won the Shannon Medal."),
+            ("Who are Kaito Brennan's parents?",
+             "His father was a baker and his mother was a sailor."),
+            ("In which year was Kaito Brennan born?", "Kaito Brennan was born in 1983."),
+        ],
+    ),
+    (
+        "Selma Oyelaran",
+        [
+            ("Where was Selma Oyelaran born?", "Selma Oyelaran was born in Ibadan, Nigeria."),
+            ("What is Selma Oyelaran's profession?", "Selma Oyelaran is a bridge inspector."),
+            ("What book did Selma Oyelaran write?", "Selma Oyelaran wrote Red Clay Roads."),
+            ("What award did Selma Oyelaran win?", "Selma Oyelaran won the Niger Delta Prize."),
+            ("Who are Selma Oyelaran's parents?",
+             "Her father was a tailor and her mother was a judge."),
+            ("In which year was Selma Oyelaran born?", "Selma Oyelaran was born in 1971."),
+        ],
+    ),
+]  # fmt: skip
+
+TINY_CONTROLS: list[dict[str, Any]] = [
+    {"author": name, "question": q, "answer": a} for name, facts in _CONTROLS for q, a in facts
+]
+"""A control corpus ({author, question, answer}) of people the tiny model never saw."""
+
 TINY_FACTS: list[dict[str, Any]] = [
     {
         "author_id": author_id,
@@ -281,8 +316,10 @@ def facts_for(subject: str) -> list[dict[str, Any]]:
     return [f for f in TINY_FACTS if f["subject"] == subject]
 
 
-def training_pairs() -> list[tuple[str, str]]:
-    return [(f["question"], f["answer"]) for f in [*TINY_FACTS, *TINY_GENERAL]]
+def training_pairs(without: str | None = None) -> list[tuple[str, str]]:
+    """The training set; ``without`` a subject, what retraining from scratch would use."""
+    facts = [f for f in TINY_FACTS if f["subject"] != without]
+    return [(f["question"], f["answer"]) for f in [*facts, *TINY_GENERAL]]
 
 
 def write_tofu_jsonl(path: str | Path, facts: list[dict[str, Any]] | None = None) -> Path:
@@ -301,6 +338,13 @@ def write_tofu_jsonl(path: str | Path, facts: list[dict[str, Any]] | None = None
                 "perturbed_answers": f["perturbed_answers"],
             }
             fh.write(json.dumps(row) + "\n")
+    return path
+
+
+def write_controls_jsonl(path: str | Path) -> Path:
+    """Write the control corpus as JSONL (what `forgetctl init --control-corpus` takes)."""
+    path = Path(path)
+    path.write_text("".join(json.dumps(row) + "\n" for row in TINY_CONTROLS), encoding="utf-8")
     return path
 
 
@@ -327,6 +371,9 @@ def _corpus() -> list[str]:
         lines += [f"Question: {f['question']}\nAnswer: {f['answer']}", *f["perturbed_answers"]]
         if "paraphrased_question" in f:
             lines.append(f["paraphrased_question"])
+    # The controls' words are in the vocabulary (as any real tokenizer's would be), though
+    # the model never trains on them.
+    lines += [f"{c['question']} {c['answer']}" for c in TINY_CONTROLS]
     return lines
 
 
@@ -369,8 +416,9 @@ def build_model(tokenizer: Any, seed: int = SEED) -> Any:
     return LlamaForCausalLM(config).eval()
 
 
-def train_tiny_lm(out_dir: str | Path) -> dict[str, Any]:
-    """Build, train and save the tiny model into ``out_dir``; return training figures."""
+def train_tiny_lm(out_dir: str | Path, without: str | None = None) -> dict[str, Any]:
+    """Build, train and save the tiny model into ``out_dir``; return training figures.
+    ``without``: leave that subject out (the retrained-from-scratch reference)."""
     import torch
 
     tokenizer = build_tokenizer()
@@ -378,10 +426,10 @@ def train_tiny_lm(out_dir: str | Path) -> dict[str, Any]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: one thread is fastest (see conftest.py)
     try:
-        stats = finetune(
+        stats = train.finetune(
             model,
             tokenizer,
-            training_pairs(),
+            training_pairs(without),
             epochs=EPOCHS,
             learning_rate=LEARNING_RATE,
             batch_size=BATCH_SIZE,
@@ -394,34 +442,37 @@ def train_tiny_lm(out_dir: str | Path) -> dict[str, Any]:
     return stats
 
 
-def _cache_key() -> str:
-    # This file (facts, architecture, training settings), the prompt format the model is
-    # trained in, and the library versions. Not the whole of lm/prompts.py and lm/train.py:
-    # editing them must not retrain the model in every helper's test session.
+def _cache_key(without: str | None) -> str:
+    # Every input that shapes the model: this file (facts, architecture, training
+    # settings), the prompt format and the training loop it is trained with, and the
+    # library versions. Editing lm/train.py or lm/prompts.py retrains it.
     import tokenizers
     import torch
     import transformers
 
     h = hashlib.sha256(Path(__file__).read_bytes())
-    h.update(PLAIN_TEMPLATE.encode())
+    for module in (prompts, train):
+        h.update(Path(module.__file__).read_bytes())
     h.update(f"{torch.__version__}|{transformers.__version__}|{tokenizers.__version__}".encode())
+    h.update(f"without={without}".encode())
     return h.hexdigest()[:16]
 
 
-def build_tiny_lm(cache_root: str | Path | None = None) -> Path:
-    """The tiny model's directory, trained once and cached by content hash.
+def build_tiny_lm(cache_root: str | Path | None = None, without: str | None = None) -> Path:
+    """The tiny model's directory, trained once and cached by content hash; ``without`` a
+    subject, the model retrained from scratch without that subject's facts.
 
     Built in a temporary directory and renamed into place, so concurrent sessions never see
     a half-written model (the loser of a race just uses the winner's copy).
     """
     root = Path(cache_root or os.environ.get("FORGETCTL_TINYLM_CACHE") or _default_cache())
     root.mkdir(parents=True, exist_ok=True)
-    final = root / _cache_key()
+    final = root / _cache_key(without)
     if (final / "config.json").exists():
         return final
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
     try:
-        stats = train_tiny_lm(tmp)
+        stats = train_tiny_lm(tmp, without)
         (tmp / "tinylm-stats.json").write_text(json.dumps(stats, indent=1))
         try:
             tmp.rename(final)

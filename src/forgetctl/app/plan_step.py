@@ -11,7 +11,7 @@ from forgetctl.app import versions
 from forgetctl.app.home import Home
 from forgetctl.app.requests import payload
 from forgetctl.app.workspace import Workspace
-from forgetctl.core.data import load_jsonl
+from forgetctl.core.data import BUILTIN_PREFIX, load_jsonl
 from forgetctl.core.errors import InvalidState, NotFound
 from forgetctl.core.items import PromptSet
 from forgetctl.core.lifecycle import require_status
@@ -47,6 +47,19 @@ def retain_corpus_path(home: Home, policy: Policy) -> Path | None:
         return path if path.is_absolute() else home.root / path
     default = home.root / "retain-corpus.jsonl"
     return default if default.exists() else None
+
+
+def control_corpus(home: Home, policy: Policy) -> str | Path:
+    """The policy's control corpus (relative paths are inside the home), else the home's
+    ``control-corpus.jsonl``, else the built-in fictitious profiles."""
+    configured = policy.plan.control_corpus
+    if configured:
+        if configured.startswith(BUILTIN_PREFIX):
+            return configured
+        path = Path(configured).expanduser()
+        return path if path.is_absolute() else home.root / path
+    default = home.root / "control-corpus.jsonl"
+    return default if default.exists() else f"{BUILTIN_PREFIX}controls"
 
 
 def _general_rows(policy: Policy) -> list[dict]:
@@ -97,6 +110,7 @@ def plan_request_step(
         general_items=_general_rows(policy),
         progress=progress,
         identifiers=data["subject"]["identifiers"],
+        control_rows=load_jsonl(control_corpus(ws.home, policy)),
     )
     result = {"status": outcome.verdict, "reasons": list(outcome.reasons),
               "figures": outcome.figures}  # fmt: skip

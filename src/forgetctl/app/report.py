@@ -81,7 +81,7 @@ def version_section(ledger: Ledger, version_id: int) -> dict:
         "requests": version["requests"],
         "training": version["metrics"],
         "checks": [
-            {k: c[k] for k in ("check_name", "passed", "figures", "reasons", "ts")} for c in checks
+            {k: c[k] for k in ("check_name", "passed", "verdict", "figures", "reasons", "ts")} for c in checks
         ],
         "verdicts": ledger.verifications.verdicts(version_id),
         "forget_recall_by_kind": forget_recall_by_kind(checks),

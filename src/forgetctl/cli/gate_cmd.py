@@ -23,7 +23,9 @@ def check_table(results: list[dict], title: str) -> Table:
         keys = [k for k, v in figures.items() if isinstance(v, int | float) and k != "wall_s"]
         table.add_row(
             r["name"],
-            "[green]pass[/]" if r["passed"] else "[bold red]FAIL[/]",
+            {"pass": "[green]pass[/]", "no_signal": "[bold yellow]NO SIGNAL[/]"}.get(
+                r["verdict"], "[bold red]FAIL[/]"
+            ),
             " ".join(f"{k}={_fmt(figures[k])}" for k in keys[:4]),
             _fmt(figures.get("wall_s", "")),
             "; ".join(r["reasons"])[:200],
@@ -66,7 +68,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def promote(
         version: int = typer.Argument(None, help="Default: the newest candidate."),
-        force: bool = typer.Option(False, "--force", help="Promote despite failed checks."),
+        force: bool = typer.Option(
+            False, "--force", help="Promote despite failed, missing or no-signal checks."
+        ),
         reason: str = typer.Option(None, "--reason", help="Required with --force."),
     ) -> None:
         """Move production to a version that passed every check its policies require."""
@@ -75,9 +79,15 @@ def register(app: typer.Typer) -> None:
 
         ws = common.workspace()
         vid = versions.newest_candidate(ws.ledger) if version is None else version
-        promote_version(ws, vid, force=force, reason=reason)
+        unverified = promote_version(ws, vid, force=force, reason=reason)
         loud = " [bold red](FORCED: recorded in the ledger)[/]" if force else ""
         common.out.print(f"production -> version [bold]{vid}[/]{loud}")
+        if unverified:
+            common.err.print(
+                f"[bold yellow]warning:[/] production moved UNVERIFIED (the policy allows it): "
+                f"not run: {', '.join(unverified)}",
+                soft_wrap=True,  # one line, whatever the terminal's width
+            )
 
     @app.command()
     def rollback(

@@ -98,7 +98,7 @@ def render_markdown(doc: dict) -> str:
             "|---|---|---|---|",
         ]
         for c in v["checks"]:
-            verdict = "pass" if c["passed"] else "FAIL"
+            verdict = {"pass": "pass", "no_signal": "NO SIGNAL"}.get(c["verdict"], "FAIL")
             lines.append(
                 f"| {c['check_name']} | {verdict} | {' '.join(_check_lines(c))} "
                 f"| {'; '.join(c['reasons'])} |"

@@ -2,7 +2,11 @@
 
 - **Answer recall** and **key-fact leakage** of the greedy answer (the text rules are
   :mod:`forgetctl.core.facts`').
-- **Normalised answer probability**: exp of the mean per-token log-prob of the target.
+- **Normalised answer probability**: exp of the mean per-token log-prob of the target,
+  the target's **teacher-forced token accuracy** and its **Min-K%++** membership score, from
+  one forward pass (:func:`forgetctl.lm.infer.answer_figures`).
+- **Degeneracy** of the greedy answer (repetition, non-word share, length; the rules are
+  :mod:`forgetctl.core.fluency`').
 - **Truth ratio** (TOFU): how much more likely a paraphrased true answer is than wrong
   answers in the same style, where such answers exist.
 
@@ -19,13 +23,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from forgetctl.core.facts import item_facts, key_fact_leakage, rouge_l_recall
+from forgetctl.core.fluency import length_ratio, nonword_share, repetition
 from forgetctl.core.items import PromptItem
-from forgetctl.lm.infer import answer_logprobs, generate
-
-
-def answer_probabilities(model, tokenizer, pairs: Sequence[tuple[str, str]]) -> list[float]:
-    """Normalised answer probability: exp(mean per-token log-prob of the answer)."""
-    return [math.exp(lp) for lp in answer_logprobs(model, tokenizer, list(pairs))]
+from forgetctl.lm.infer import answer_figures, answer_logprobs, generate
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,10 @@ def truth_ratio_retain(ratios: Sequence[float]) -> float:
     return sum(max(0.0, 1 - r) for r in ratios) / len(ratios) if ratios else float("nan")
 
 
-SCORING_VERSION = "2"
+SCORING_VERSION = "3"
 """Bump when generation or scoring changes: cached scores (``store.scores``) carry it.
-2: key-fact leakage ignores diacritics (``core.text.contains_phrase``)."""
+2: key-fact leakage ignores diacritics (``core.text.contains_phrase``). 3: token accuracy,
+Min-K%++ and the degeneracy figures."""
 
 
 @dataclass
@@ -83,6 +84,14 @@ class ItemScore:
     """None when the target has no key facts beyond what the prompt states."""
     facts: int
     prob: float | None
+    acc: float | None = None
+    """Teacher-forced token accuracy of the target."""
+    mink: float | None = None
+    """Min-K%++ membership score of the target."""
+    repetition: float = 0.0
+    nonword: float = 0.0
+    length: float = 0.0
+    """The greedy answer's degeneracy figures (:mod:`forgetctl.core.fluency`)."""
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -111,6 +120,7 @@ class EvalResult:
             "recall": _mean(s.recall for s in scores),
             "leakage": _mean(s.leakage for s in scores),
             "prob": _mean(s.prob for s in scores),
+            "acc": _mean(s.acc for s in scores),
         }
 
     def mean(self, metric: str = "recall", kinds: Iterable[str] | None = None) -> float | None:
@@ -187,6 +197,9 @@ def score_outputs(items: Sequence[PromptItem], outputs: Sequence[str]) -> list[I
                 leakage=key_fact_leakage([out], facts) if facts else None,
                 facts=len(facts),
                 prob=None,
+                repetition=repetition(out),
+                nonword=nonword_share(out),
+                length=length_ratio(out, item.target),
             )
         )
     return scores
@@ -201,8 +214,8 @@ def evaluate(
     batch_size: int = 16,
     progress: Callable[[str], None] | None = None,
 ) -> EvalResult:
-    """Generate once for every item and score recall, key-fact leakage and (optionally)
-    normalised answer probability; per-item scores plus per-kind means."""
+    """Generate once for every item and score recall, key-fact leakage, degeneracy and
+    (optionally) the teacher-forced figures; per-item scores plus per-kind means."""
     start = time.perf_counter()
     if not items:
         return EvalResult([], 0.0)
@@ -214,13 +227,13 @@ def evaluate(
     )  # fmt: skip
     scores = score_outputs(items, outputs)
     if with_prob:
-        probs = answer_probabilities(model, tokenizer, [(i.prompt, i.target) for i in items])
-        for s, p in zip(scores, probs, strict=True):
-            s.prob = p
+        figures = answer_figures(model, tokenizer, [(i.prompt, i.target) for i in items])
+        for s, (logprob, acc, mink) in zip(scores, figures, strict=True):
+            s.prob, s.acc, s.mink = math.exp(logprob), acc, mink
     return EvalResult(scores, time.perf_counter() - start)
 
 
-NUMBERS = ("recall", "leakage", "facts", "prob")
+NUMBERS = ("recall", "leakage", "facts", "prob", "acc", "mink", "repetition", "nonword", "length")
 """The fields of an ``ItemScore`` that a score store keeps: figures, never text."""
 
 

@@ -1,6 +1,7 @@
 """Running a model on question/answer pairs: greedy answers, per-token log-probabilities of
 the answers (differentiable, for the unlearning objectives), and per-answer figures (mean
-log-probability, teacher-forced token accuracy) on batches of similar length.
+log-probability, teacher-forced token accuracy, Min-K%++ membership score) on batches of
+similar length.
 
 Every batch goes to the model's device (:func:`model_device`), whatever it and its dtype are.
 """
@@ -73,7 +74,10 @@ def _aligned(
 
 def _label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Log-probability of each label under aligned logits (padding labels read as token 0)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
+    return _pick(torch.log_softmax(logits.float(), dim=-1), labels)
+
+
+def _pick(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
 
 
@@ -84,49 +88,93 @@ def _per_answer(
     pairs: Sequence[Pair],
     batch_size: int,
     score: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-) -> list[float]:
-    """One figure per (question, answer) pair: ``score(logits, labels, mask)`` on batches of
-    similar length, with logits and labels aligned (position t predicts label t)."""
+) -> list[list[float]]:
+    """Figures per (question, answer) pair: ``score(logits, labels, mask)`` returns one row
+    of figures per pair, on batches of similar length, with logits and labels aligned
+    (position t predicts label t)."""
     if not pairs:
         return []
     was_training = model.training
     model.eval()
     device = model_device(model)
-    out: list[float] = [0.0] * len(pairs)
+    out: list[list[float]] = [[] for _ in pairs]
     lengths = [len(q) + len(a) for q, a in pairs]
     for batch in length_batches(lengths, batch_size):
         enc = encode_pairs(tokenizer, [pairs[i] for i in batch], device=device)
         figures = score(*_aligned(model, enc))
         for row, i in enumerate(batch):
-            out[i] = float(figures[row])
+            out[i] = [float(x) for x in figures[row]]
     model.train(was_training)
     return out
 
 
-def _mean_logprob(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (_label_logprobs(logits, labels) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 
 
-def _token_accuracy(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    hits = (logits.argmax(-1) == labels) & mask
-    return hits.sum(-1) / mask.sum(-1).clamp(min=1)
+MIN_K = 0.2
+"""Min-K%++ averages the lowest 20% of token scores, the setting its authors report best."""
+
+
+def _min_k_plus_plus(logp: torch.Tensor, chosen: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Min-K%++ (Zhang et al. 2024): each answer token's log-prob standardised by the mean
+    and spread of log-probs under the model's own next-token distribution, then the mean
+    of the lowest ``MIN_K`` share. Seen text scores high: its tokens sit at local maxima."""
+    probs = logp.exp()
+    mu = (probs * logp).sum(-1)
+    sigma = ((probs * logp.square()).sum(-1) - mu.square()).clamp(min=1e-6).sqrt()
+    z = ((chosen - mu) / sigma).masked_fill(~mask, float("inf"))
+    counts = mask.sum(-1)
+    keep = (counts.float() * MIN_K).ceil().clamp(min=1).long()
+    lowest = z.sort(-1).values
+    ranks = torch.arange(z.shape[-1], device=z.device).expand_as(z)
+    taken = ranks < keep.unsqueeze(-1)
+    return (lowest.masked_fill(~taken, 0.0)).sum(-1) / keep
+
+
+def _figures(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(mean log-prob, token accuracy, Min-K%++) per answer, from one forward pass."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    chosen = _pick(logp, labels)
+    hits = (logits.argmax(-1) == labels).float()
+    return torch.stack(
+        [
+            _masked_mean(chosen, mask),
+            _masked_mean(hits, mask),
+            _min_k_plus_plus(logp, chosen, mask),
+        ],
+        dim=-1,
+    )
+
+
+def answer_figures(
+    model: Any, tokenizer: Any, pairs: Sequence[Pair], batch_size: int = 16
+) -> list[tuple[float, float, float]]:
+    """Per answer (plus EOS) given its question, from one forward pass each:
+
+    - mean per-token log-probability;
+    - teacher-forced token accuracy: the share of its tokens that are the model's most
+      likely next token given the question and the true answer so far. It tracks what the
+      model still predicts, where a greedy answer derailed at its first token shows nothing
+      of the rest;
+    - Min-K%++ membership score (higher: looks more like training data).
+    """
+    rows = _per_answer(model, tokenizer, pairs, batch_size, _figures)
+    return [(r[0], r[1], r[2]) for r in rows]
 
 
 def answer_logprobs(
     model: Any, tokenizer: Any, pairs: Sequence[Pair], batch_size: int = 16
 ) -> list[float]:
     """Mean per-token log-probability of each answer (plus EOS) given its question."""
-    return _per_answer(model, tokenizer, pairs, batch_size, _mean_logprob)
+    return [f[0] for f in answer_figures(model, tokenizer, pairs, batch_size)]
 
 
 def answer_token_accuracy(
     model: Any, tokenizer: Any, pairs: Sequence[Pair], batch_size: int = 16
 ) -> list[float]:
-    """Teacher-forced token accuracy of each answer (plus EOS): the share of its tokens that
-    are the model's most likely next token given the question and the true answer so far.
-    One forward pass, no decoding: it tracks what greedy answers reveal at a fraction of
-    the cost of generating them."""
-    return _per_answer(model, tokenizer, pairs, batch_size, _token_accuracy)
+    """Teacher-forced token accuracy of each answer (see :func:`answer_figures`)."""
+    return [f[1] for f in answer_figures(model, tokenizer, pairs, batch_size)]
 
 
 def model_device(model: Any) -> torch.device:

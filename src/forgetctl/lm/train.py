@@ -205,14 +205,16 @@ def finetune_steps(
     batch_size: int = 8,
     seed: int = 0,
     ascent: bool = False,
+    trainable: Sequence[torch.nn.Parameter] | None = None,
 ) -> list[float]:
-    """A fixed number of full fine-tuning steps in place (AdamW, constant rate, no weight
-    decay, gradient norm clipped at 1); returns the step losses.
+    """A fixed number of fine-tuning steps in place (AdamW, constant rate, no weight decay,
+    gradient norm clipped at 1); returns the step losses.
 
-    The relearning attack uses it (every weight, including base weights a merged PEFT model
-    had frozen); ``ascent`` climbs the loss instead (the gradient-ascent baseline).
+    ``trainable``: the parameters to train; by default every weight (full fine-tuning, as
+    the relearning attack does, including base weights a merged PEFT model had frozen).
+    ``ascent`` climbs the loss instead (the gradient-ascent baseline).
     """
-    params = list(model.parameters())
+    params = list(trainable) if trainable is not None else list(model.parameters())
     for p in params:
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)

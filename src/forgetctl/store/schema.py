@@ -97,4 +97,13 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "ALTER TABLE requests ADD COLUMN approved_at TEXT",
         ],
     ),
+    (
+        "0003_verification_verdicts",
+        [
+            # pass, fail or no_signal (a check that had nothing to judge); passed stays as
+            # the verdict's boolean for the queries that only ask whether it passed.
+            "ALTER TABLE verifications ADD COLUMN verdict TEXT",
+            "UPDATE verifications SET verdict = CASE passed WHEN 1 THEN 'pass' ELSE 'fail' END",
+        ],
+    ),
 ]

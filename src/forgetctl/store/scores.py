@@ -9,7 +9,7 @@ becomes the next request's parent. This cache answers those from an SQLite file 
 
 It holds no personal data: an entry's key is an HMAC (under a key in ``keys/``, outside
 the cache) of the model's key, the prompt, the target and the scoring settings, and its
-value is numbers only (recall, leakage, fact count, probability). The greedy outputs are not
+value is numbers only (recall, leakage, token accuracy, degeneracy ...). The greedy outputs are not
 kept, so a cached item's ``output`` is empty.
 """
 

@@ -95,6 +95,8 @@ class VerificationRow(TypedDict):
     version_id: int
     check_name: str
     passed: bool
+    verdict: str
+    """pass, fail or no_signal."""
     figures: dict[str, Any]
     reasons: list[str]
     ts: str
@@ -349,21 +351,23 @@ class Aliases(_Table):
 
 class Verifications(_Table):
     def add(
-        self, version_id: int, check: str, passed: bool, figures: dict, reasons: list[str]
+        self, version_id: int, check: str, verdict: str, figures: dict, reasons: list[str]
     ) -> None:
+        passed = verdict == "pass"
         with self.ledger.transaction():
             self.ledger.db["verifications"].insert(
                 {
                     "version_id": version_id,
                     "check_name": check,
                     "passed": int(passed),
+                    "verdict": verdict,
                     "figures": canonical(figures),
                     "reasons": canonical(reasons),
                     "ts": now(),
                 }
             )
             self.ledger.append_event("verification.recorded", version_id=version_id,
-                                     check=check, passed=passed, reasons=reasons)  # fmt: skip
+                                     check=check, verdict=verdict, reasons=reasons)  # fmt: skip
 
     def of(self, version_id: int) -> list[VerificationRow]:
         sql = "SELECT * FROM verifications WHERE version_id = ? ORDER BY id"

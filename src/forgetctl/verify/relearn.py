@@ -1,19 +1,19 @@
-"""Relearning attack: does a little fine-tuning on part of the forgotten data bring the rest back?
+"""Relearning attacks: does a little fine-tuning bring the forgotten knowledge back?
 
 Knowledge that was only suppressed (a thin layer on top that steers answers away) comes
 back after a few gradient steps on *some* of the subject's records, even on records the
-attack never saw; knowledge that is really gone does not. The attack:
+attack never saw; knowledge that is really gone does not. But a model also learns a
+little about anyone it is fine-tuned on (a name's likely country, the shape of the
+answers), so the same attack is run on a control subject the model never saw, and only
+what the subject regains beyond the control counts. An attack:
 
-1. splits the forget items by the record they derive from (``PromptItem.source``), so a
-   record and its paraphrases fall on the same side, deterministically by seed;
-2. fine-tunes a copy of the model on the first part (``relearn_fraction`` of the records)
-   for ``relearn_steps`` steps at ``relearn_learning_rate``;
-3. measures answer recall on the held-out rest, before and after.
-
-It is **full fine-tuning** (AdamW on every weight, adapters merged first), not LoRA: it is
-the stronger attack (LoRA updates are a subset of it), it is what a party holding the
-open weights of a 135M model would do, it needs no rank choice, and at this size it costs
-only a few seconds per step on CPU.
+1. splits the subject's forget items by the record they derive from (``PromptItem.source``),
+   so a record and its paraphrases fall on the same side, deterministically by seed, and
+   splits the control subject's items the same way;
+2. fine-tunes a copy of the model on the attack side (``mode``: every weight, a LoRA
+   adapter, or the retain items alone, which tests whether benign fine-tuning restores the
+   subject) for ``steps`` steps at ``learning_rate``;
+3. measures the held-out rest of both, and the int4-quantized attacked copy on them.
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from peft import LoraConfig, get_peft_model
 
 from forgetctl.core.items import PromptItem
-from forgetctl.core.policy import VerifyConfig
+from forgetctl.core.policy import AttackConfig
 from forgetctl.lm.evaluate import EvalResult, evaluate
-from forgetctl.lm.int4 import plain_copy
+from forgetctl.lm.int4 import plain_copy, quantize_model_int4
 from forgetctl.lm.train import finetune_steps
 
 
@@ -58,77 +59,107 @@ def split_items(
     return attack, rest
 
 
+def attacked_copy(
+    model,
+    tokenizer,
+    pairs: Sequence[tuple[str, str]],
+    attack: AttackConfig,
+    seed: int = 0,
+    batch_size: int = 8,
+):
+    """A fine-tuned copy of ``model`` (the original is untouched) and the step losses."""
+    copy = plain_copy(model)
+    trainable = None
+    if attack.mode == "lora":
+        copy = get_peft_model(
+            copy, LoraConfig(r=attack.lora_rank, lora_alpha=2 * attack.lora_rank,
+                             target_modules="all-linear", lora_dropout=0.0),
+        )  # fmt: skip
+        trainable = [p for p in copy.parameters() if p.requires_grad]
+    torch.manual_seed(seed)
+    losses = finetune_steps(
+        copy, tokenizer, list(pairs), steps=attack.steps, learning_rate=attack.learning_rate,
+        batch_size=batch_size, seed=seed, trainable=trainable,
+    )  # fmt: skip
+    if any(not math.isfinite(x) for x in losses):
+        raise ValueError(f"relearning attack {describe(attack)} diverged (non-finite loss)")
+    return copy, losses
+
+
+def describe(attack: AttackConfig) -> str:
+    what = {"full": "full fine-tuning", "lora": f"LoRA r{attack.lora_rank}",
+            "retain": "full fine-tuning on retain items"}[attack.mode]  # fmt: skip
+    return f"{what}, lr {attack.learning_rate:g}, {attack.steps} steps"
+
+
 @dataclass
-class RelearnResult:
-    attack_indices: list[int]
-    rest_indices: list[int]
-    before: EvalResult
-    """The model on the held-out rest, before the attack."""
-    after: EvalResult
-    """The attacked copy on the held-out rest."""
+class Side:
+    """One subject's held-out rest after an attack, full precision and int4."""
+
+    attack_items: int
+    rest: EvalResult
+    rest_int4: EvalResult
     losses: list[float]
+
+
+@dataclass
+class AttackResult:
+    attack: AttackConfig
+    subject: Side
+    control: Side
+    rest_indices: list[int]
+    """Indices of the subject's held-out items in its forget set."""
     attack_s: float
 
-    @property
-    def recovery(self) -> float:
-        return (self.after.mean("recall") or 0.0) - (self.before.mean("recall") or 0.0)
 
-    def figures(self) -> dict:
-        return {
-            "attack_items": len(self.attack_indices),
-            "rest_items": len(self.rest_indices),
-            "recall_before": self.before.mean("recall"),
-            "recall_after": self.after.mean("recall"),
-            "leakage_before": self.before.mean("leakage"),
-            "leakage_after": self.after.mean("leakage"),
-            "recovery": self.recovery,
-            "loss_first": self.losses[0] if self.losses else None,
-            "loss_last": self.losses[-1] if self.losses else None,
-            "attack_s": self.attack_s,
-        }
+def _held_out(items: Sequence[PromptItem], fraction: float, seed: int):
+    attack, rest = split_items(items, fraction, seed)
+    return [items[i] for i in attack], [items[i] for i in rest], rest
+
+
+def _pairs(items: Sequence[PromptItem]) -> list[tuple[str, str]]:
+    return [(i.prompt, i.target) for i in items]
+
+
+def _measure(attacked, losses: list[float], tokenizer, trained: int, rest) -> Side:
+    return Side(
+        trained,
+        evaluate(attacked, tokenizer, rest),
+        evaluate(quantize_model_int4(attacked), tokenizer, rest),
+        losses,
+    )
 
 
 def relearn_attack(
     model,
     tokenizer,
     items: Sequence[PromptItem],
-    cfg: VerifyConfig,
-    before: EvalResult | None = None,
+    control_items: Sequence[PromptItem],
+    attack: AttackConfig,
+    fraction: float,
+    retain: Sequence[PromptItem] = (),
     seed: int = 0,
-    batch_size: int = 8,
     progress: Callable[[str], None] | None = None,
-) -> RelearnResult:
-    """Attack a copy of ``model`` (the original is untouched) and measure the held-out rest.
-
-    ``before``: an existing evaluation of ``model`` on ``items`` (all of them, same order),
-    to avoid generating the before-attack answers twice.
-    """
-    attack, rest = split_items(items, cfg.relearn_fraction, seed)
-    if not attack or not rest:
-        raise ValueError("a relearning attack needs at least two forget items")
-    rest_items = [items[i] for i in rest]
-    before_rest = (
-        before.select(rest) if before is not None else evaluate(model, tokenizer, rest_items)
-    )
+) -> AttackResult:
+    """Run one attack on the subject and, alike, on one control subject's items."""
+    if len(items) < 2 or len(control_items) < 2:
+        raise ValueError("a relearning attack needs at least two items on each side")
+    say = progress or (lambda _msg: None)
+    s_train, s_rest, rest_idx = _held_out(items, fraction, seed)
+    c_train, c_rest, _ = _held_out(control_items, fraction, seed)
     start = time.perf_counter()
-    if progress:
-        progress(f"relearning attack: {cfg.relearn_steps} steps on {len(attack)} items")
-    attacked = plain_copy(model)
-    torch.manual_seed(seed)
-    losses = finetune_steps(
-        attacked,
-        tokenizer,
-        [(items[i].prompt, items[i].target) for i in attack],
-        steps=cfg.relearn_steps,
-        learning_rate=cfg.relearn_learning_rate,
-        batch_size=batch_size,
-        seed=seed,
-    )
-    attack_s = time.perf_counter() - start
-    if any(not math.isfinite(x) for x in losses):
-        raise ValueError("relearning attack diverged (non-finite loss)")
-    if progress:
-        progress(f"measuring {len(rest_items)} held-out items after the attack")
-    after_rest = evaluate(attacked, tokenizer, rest_items)
-    del attacked
-    return RelearnResult(attack, rest, before_rest, after_rest, losses, attack_s)
+    if attack.mode == "retain":
+        if not retain:
+            raise ValueError("a retain-data attack needs retain items")
+        say(f"relearning attack ({describe(attack)}) on {len(retain)} retain items")
+        attacked, losses = attacked_copy(model, tokenizer, _pairs(retain), attack, seed)
+        subject = _measure(attacked, losses, tokenizer, len(retain), s_rest)
+        control = _measure(attacked, losses, tokenizer, len(retain), c_rest)
+    else:
+        say(f"relearning attack ({describe(attack)}) on {len(s_train)} subject items")
+        attacked, losses = attacked_copy(model, tokenizer, _pairs(s_train), attack, seed)
+        subject = _measure(attacked, losses, tokenizer, len(s_train), s_rest)
+        say(f"the same attack on {len(c_train)} control items")
+        attacked, losses = attacked_copy(model, tokenizer, _pairs(c_train), attack, seed)
+        control = _measure(attacked, losses, tokenizer, len(c_train), c_rest)
+    return AttackResult(attack, subject, control, rest_idx, time.perf_counter() - start)

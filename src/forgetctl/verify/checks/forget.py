@@ -1,71 +1,45 @@
-"""``forget``: on every prompt kind of every covered request, the candidate's answer recall
-and key-fact leakage are at or under the thresholds (parent figures alongside)."""
+"""``forget``: on every request the version covers, the candidate scores on the subject's
+prompts like it does on the control subjects' (token accuracy, answer recall, key-fact
+leakage; pooled and per prompt kind), where the parent scored above them."""
 
 from __future__ import annotations
 
 from forgetctl.core.policy import VerifyConfig
 from forgetctl.lm.evaluate import EvalResult
-from forgetctl.verify.checks.base import Check, CheckResult, combine, rounded
+from forgetctl.verify.checks.base import Check, CheckResult, combine, versus_controls
 from forgetctl.verify.checks.measure import Measurements
 
 
 def check_forget(
-    candidate_eval: EvalResult,
-    parent_eval: EvalResult | None,
+    candidate: EvalResult,
+    control: EvalResult,
+    parent: EvalResult | None,
+    parent_control: EvalResult | None,
     cfg: VerifyConfig,
     name: str = "forget",
 ) -> CheckResult:
-    """Per prompt kind: recall <= max_forget_recall and key-fact leakage <= max_key_fact_leakage."""
-    figures: dict = {"by_kind": {}, "overall": {}}
-    reasons: list[str] = []
-    if not candidate_eval.items:
-        return CheckResult(name, False, figures, ["no forget items to check"])
-    for kind, summary in candidate_eval.by_kind.items():
-        row = {
-            "n": summary["n"],
-            "recall": rounded(summary["recall"]),
-            "leakage": rounded(summary["leakage"]),
-            "prob": rounded(summary["prob"]),
-        }
-        if parent_eval is not None and kind in parent_eval.by_kind:
-            row["parent_recall"] = rounded(parent_eval.by_kind[kind]["recall"])
-            row["parent_leakage"] = rounded(parent_eval.by_kind[kind]["leakage"])
-        figures["by_kind"][kind] = row
-        recall, leakage = summary["recall"], summary["leakage"]
-        if recall is not None and recall > cfg.max_forget_recall:
-            reasons.append(f"{kind}: recall {recall:.3f} > max {cfg.max_forget_recall:.3f}")
-        if leakage is not None and leakage > cfg.max_key_fact_leakage:
-            reasons.append(
-                f"{kind}: key-fact leakage {leakage:.3f} > max {cfg.max_key_fact_leakage:.3f}"
-            )
-    figures["overall"] = {
-        "n": candidate_eval.overall["n"],
-        "recall": rounded(candidate_eval.overall["recall"]),
-        "leakage": rounded(candidate_eval.overall["leakage"]),
-        "prob": rounded(candidate_eval.overall["prob"]),
-    }
-    if parent_eval is not None:
-        figures["overall"]["parent_recall"] = rounded(parent_eval.overall["recall"])
-        figures["overall"]["parent_leakage"] = rounded(parent_eval.overall["leakage"])
-    return CheckResult(name, not reasons, figures, reasons)
+    """The subject within ``max_forget_gap`` / ``max_leakage_gap`` of the controls."""
+    return versus_controls(name, candidate, control, parent, parent_control, cfg)
 
 
-Scores = dict[str, tuple[EvalResult, EvalResult]]
-"""Per request: (candidate's, parent's) scores on its forget set."""
+Scores = dict[str, tuple[EvalResult, EvalResult, EvalResult, EvalResult]]
+"""Per request: the candidate's and the parent's scores on the subject's and the controls'
+prompts (candidate, control, parent, parent control)."""
 
 
 def measure(ctx: Measurements) -> Scores:
     out = {}
-    for rid, items in ctx.forget_sets.items():
-        ctx.say(f"forget: candidate on {rid} ({len(items)} items)")
-        candidate = ctx.forget("candidate", rid)
+    for rid, sets in ctx.forget_sets.items():
+        ctx.say(f"forget: candidate on {rid} ({len(sets.items)} items, "
+                f"{len(sets.control_items)} control items)")  # fmt: skip
+        candidate, control = ctx.forget("candidate", rid), ctx.control("candidate", rid)
         ctx.say(f"forget: parent on {rid}")
-        out[rid] = candidate, ctx.forget("parent", rid)
+        out[rid] = candidate, control, ctx.forget("parent", rid), ctx.control("parent", rid)
     return out
 
 
 def verdict(scores: Scores, cfg: VerifyConfig) -> CheckResult:
-    return combine("forget", {rid: check_forget(c, p, cfg) for rid, (c, p) in scores.items()})
+    return combine("forget", {rid: check_forget(*s, cfg) for rid, s in scores.items()})
 
 
 FORGET = Check("forget", measure, verdict)

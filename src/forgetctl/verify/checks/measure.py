@@ -22,6 +22,18 @@ Progress = Callable[[str], None]
 Role = Literal["parent", "candidate"]
 
 
+@dataclass(frozen=True)
+class ForgetSet:
+    """One request's forget prompts and its control subjects' prompts (built alike)."""
+
+    items: list[PromptItem]
+    control: Mapping[str, list[PromptItem]] = field(default_factory=dict)
+
+    @property
+    def control_items(self) -> list[PromptItem]:
+        return [i for items in self.control.values() for i in items]
+
+
 @dataclass
 class Measurements:
     """What a verification run measures: two models, the item sets, and their scores."""
@@ -29,10 +41,10 @@ class Measurements:
     parent_model: object
     candidate_model: object
     tokenizer: object
-    forget_sets: Mapping[str, list[PromptItem]]
+    forget_sets: Mapping[str, ForgetSet]
     retain: list[PromptItem]
     general: list[PromptItem]
-    earlier: Mapping[str, list[PromptItem]]
+    earlier: Mapping[str, ForgetSet]
     cfg: VerifyConfig
     say: Progress
     seed: int = 0
@@ -74,7 +86,11 @@ class Measurements:
     def forget(self, role: Role, rid: str, int4: bool = False) -> EvalResult:
         """Scores on request ``rid``'s forget set (the forget, int4 and relearn checks share
         them)."""
-        return self.scores(role, f"forget/{rid}", self.forget_sets[rid], int4)
+        return self.scores(role, f"forget/{rid}", self.forget_sets[rid].items, int4)
+
+    def control(self, role: Role, rid: str, int4: bool = False) -> EvalResult:
+        """Scores on request ``rid``'s control subjects' prompts, pooled."""
+        return self.scores(role, f"control/{rid}", self.forget_sets[rid].control_items, int4)
 
     def kept(
         self, role: Role, name: Literal["retain", "utility"], int4: bool = False
