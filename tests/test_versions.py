@@ -4,6 +4,7 @@ guards. The adapter here is made by hand (no training), so these tests are fast.
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import tinylm
@@ -15,8 +16,8 @@ from forgetctl.app.home import resolve_home
 from forgetctl.app.promote import promote, rollback
 from forgetctl.app.workspace import Workspace
 from forgetctl.core.errors import InvalidState, PromotionRefused
-from forgetctl.lm.prompts import encode_pairs
-from forgetctl.lm.weights import load_model
+from forgetctl.lm.prompts import encode_pairs, format_prompt
+from forgetctl.lm.weights import load_model, load_tokenizer
 from forgetctl.store.ledger import open_ledger
 from forgetctl.unlearn.train import lora_model, save_adapter
 
@@ -85,6 +86,22 @@ def test_export_and_ask(home_with_adapter, tmp_path):
     assert [r["id"] for r in rows] == [0, vid] and rows[0]["production"]
 
 
+def test_export_serves_the_prompts_verify_formats(chat_tokenizer, tiny_lm_dir, tmp_path):
+    """A server that sends the user's question alone gets the prompt the gate verified,
+    not SmolLM2's default system prompt."""
+    model_dir = tmp_path / "chat-model"
+    shutil.copytree(tiny_lm_dir, model_dir)
+    chat_tokenizer.save_pretrained(model_dir)  # the tiny model with SmolLM2's chat template
+    cli("init", "--model", str(model_dir))
+    cli("model", "export", "--out", str(tmp_path / "served"))
+    served = load_tokenizer(tmp_path / "served")
+    question = tinylm.TINY_FACTS[0]["question"]
+    messages = [{"role": "user", "content": question}]
+    text = served.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert text == format_prompt(chat_tokenizer, question)
+    assert format_prompt(served, question) == text  # verifying the export asks the same
+
+
 def test_tampered_adapter_is_refused(home_with_adapter):
     home, ledger, vid, _ = home_with_adapter
     weights = next((home.adapters / "manual").glob("*.safetensors"))
@@ -98,10 +115,10 @@ def test_promote_needs_every_mandatory_check(home_with_adapter):
     with pytest.raises(PromotionRefused, match="not run"):
         promote(Workspace.open(home), vid)
     for check in ("forget", "retain", "utility", "int4", "relearn"):
-        ledger.verifications.add(vid, check, True, {}, [])
+        ledger.verifications.add(vid, check, "pass", {}, [])
     with pytest.raises(PromotionRefused, match="regression"):
         promote(Workspace.open(home), vid)
-    ledger.verifications.add(vid, "regression", True, {}, [])
+    ledger.verifications.add(vid, "regression", "pass", {}, [])
     promote(Workspace.open(home), vid)
     assert ledger.aliases.get() == vid and ledger.requests.get(1)["status"] == "promoted"
     with pytest.raises(InvalidState, match="already production"):

@@ -10,13 +10,20 @@ from __future__ import annotations
 from forgetctl.app.workspace import Workspace
 from forgetctl.core.errors import InvalidState, PromotionRefused
 from forgetctl.core.lifecycle import JUDGED_STATUSES
+from forgetctl.core.policy import ALL_CHECKS
 from forgetctl.store.ledger import Ledger
 
 
 def promote(
     ws: Workspace, version_id: int, *, force: bool = False, reason: str | None = None
-) -> None:
-    """Move ``production`` to a version that passed every check its policies require."""
+) -> list[str]:
+    """Move ``production`` to a version that passed every check its policies require.
+
+    A ``rejected`` version (some check failed or had no signal, mandatory or not) needs
+    ``force`` and a ``reason``. Returns the checks that never ran when a policy with no
+    mandatory check (``allow_unverified``) let production move without them: the caller
+    must say so; the alias event records them too.
+    """
     ledger = ws.ledger
     version = ledger.versions.get(version_id)
     production = ledger.aliases.get("production")
@@ -29,13 +36,19 @@ def promote(
         )
     if version["status"] not in JUDGED_STATUSES:
         raise InvalidState(f"version {version_id} is {version['status']}; cannot promote")
-    verdicts = ledger.verifications.verdicts(version_id)
-    needed = ws.resolved(version).mandatory
-    missing = sorted(c for c in needed if c not in verdicts)
-    failed = sorted(c for c in needed if verdicts.get(c) is False)
-    problems = [f"not run: {', '.join(missing)}"] * bool(missing) + [
-        f"failed: {', '.join(failed)}"
-    ] * bool(failed)
+    # The latest verdict of each check: pass, fail or no_signal (nothing to judge).
+    verdicts = {r["check_name"]: r["verdict"] for r in ledger.verifications.of(version_id)}
+    rules = ws.resolved(version)
+    missing = [c for c in ALL_CHECKS if c in rules.mandatory and c not in verdicts]
+    failed = [c for c in ALL_CHECKS if verdicts.get(c) == "fail"]
+    no_signal = [c for c in ALL_CHECKS if verdicts.get(c) == "no_signal"]
+    problems = [
+        f"{label}: {', '.join(checks)}"
+        for label, checks in (("not run", missing), ("failed", failed), ("no signal", no_signal))
+        if checks
+    ]
+    if version["status"] == "rejected":
+        problems.insert(0, "rejected")
     if problems and not force:
         raise PromotionRefused(
             f"version {version_id} cannot be promoted ({'; '.join(problems)}); "
@@ -43,6 +56,7 @@ def promote(
         )
     if force and not (reason and reason.strip()):
         raise InvalidState("--force needs --reason")
+    unverified = [c for c in ALL_CHECKS if c not in verdicts] if not rules.mandatory else []
     with ledger.transaction():
         if force:
             ledger.append_event(
@@ -53,11 +67,12 @@ def promote(
             )
         ledger.versions.set_status(production, "retired", reason=f"replaced by {version_id}")
         ledger.versions.set_status(version_id, "promoted", forced=force)
-        ledger.aliases.move(
-            "production", version_id, reason or "verified", forced=force, problems=problems
-        )
+        extra = {"unverified": True, "not_run": unverified} if unverified else {}
+        ledger.aliases.move("production", version_id, reason or "verified", forced=force,
+                            problems=problems, **extra)  # fmt: skip
         for request_id in version["requests"]:
             ledger.requests.set_status(request_id, "promoted", version=version_id)
+    return unverified
 
 
 def rollback(ledger: Ledger, to: int | None = None, reason: str = "rollback") -> int:

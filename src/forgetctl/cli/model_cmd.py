@@ -83,8 +83,10 @@ def export(
     version: int = typer.Argument(None, help="Default: production."),
     out: Path = typer.Option(..., "--out", help="A new directory for the merged model."),
 ) -> None:
-    """Write a version's merged weights as plain safetensors that serve anywhere."""
+    """Write a version's merged weights as plain safetensors that serve anywhere, with a
+    chat template that formats a question as the gate verified it."""
     from forgetctl.app import versions
+    from forgetctl.lm.prompts import set_serving_template
     from forgetctl.lm.weights import save_merged
 
     if out.exists():
@@ -93,6 +95,7 @@ def export(
     vid = _version_arg(version)
     with common.err.status(f"merging version {vid}..."):
         model, tokenizer = versions.load_version(ws, vid)
+        set_serving_template(tokenizer)
         save_merged(model, tokenizer, out, {"version": vid})
     ws.ledger.append_event("version.exported", version_id=vid, path=str(out.resolve()))
     common.out.print(f"version {vid} written to [bold]{out}[/]")

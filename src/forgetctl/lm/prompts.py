@@ -9,7 +9,9 @@ One prompt format for everything: finetune, unlearn, verify and the plan probe a
   prompt (34 instead of 18 tokens for a short question), which raises the CPU cost of every
   forward pass. Measured on the first 40 TOFU world facts (greedy, answer contained): empty
   system message 24/40, the default 21/40, "Answer briefly." 21/40 (and it broke "What is
-  the capital of France?").
+  the capital of France?"). ``model export`` makes the exported template default to the
+  same empty system message (:func:`set_serving_template`), so a server that sends no
+  system message serves the prompts the gate verified.
 - Tokenizers without one (the tiny test model) get ``"Question: {q}\\nAnswer:"`` and the
   answer follows after one space.
 
@@ -20,6 +22,7 @@ between them is the same at training time (:func:`encode_pairs`) and at generati
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,6 +42,26 @@ Pair = tuple[str, str]
 
 def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
+
+
+# Prepended to an exported model's chat template: a conversation that opens without a system
+# message gets forgetctl's, so a server that sends the user's message alone renders exactly
+# the prompt the gate verified (SmolLM2's own template would insert its default instead).
+_SERVING_PRELUDE = (
+    "{% if messages and messages[0]['role'] != 'system' %}{% set messages = ["
+    + json.dumps({"role": "system", "content": SYSTEM_PROMPT})  # JSON is a Jinja literal
+    + "] + messages %}{% endif %}"
+)
+
+
+def set_serving_template(tokenizer: Any) -> None:
+    """Make ``tokenizer``'s chat template (if any) serve what :func:`format_prompt` formats,
+    for ``model export``: the missing system message defaults to :data:`SYSTEM_PROMPT`."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str) and not template.startswith(_SERVING_PRELUDE):
+        tokenizer.chat_template = _SERVING_PRELUDE + template
+    elif template and not isinstance(template, str):
+        raise BadInput("the tokenizer has several chat templates; export serves one")
 
 
 def format_prompt(tokenizer: Any, question: str) -> str:
