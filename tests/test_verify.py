@@ -16,7 +16,7 @@ import torch
 
 from forgetctl.core.facts import item_facts, key_fact_leakage, key_facts, rouge_l_recall
 from forgetctl.core.items import PromptItem
-from forgetctl.core.policy import ALL_CHECKS, MethodConfig, VerifyConfig
+from forgetctl.core.policy import ALL_CHECKS, AttackConfig, MethodConfig, VerifyConfig
 from forgetctl.lm.evaluate import (
     EvalResult,
     ItemScore,
@@ -35,13 +35,15 @@ from forgetctl.verify.checks import (
     CHECKS,
     CheckResult,
     ForgetSet,
+    check_attack,
     check_forget,
+    check_int4,
     check_retain,
     clearly_forgotten,
     run_checks,
 )
 from forgetctl.verify.checks import measure as checks_measure
-from forgetctl.verify.relearn import split_items
+from forgetctl.verify.relearn import AttackResult, Side, split_items
 
 SUBJECT = tinylm.TINY_SUBJECTS[0]
 
@@ -529,3 +531,43 @@ def test_a_policy_cannot_make_nothing_mandatory_by_accident():
     with pytest.raises(ValueError, match="allow_unverified"):
         VerifyConfig(mandatory=[])
     assert VerifyConfig(mandatory=[], allow_unverified=True).mandatory == []
+
+
+def test_int4_fails_on_its_own_when_rounding_brings_knowledge_back():
+    cfg = VerifyConfig()  # max_int4_recovery 0.05
+    control = _ev("record", [0.5] * 12, recall=0.3)
+    full = _ev("record", [0.52] * 12, recall=0.3)
+    # Still within the forget gap of the controls (0.08 < 0.1), but 0.06 above full precision.
+    back = _ev("record", [0.58] * 12, recall=0.3)
+    result = check_int4(back, control, full, control, cfg)
+    assert result.verdict == "fail"
+    assert result.figures["forget"]["units"]["all"]["acc"]["gap"] < cfg.max_forget_gap
+    assert result.figures["recovery"]["acc"]["recovery"] == pytest.approx(0.06)
+    assert check_int4(full, control, full, control, cfg).verdict == "pass"
+    assert check_int4(full, EvalResult([]), full, EvalResult([]), cfg).verdict == "no_signal"
+
+
+def _attack(subject_after: EvalResult, control_after: EvalResult) -> AttackResult:
+    side = Side(3, subject_after, subject_after, [2.0, 1.0])
+    return AttackResult(AttackConfig(), side, Side(3, control_after, control_after, [2.0, 1.0]),
+                        list(range(len(subject_after.items))), 1.0)  # fmt: skip
+
+
+def test_relearn_counts_only_what_the_subject_regains_beyond_a_control():
+    cfg = VerifyConfig()  # max_relearn_share 0.2
+    parent = _ev("record", [1.0] * 12, recall=1.0, leakage=1.0)
+    before = _ev("record", [0.4] * 12, recall=0.2)
+    # The attack teaches a control subject's held-out records up to 0.5 as well: a subject
+    # at 0.52 after it regained nothing of its own.
+    control = _ev("record", [0.5] * 12, recall=0.3)
+    same = check_attack(_attack(_ev("record", [0.52] * 12, recall=0.3), control), parent,
+                        before, cfg)  # fmt: skip
+    assert same.verdict == "pass", same.reasons
+    back = check_attack(_attack(_ev("record", [0.9] * 12, recall=0.8, leakage=0.7), control),
+                        parent, before, cfg)  # fmt: skip
+    assert back.verdict == "fail"
+    assert back.figures["full"]["acc"]["share"] == pytest.approx(0.8)
+    assert any("leakage" in r for r in back.reasons)  # leakage is judged, not only recorded
+    # A parent that knew no more than the control: nothing to regain, no evidence.
+    flat = check_attack(_attack(control, control), control, before, cfg)
+    assert flat.verdict == "no_signal"

@@ -25,22 +25,34 @@ def register(app: typer.Typer) -> None:
             "--retain-corpus",
             help="JSONL of the model's training records to keep (neighbors are drawn from it).",
         ),
+        control_corpus: Path = typer.Option(
+            None,
+            "--control-corpus",
+            help="JSONL ({author, question, answer}) of people the model never saw, shaped like "
+            "the records of requests: the gate compares forgotten subjects with them. "
+            "Default: the built-in fictitious profiles.",
+        ),
         json_: bool = common.JsonOpt,
     ) -> None:
         """Create the home (ledger.db, keys/, policies/) and register the base model.
 
-        Safe to run again."""
+        Safe to run again. Example: forgetctl init --model smollm2-135m"""
         from forgetctl.app.workspace import Workspace
-        from forgetctl.core.data import load_jsonl
+        from forgetctl.core.data import check_control_corpus, load_jsonl
 
         h = common.home(home)
+        # A bad corpus fails before anything is written.
         if retain_corpus:
-            load_jsonl(retain_corpus)  # a bad corpus fails before anything is written
+            load_jsonl(retain_corpus)
+        if control_corpus:
+            check_control_corpus(load_jsonl(control_corpus), control_corpus)
         created = not h.exists()
         # Opening loads the policies too: a broken policy in the home fails now, not later.
         ledger = Workspace.open(h, create=True).ledger
         if retain_corpus:
             shutil.copyfile(retain_corpus, h.root / "retain-corpus.jsonl")
+        if control_corpus:
+            shutil.copyfile(control_corpus, h.root / "control-corpus.jsonl")
         if model:
             from forgetctl.app import versions
 

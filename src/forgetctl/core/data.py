@@ -1,9 +1,13 @@
 """Question/answer data files: JSONL loading with its checks, and the packaged sets.
 
-General-knowledge files (``world_facts.jsonl``, ``real_authors.jsonl``) hold ``question``,
-``answer`` and ``perturbed_answers``. These two sets of TOFU (Maini et al. 2024, MIT
-licence) ship inside the package under ``forgetctl/data/`` so that retain and utility checks
-work on a clean machine; ``builtin:NAME`` names them wherever a data file is accepted.
+The packaged sets, under ``forgetctl/data/``, so that the gate works on a clean machine;
+``builtin:NAME`` names them wherever a data file is accepted:
+
+- general knowledge (``question``, ``answer``, ``perturbed_answers``): ``world_facts`` and
+  ``real_authors`` from TOFU (Maini et al. 2024, MIT licence), and ``basic_facts``, written
+  for forgetctl (capitals, symbols, basic science, well-known works);
+- ``controls``: fictitious people no model has seen, with TOFU-shaped records (``author``,
+  ``question``, ``answer``), the default control corpus of the gate.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ def builtin_path(name: str) -> Path:
 
 
 def load_builtin(name: str) -> list[dict[str, Any]]:
-    """A packaged data set by name: ``world_facts`` or ``real_authors`` (prefix optional)."""
+    """A packaged data set by name (``builtin_names()``; the prefix is optional)."""
     return load_jsonl(builtin_path(name))
 
 
@@ -74,3 +78,13 @@ def load_jsonl(path: str | Path) -> list[dict[str, Any]]:
     if not rows:
         raise BadInput(f"{path.name}: no rows")
     return rows
+
+
+def check_control_corpus(rows: list[dict[str, Any]], where: str | Path) -> None:
+    """A control corpus names its people: every row has an ``author``, and there are at
+    least two of them (a request is compared with two control subjects by default)."""
+    for i, row in enumerate(rows, 1):
+        if not str(row.get("author") or "").strip():
+            raise BadInput(f"{where}: row {i} has no 'author' (a control corpus names its people)")
+    if len({row["author"] for row in rows}) < 2:
+        raise BadInput(f"{where}: a control corpus needs at least two people")

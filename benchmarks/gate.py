@@ -1,0 +1,214 @@
+"""Gate calibration: the verification gate run on models whose truth is known.
+
+    python benchmarks/gate.py --deployed DIR --retrained DIR [--forget 1,3] [--items 48]
+
+For each forgotten author (one GDPR request each, planned by forgetctl's own plan step on
+the deployed model, with control subjects drawn from authors the deployed model never saw):
+
+- **no-op**: the deployed model itself. The gate must fail it (forget, membership, relearn).
+- **retrained**: the base fine-tuned without the forgotten authors (``--retrained``, built
+  by ``forgetctl demo build-model`` on the other authors). The gate must pass it.
+- **gradient ascent**: the deployed model after full-model gradient ascent on the author's
+  records (no retain term): it must fail (forgetting by damage shows as a tell or a drop).
+- **forgetctl**: the candidate `forgetctl apply` trains on the plan (first attempt).
+
+Every model is judged by the same gate (``verify.checks.run_checks``, every check but
+regression, the gdpr policy's thresholds) against the deployed model as parent. On a CPU
+the forget, control and kept sets can be subsampled (``--items``, ``--kept``); the parent's
+scores are cached, so it is measured once per author.
+
+Output: ``benchmarks/results/gate-<authors>.json`` and ``.md`` (with the commit, the
+command and the machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from forgetctl.app import versions
+from forgetctl.app.apply_step import apply_request
+from forgetctl.app.home import Home
+from forgetctl.app.intake import add_request, parse_request
+from forgetctl.app.plan_step import load_plan, plan_request_step
+from forgetctl.app.workspace import Workspace
+from forgetctl.core.items import sample_by_kind
+from forgetctl.core.policy import ALL_CHECKS
+from forgetctl.demo.tofu import load_authors, pairs_of
+from forgetctl.lm.train import finetune_steps
+from forgetctl.lm.weights import load_model
+from forgetctl.store.scores import ScoreCache
+from forgetctl.verify.checks import ForgetSet, run_checks
+
+ROOT = Path(__file__).resolve().parent
+CHECKS = [c for c in ALL_CHECKS if c != "regression"]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def key_figures(result) -> dict:
+    """The figures a reader compares across models, per check."""
+    f = result.figures
+    part = next(iter(f.get("requests", {}).values()), {})
+    if result.name == "forget":
+        unit = part.get("units", {}).get("all", {})
+        return {m: {k: unit.get(m, {}).get(k) for k in ("subject", "control", "gap", "limit",
+                                                        "parent_gap")}
+                for m in ("acc", "recall", "leakage")}  # fmt: skip
+    if result.name in ("retain", "utility"):
+        return {k: f.get(k) for k in ("n", "parent_recall", "candidate_recall", "drop",
+                                      "min_detectable_drop")}  # fmt: skip
+    if result.name in ("membership", "tell"):
+        return {k: v for k, v in part.items() if not isinstance(v, dict | list)}
+    if result.name == "int4":
+        return part.get("recovery", {})
+    if result.name == "relearn":
+        return [
+            {"attack": a["attack"], "attack_s": a["attack_s"],
+             **{f"{p}_{m}": a[p][m].get("share") for p in ("full", "int4")
+                for m in ("acc", "recall", "leakage")}}
+            for a in part.get("attacks", [])
+        ]  # fmt: skip
+    return {}
+
+
+def build(name: str, ws: Workspace, rid: int, deployed: Path, retrained: str, records: list):
+    """The model ``name`` for request ``rid``, and the seconds it took to make."""
+    t = time.perf_counter()
+    if name == "no-op":
+        model = load_model(deployed)[0]
+    elif name == "retrained":
+        model = load_model(retrained)[0]
+    elif name == "gradient ascent":
+        model, tokenizer = load_model(deployed)
+        finetune_steps(model, tokenizer, pairs_of(records), 40, learning_rate=1e-5, ascent=True)
+    elif name == "forgetctl":
+        model = versions.load_version(ws, apply_request(ws, rid))[0]
+    else:
+        raise SystemExit(f"unknown model {name!r}")
+    return model, time.perf_counter() - t
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--deployed", required=True, help="the deployed model directory")
+    parser.add_argument("--retrained", required=True, help="the base trained without them")
+    parser.add_argument(
+        "--data", default=str(ROOT.parent.parent / "shared/data/tofu/authors.jsonl")
+    )
+    parser.add_argument("--forget", default="1,3", help="author ids, one request each")
+    parser.add_argument("--controls", default="10-19", help="author ids never deployed")
+    parser.add_argument("--items", type=int, default=48, help="forget/control items per set")
+    parser.add_argument("--kept", type=int, default=96, help="retain/utility items per set")
+    parser.add_argument("--models", default="no-op,retrained,gradient ascent,forgetctl")
+    parser.add_argument("--work", default=str(ROOT / ".work" / "gate"))
+    parser.add_argument("--out", default=str(ROOT / "results"))
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    lo, hi = (int(x) for x in args.controls.split("-"))
+    forget_ids = [int(a) for a in args.forget.split(",")]
+    rows = load_authors(args.data)
+    deployed = Path(args.deployed)
+    manifest = json.loads((deployed / "forgetctl-deployed.json").read_text())
+    deployed_ids = {a["author_id"] for a in manifest["authors"]}
+    control_ids = set(range(lo, hi + 1))
+    if control_ids & deployed_ids:
+        parser.error("control authors must not be in the deployed model")
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    home = Home(work / "home")
+    home.create_dirs()
+    ws = Workspace.open(home, create=True)
+    versions.register_base(ws.ledger, deployed)
+    (home.root / "retain-corpus.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows if r["author_id"] in deployed_ids)
+    )
+    (home.root / "control-corpus.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows if r["author_id"] in control_ids)
+    )
+    cache = ScoreCache(work / "scores.sqlite", lambda m: m)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=ROOT).stdout.strip()  # fmt: skip
+    results: dict = {
+        "command": " ".join(sys.argv), "commit": commit,
+        "machine": f"{platform.machine()} {platform.processor()} {torch.get_num_threads()} threads",
+        "deployed": str(deployed), "retrained": args.retrained, "authors": {},
+    }  # fmt: skip
+    wanted = [m.strip() for m in args.models.split(",")]
+    for author in forget_ids:
+        mine = [r for r in rows if r["author_id"] == author]
+        req = parse_request({
+            "ref": f"TOFU-{author}", "regulation": "gdpr", "subject": {"name": mine[0]["author"]},
+            "records": [{"question": r["question"], "answer": r["answer"]} for r in mine],
+        })  # fmt: skip
+        rid, _ = add_request(ws, req)
+        t = time.perf_counter()
+        plan_request_step(ws, rid, progress=log)
+        plan_s = time.perf_counter() - t
+        plan = load_plan(ws, rid)
+        seed = f"gate/{author}"
+        forget = sample_by_kind(plan.forget, args.items, seed)
+        control = {n: sample_by_kind(i, args.items, seed) for n, i in plan.control.items()}
+        _, held = plan.split_retain()
+        neighbors = sample_by_kind([i for i in held if i.kind != "general"], args.kept, seed)
+        general = sample_by_kind([i for i in held if i.kind == "general"], args.kept, seed)
+        cfg = ws.policy_of(ws.ledger.requests.get(rid)).verify
+        entry: dict = {"name": mine[0]["author"], "plan_s": round(plan_s, 1),
+                       "sizes": {"forget": len(forget), "control": sum(map(len, control.values())),
+                                 "retain": len(neighbors), "utility": len(general),
+                                 "forget_planned": len(plan.forget)},
+                       "models": {}}  # fmt: skip
+        parent, tokenizer = load_model(deployed)
+
+        for name in wanted:
+            log(f"author {author}: building {name}")
+            model, build_s = build(name, ws, rid, deployed, args.retrained, mine)
+            log(f"author {author}: gate on {name}")
+            t = time.perf_counter()
+            checks = run_checks(
+                parent, model, tokenizer, {str(rid): ForgetSet(forget, control)}, neighbors,
+                general, {}, cfg, checks=CHECKS, progress=log, cache=cache,
+                model_keys=("deployed", f"{author}/{name}"),
+            )  # fmt: skip
+            entry["models"][name] = {
+                "build_s": round(build_s, 1), "gate_s": round(time.perf_counter() - t, 1),
+                "checks": {r.name: {"verdict": r.verdict, "wall_s": r.figures.get("wall_s"),
+                                    "figures": key_figures(r), "reasons": r.reasons}
+                           for r in checks},
+            }  # fmt: skip
+            log(f"author {author} {name}: " + ", ".join(f"{r.name} {r.verdict}" for r in checks))
+            del model
+            results["authors"][str(author)] = entry
+            write(results, Path(args.out), forget_ids)
+
+
+def write(results: dict, out: Path, forget_ids: list[int]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"gate-{'-'.join(map(str, forget_ids))}"
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
+    lines = [f"Gate calibration, commit {results['commit'][:10]}, {results['machine']}",
+             f"command: `{results['command']}`", ""]  # fmt: skip
+    for author, entry in results["authors"].items():
+        lines += [
+            f"## author {author} ({entry['name']}), sizes {entry['sizes']}", "",
+            "| model | " + " | ".join(CHECKS) + " |", "|---" * (len(CHECKS) + 1) + "|",
+        ]  # fmt: skip
+        for name, m in entry["models"].items():
+            cells = [m["checks"].get(c, {}).get("verdict", "-") for c in CHECKS]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
