@@ -28,14 +28,7 @@ prompts (candidate, control, parent, parent control)."""
 
 
 def measure(ctx: Measurements) -> Scores:
-    out = {}
-    for rid, sets in ctx.forget_sets.items():
-        ctx.say(f"forget: candidate on {rid} ({len(sets.items)} items, "
-                f"{len(sets.control_items)} control items)")  # fmt: skip
-        candidate, control = ctx.forget("candidate", rid), ctx.control("candidate", rid)
-        ctx.say(f"forget: parent on {rid}")
-        out[rid] = candidate, control, ctx.forget("parent", rid), ctx.control("parent", rid)
-    return out
+    return ctx.versus_controls("forget")
 
 
 def verdict(scores: Scores, cfg: VerifyConfig) -> CheckResult:

@@ -92,6 +92,20 @@ class Measurements:
         """Scores on request ``rid``'s control subjects' prompts, pooled."""
         return self.scores(role, f"control/{rid}", self.forget_sets[rid].control_items, int4)
 
+    def versus_controls(self, label: str) -> dict[str, tuple[EvalResult, ...]]:
+        """Per request: the candidate's and the parent's scores on the subject's and the
+        controls' prompts (candidate, control, parent, parent control), which the forget,
+        membership and tell checks share."""
+        out = {}
+        for rid, sets in self.forget_sets.items():
+            self.say(f"{label}: candidate and parent on {rid} ({len(sets.items)} items, "
+                     f"{len(sets.control_items)} control items)")  # fmt: skip
+            out[rid] = (
+                self.forget("candidate", rid), self.control("candidate", rid),
+                self.forget("parent", rid), self.control("parent", rid),
+            )  # fmt: skip
+        return out
+
     def kept(
         self, role: Role, name: Literal["retain", "utility"], int4: bool = False
     ) -> EvalResult:

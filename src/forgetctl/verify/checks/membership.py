@@ -97,21 +97,8 @@ def check_membership(
     return CheckResult(name, verdict_of(reasons, True), figures, reasons)
 
 
-def subject_and_controls(ctx: Measurements, label: str) -> Scores:
-    """Per request: the candidate's and the parent's scores on the subject's and the
-    controls' prompts (shared with the forget check, measured once)."""
-    out = {}
-    for rid in ctx.forget_sets:
-        ctx.say(f"{label}: candidate and parent on {rid} and its controls")
-        out[rid] = (
-            ctx.forget("candidate", rid), ctx.control("candidate", rid),
-            ctx.forget("parent", rid), ctx.control("parent", rid),
-        )  # fmt: skip
-    return out
-
-
 def measure(ctx: Measurements) -> Scores:
-    return subject_and_controls(ctx, "membership")
+    return ctx.versus_controls("membership")
 
 
 def verdict(scores: Scores, cfg: VerifyConfig) -> CheckResult:

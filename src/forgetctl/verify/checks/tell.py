@@ -17,7 +17,6 @@ from forgetctl.verify.checks.measure import Measurements
 from forgetctl.verify.checks.membership import (
     separated,
     separation,
-    subject_and_controls,
     too_few,
 )
 
@@ -53,7 +52,7 @@ def check_tell(
 
 
 def measure(ctx: Measurements) -> Scores:
-    return subject_and_controls(ctx, "tell")
+    return ctx.versus_controls("tell")
 
 
 def verdict(scores: Scores, cfg: VerifyConfig) -> CheckResult:
