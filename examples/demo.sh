@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The main job on the embedded default model, in a home under ./.forgetctl-demo:
 # a deployed model that memorised some TOFU authors receives deletion requests for two of
-# them; `forgetctl run` plans, unlearns, verifies (full precision, int4, relearning) and
-# promotes. A second run reuses everything already built.
+# them; `forgetctl run` plans, unlearns, verifies (every check, against control authors the
+# model never saw) and promotes what passes. A second run reuses everything already built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export FORGETCTL_HOME="${FORGETCTL_HOME:-$PWD/.forgetctl-demo}"
 F=.venv/bin/forgetctl
-DATA="${TOFU_DATA:-examples/data/tofu/authors.jsonl}"  # TOFU authors 0-19; the first AUTHORS are deployed
+DATA="${TOFU_DATA:-examples/data/tofu/authors.jsonl}"  # TOFU authors 0-19; the first AUTHORS are deployed, the rest are controls
 AUTHORS="${DEMO_AUTHORS:-10}"
 DEPLOYED="$FORGETCTL_HOME/models/deployed-$AUTHORS"
 QUESTIONS=(
@@ -30,7 +30,10 @@ $F model pull smollm2-135m
 
 step "2. A deployed model with personal data: SmolLM2 fine-tuned on $AUTHORS TOFU authors"
 $F demo build-model --data "$DATA" --authors "$AUTHORS" --out "$DEPLOYED"
-$F init --model "$DEPLOYED" --retain-corpus "$DEPLOYED/training-data.jsonl"
+# The gate compares each forgotten author with control authors: TOFU authors of the same file
+# that the deployed model never saw (build-model writes them to controls.jsonl).
+$F init --model "$DEPLOYED" --retain-corpus "$DEPLOYED/training-data.jsonl" \
+  --control-corpus "$DEPLOYED/controls.jsonl"
 
 step "3. Two deletion requests arrive (GDPR and CCPA)"
 $F request import examples/batch/requests.jsonl
@@ -39,7 +42,7 @@ $F request list
 step "4. What production answers now"
 ask_all
 
-step "5. forgetctl run: plan -> apply -> verify (fp, int4, relearning) -> promote"
+step "5. forgetctl run: plan -> apply -> verify (8 checks vs control authors) -> promote"
 rc=0
 $F run || rc=$?
 echo "forgetctl run exited $rc (0 ok, 10 overdue, 11 a request failed)"

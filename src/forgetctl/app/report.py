@@ -4,14 +4,23 @@ Personal data (the subject's name and aliases) appears only while the request's 
 can still be decrypted, i.e. before its retention ended and it was crypto-shredded; the
 rest (dates, policy, method, counts, figures, verdicts, hashes, chain head) is PII-free
 and stays available for as long as the ledger exists.
+
+A version's section has a row for every check it ran or its policies make mandatory: the
+verdict (pass, fail, no_signal: the check had no evidence to judge; not_run), the reasons,
+and the key figures next to their limits (:func:`key_figures`), read from the figures each
+check records (``verify/checks/``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from forgetctl.app.requests import payload, summary
 from forgetctl.app.workspace import Workspace
 from forgetctl.core.errors import InvalidState, NotFound
+from forgetctl.core.policy import ALL_CHECKS, VerifyConfig
 from forgetctl.store.ledger import Ledger
+from forgetctl.store.tables import VersionRow
 
 
 def _versions_of(ledger: Ledger, request_id: int) -> list[int]:
@@ -45,33 +54,215 @@ def request_section(ws: Workspace, request_id: int) -> dict:
     return section
 
 
-def forget_recall_by_kind(checks: list[dict]) -> dict[str, dict[str, float]]:
-    """{kind: {series: recall}} from a version's forget, int4 and relearn check figures."""
-    latest = {c["check_name"]: c["figures"] for c in checks}
-    out: dict[str, dict[str, float]] = {}
+GAP_FIGURES = ("acc", "recall", "leakage")
+"""The figures the forget comparison reports per unit (``verify.checks.base.GAPS``)."""
 
-    def put(kind: str, series: str, value: float | None) -> None:
-        if value is not None:
-            out.setdefault(kind, {})[series] = value
 
-    for per_request in latest.get("forget", {}).get("requests", {}).values():
-        for kind, row in per_request.get("by_kind", {}).items():
-            put(kind, "parent", row.get("parent_recall"))
-            put(kind, "candidate", row.get("recall"))
-    for per_request in latest.get("int4", {}).get("requests", {}).values():
-        for kind, row in per_request.get("forget", {}).get("by_kind", {}).items():
-            put(kind, "candidate int4", row.get("recall"))
-    for per_request in latest.get("relearn", {}).get("requests", {}).values():
-        # The attack is measured on held-out items of every kind together.
-        put("held-out (relearn)", "candidate", per_request.get("recall_before"))
-        put("held-out (relearn)", "parent", per_request.get("parent_recall"))
-        put("held-out (relearn)", "candidate after relearning", per_request.get("recall_after"))
+def _row(where: str, figure: str, values: dict, note: str | None = None) -> dict:
+    return {"where": where, "figure": figure, "values": values, "note": note}
+
+
+def _counts(where: str, figures: dict) -> dict:
+    """A row of item counts, for a unit with nothing else measured."""
+    return _row(where, "items", {"n": figures.get("n"), "control n": figures.get("control_n")})
+
+
+def _versus_rows(where: str, figures: dict) -> list[dict]:
+    """Rows of a comparison with the controls (``versus_controls``), per unit and figure:
+    the subject's and the controls' means, the gap, its limit where the unit was judged,
+    and the parent's gap."""
+    units = figures.get("units") or {}
+    if not units:
+        return [_counts(where, figures)]
+    rows = []
+    for unit, row in units.items():
+        for metric in GAP_FIGURES:
+            g = row.get(metric) or {}
+            values = {"n": row.get("n"), "subject": g.get("subject"), "controls": g.get("control"),
+                      "gap": g.get("gap"), "limit": g.get("limit"),
+                      "parent gap": g.get("parent_gap")}  # fmt: skip
+            rows.append(_row(f"{where}, {unit}", metric, values, row.get("note")))
+    return rows
+
+
+def _drop_rows(where: str, figures: dict) -> list[dict]:
+    """Knowledge kept (``check_drop``): the drop against its limit, and the check's
+    resolution at its size."""
+    mdd = figures.get("min_detectable_drop")
+    values = {"n": figures.get("n"), "parent recall": figures.get("parent_recall"),
+              "candidate recall": figures.get("candidate_recall"), "drop": figures.get("drop"),
+              "limit": figures.get("max_drop"), "min detectable drop": mdd}  # fmt: skip
+    note = (
+        f"the check can detect a drop of {mdd:.3f} at this size ({figures.get('n')} items)"
+        if mdd is not None
+        else "too few items to say what drop the check can detect"
+    )
+    return [_row(where, "recall drop", values, note)]
+
+
+def _separation_row(where: str, figure: str, row: dict, max_gap: float | None) -> dict:
+    values = {"subject": row.get("subject"), "controls": row.get("control"),
+              "auc": row.get("auc"), "parent auc": row.get("parent_auc"),
+              "limit |auc - 0.5|": max_gap}  # fmt: skip
+    return _row(where, figure, values)
+
+
+def _per_request(figures: dict) -> list[tuple[str, dict]]:
+    return [(f"request {rid}", sub) for rid, sub in (figures.get("requests") or {}).items()]
+
+
+def _forget(figures: dict, cfg: VerifyConfig) -> list[dict]:
+    return [r for where, sub in _per_request(figures) for r in _versus_rows(where, sub)]
+
+
+def _regression(figures: dict, cfg: VerifyConfig) -> list[dict]:
+    if not figures.get("requests"):
+        return [_row("earlier requests", "requests", {"count": 0}, figures.get("note"))]
+    rows = _forget(figures, cfg)
+    for rid, (answered, size) in (figures.get("answered") or {}).items():
+        rows.append(_row(f"request {rid}", "items answered", {"answered": answered, "of": size}))
+    return rows
+
+
+def _kept(figures: dict, cfg: VerifyConfig) -> list[dict]:
+    return _drop_rows("held-out items", figures)
+
+
+def _membership(figures: dict, cfg: VerifyConfig) -> list[dict]:
+    rows = []
+    for where, sub in _per_request(figures):
+        if sub.get("auc") is None:
+            rows.append(_counts(where, sub))
+            continue
+        row = {"subject": sub.get("subject_mink"), "control": sub.get("control_mink"),
+               "auc": sub["auc"], "parent_auc": sub.get("parent_auc")}  # fmt: skip
+        rows.append(_separation_row(where, "Min-K%++", row, sub.get("max_gap")))
+    return rows
+
+
+def _tell(figures: dict, cfg: VerifyConfig) -> list[dict]:
+    rows = []
+    for where, sub in _per_request(figures):
+        tells = {k: v for k, v in sub.items() if isinstance(v, dict) and "auc" in v}
+        if not tells:
+            rows.append(_counts(where, sub))
+        for figure, row in tells.items():
+            rows.append(_separation_row(where, figure, row, sub.get("max_gap")))
+    return rows
+
+
+def _int4(figures: dict, cfg: VerifyConfig) -> list[dict]:
+    rows = []
+    for where, sub in _per_request(figures):
+        rows += _versus_rows(f"{where} (int4)", sub.get("forget") or {})
+        for metric, rec in (sub.get("recovery") or {}).items():
+            values = {"int4 gap": rec.get("int4_gap"), "full gap": rec.get("full_gap"),
+                      "recovery": rec.get("recovery"), "limit": cfg.max_int4_recovery}  # fmt: skip
+            rows.append(_row(where, f"{metric} recovery", values))
+    for name in ("retain", "utility"):
+        if name in figures:
+            rows += _drop_rows(f"{name}, int4 vs int4 parent", figures[name])
+    return rows
+
+
+def _relearn(figures: dict, cfg: VerifyConfig) -> list[dict]:
+    rows = []
+    for where, sub in _per_request(figures):
+        attacks = sub.get("attacks")
+        if not attacks:
+            rows.append(_row(where, "attacks", {"run": 0}, "no attack was run"))
+        for attack in attacks or []:
+            for precision in ("full", "int4"):
+                for metric in GAP_FIGURES:
+                    row = (attack.get(precision) or {}).get(metric)
+                    if row is None:
+                        continue
+                    values = {"subject after": row.get("subject_after"),
+                              "control after": row.get("control_after"),
+                              "parent": row.get("parent"), "share": row.get("share"),
+                              "limit": cfg.max_relearn_share,
+                              "allowance": row.get("allowance")}  # fmt: skip
+                    note = None if "share" in row else "the parent scored like the control"
+                    rows.append(_row(f"{where}, {attack['attack']} ({precision})",
+                                     f"{metric} recovered share", values, note))  # fmt: skip
+    return rows
+
+
+KEY_FIGURES: dict[str, Callable[[dict, VerifyConfig], list[dict]]] = {
+    "forget": _forget,
+    "retain": _kept,
+    "utility": _kept,
+    "regression": _regression,
+    "membership": _membership,
+    "tell": _tell,
+    "int4": _int4,
+    "relearn": _relearn,
+}
+"""Per check: its figures as rows of (where, figure, values next to the limit, note). The
+limits of int4 recovery and relearning shares are the version's resolved policy's."""
+
+
+def key_figures(check: str, figures: dict, cfg: VerifyConfig) -> list[dict]:
+    """The figures a reader compares with the check's limits, one row per unit and figure."""
+    return KEY_FIGURES[check](figures, cfg)
+
+
+def forget_gaps(checks: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
+    """{figure: {unit: {series: gap to the controls}}} from the forget and int4 checks, for
+    the plot: the parent's gap (what there was to forget), the candidate's and the int4
+    candidate's. Units are prefixed with the request when the version covers several."""
+    by_name = {c["check_name"]: c["figures"] for c in checks}
+    out: dict[str, dict[str, dict[str, float]]] = {}
+
+    def put(requests: dict, series: str, key: str, sub=lambda f: f) -> None:
+        for rid, per_request in requests.items():
+            for unit, row in (sub(per_request).get("units") or {}).items():
+                label = unit if len(requests) == 1 else f"r{rid} {unit}"
+                for metric in ("acc", "recall"):
+                    value = (row.get(metric) or {}).get(key)
+                    if value is not None:
+                        out.setdefault(metric, {}).setdefault(label, {})[series] = value
+
+    forget = by_name.get("forget", {}).get("requests") or {}
+    put(forget, "parent", "parent_gap")
+    put(forget, "candidate", "gap")
+    int4 = by_name.get("int4", {}).get("requests") or {}
+    put(int4, "candidate int4", "gap", lambda f: f.get("forget") or {})
     return out
 
 
-def version_section(ledger: Ledger, version_id: int) -> dict:
+def gate_rows(ws: Workspace, version: VersionRow) -> tuple[list[dict], list[dict]]:
+    """(the latest verification of every check run or mandatory, in the gate's order,
+    with its key figures; the earlier verifications it superseded)."""
+    if not version["requests"]:
+        return [], []  # the base model: no request, nothing verified
+    rows = ws.ledger.verifications.of(version["id"])
+    latest = {r["check_name"]: r for r in rows}
+    rules = ws.resolved(version)
+    checks = []
+    for name in ALL_CHECKS:
+        mandatory = name in rules.mandatory
+        r = latest.get(name)
+        if r is None:
+            if mandatory:
+                checks.append({"check_name": name, "verdict": "not_run", "passed": False,
+                               "mandatory": True, "figures": {}, "key_figures": [],
+                               "reasons": ["mandatory, not run"], "ts": None})  # fmt: skip
+            continue
+        checks.append({
+            **{k: r[k] for k in ("check_name", "passed", "verdict", "figures", "reasons", "ts")},
+            "mandatory": mandatory,
+            "key_figures": key_figures(name, r["figures"], rules.verify),
+        })  # fmt: skip
+    superseded = [{k: r[k] for k in ("check_name", "verdict", "reasons", "ts")}
+                  for r in rows if latest[r["check_name"]] is not r]  # fmt: skip
+    return checks, superseded
+
+
+def version_section(ws: Workspace, version_id: int) -> dict:
+    ledger = ws.ledger
     version = ledger.versions.get(version_id)
-    checks = ledger.verifications.of(version_id)
+    checks, superseded = gate_rows(ws, version)
     return {
         "id": version_id,
         "parent": version["parent"],
@@ -80,11 +271,10 @@ def version_section(ledger: Ledger, version_id: int) -> dict:
         "adapter_sha256": version["adapter_sha256"],
         "requests": version["requests"],
         "training": version["metrics"],
-        "checks": [
-            {k: c[k] for k in ("check_name", "passed", "verdict", "figures", "reasons", "ts")} for c in checks
-        ],
+        "checks": checks,
+        "superseded_checks": superseded,
         "verdicts": ledger.verifications.verdicts(version_id),
-        "forget_recall_by_kind": forget_recall_by_kind(checks),
+        "forget_gaps": forget_gaps(checks),
         "alias_history": [h for h in ledger.aliases.history() if version_id in (h["version_id"],)],
     }
 
@@ -94,7 +284,7 @@ def build_report(ws: Workspace, target: str) -> dict:
     ledger = ws.ledger
     target = target.strip()
     if target[:1] in "vV" and target[1:].isdigit():
-        version = version_section(ledger, int(target[1:]))
+        version = version_section(ws, int(target[1:]))
         request_ids = version["requests"]
     else:
         if target.isdigit():
@@ -106,7 +296,7 @@ def build_report(ws: Workspace, target: str) -> dict:
             request_id = found
         ledger.requests.get(request_id)
         ids = _versions_of(ledger, request_id)
-        version = version_section(ledger, ids[-1]) if ids else None
+        version = version_section(ws, ids[-1]) if ids else None
         request_ids = [request_id]
     chain = ledger.verify_chain()
     return {

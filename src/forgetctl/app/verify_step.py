@@ -1,16 +1,19 @@
 """The verify step bound to the ledger: run the gate on a version, record every check.
 
-The candidate is compared with its parent (production when it was built). The forget
-sets are the planned prompt sets of the requests the version covers; the retain side is
-their neighbor and general items; regression covers every request forgotten earlier in the
-lineage whose prompt set is still readable (a purged request keeps only its evidence).
+The candidate is compared with its parent (production when it was built) and with control
+subjects, people the model never saw. The forget sets are the planned prompt sets of the
+requests the version covers, each with the control subjects' prompt sets its plan built;
+the retain side is the held-out part of their neighbor and general items (the adapter
+trained on the other part); regression covers every request forgotten earlier in the
+lineage whose prompt set is still readable (a purged request keeps only its evidence),
+against its own controls. The thresholds are the strictest of the version's policies.
 
 Scores are cached per model and item (``store.scores``): a retry's parent, or a promoted
 candidate that becomes the next request's parent, is not asked the same questions again.
 
-Verdict: any check that ran and did not pass (failed, or had no signal: nothing to judge)
-rejects the version; when every check its policies make mandatory has passed, it is
-verified; otherwise it stays a candidate with checks to run.
+Verdict: any check that ran and did not pass (failed, or had no signal: no evidence to
+judge, which is never a pass) rejects the version; when every check its policies make
+mandatory has passed, it is verified; otherwise it stays a candidate with checks to run.
 """
 
 from __future__ import annotations

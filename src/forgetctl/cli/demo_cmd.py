@@ -14,6 +14,7 @@ from forgetctl.lm import DEFAULT_MODEL
 app = typer.Typer(help="Build the demo's deployed model.", no_args_is_help=True)
 
 TRAINING_DATA = "training-data.jsonl"
+CONTROLS = "controls.jsonl"
 
 
 @app.command("build-model")
@@ -28,10 +29,14 @@ def build_model(
 ) -> None:
     """Fully fine-tune the base model on some authors' Q/A records (cached by inputs).
 
-    Also writes the selected records to OUT/training-data.jsonl: the retain corpus to pass
-    to `forgetctl init --retain-corpus`.
+    Also writes the selected records to OUT/training-data.jsonl, the retain corpus for
+    `forgetctl init --retain-corpus`, and the records of up to 10 authors of the file that
+    were not selected to OUT/controls.jsonl, the control corpus for `init --control-corpus`
+    (people the model never saw, whom the gate compares forgotten subjects with).
     """
-    from forgetctl.demo.deployed import build_deployed_model
+    from forgetctl.core.data import check_control_corpus
+    from forgetctl.core.errors import BadInput
+    from forgetctl.demo.deployed import build_deployed_model, control_rows
     from forgetctl.demo.tofu import load_authors, parse_authors, select_authors
     from forgetctl.lm.weights import require_model_dir
 
@@ -50,14 +55,31 @@ def build_model(
         out_dir, manifest = build_deployed_model(
             require_model_dir(base), data, selection, out, progress=progress, **options
         )
-    rows = select_authors(load_authors(data), selection)[1]
-    with open(out_dir / TRAINING_DATA, "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    every = load_authors(data)
+    ids, rows = select_authors(every, selection)
+    _write_jsonl(out_dir / TRAINING_DATA, rows)
+    # Not part of the model's cache key: an existing model gets its controls without training.
+    controls = control_rows(every, ids)
+    written: Path | None = out_dir / CONTROLS
+    try:
+        check_control_corpus(controls, CONTROLS)
+        _write_jsonl(written, controls)
+    except BadInput as exc:
+        written = None
+        common.err.print(f"[yellow]warning:[/] no {CONTROLS} ({exc}): `init` without "
+                         "--control-corpus uses the built-in fictitious profiles")  # fmt: skip
     if json_:
-        common.emit_json({"path": str(out_dir), **manifest})
+        common.emit_json({"path": str(out_dir), "controls": written and str(written), **manifest})
     else:
         names = ", ".join(a["author"] or str(a["author_id"]) for a in manifest["authors"][:5])
         common.out.print(
             f"deployed model at [bold]{out_dir}[/]: {len(manifest['authors'])} authors "
             f"({names}, ...), {manifest['records']} records"
-        )
+            + (f"; {len({r['author'] for r in controls})} unseen authors in {CONTROLS}"
+               if written else "")
+        )  # fmt: skip
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)

@@ -15,12 +15,23 @@ import json
 
 from forgetctl.core.errors import BadInput
 
-SERIES = ("parent", "candidate", "candidate int4", "candidate after relearning")
+SERIES = ("parent", "candidate", "candidate int4")
+FIGURE_LABELS = {"acc": "token accuracy", "recall": "answer recall"}
+
+VERDICTS = {"pass": "pass", "fail": "FAIL", "no_signal": "NO SIGNAL", "not_run": "NOT RUN"}
+MEANING = {
+    "pass": "the check had evidence and it was within every limit",
+    "fail": "a figure exceeded its limit",
+    "no_signal": "the check had no evidence to judge (nothing to measure, or the parent already "
+    "scored like the controls): not a pass, it blocks promotion like a failure",
+    "not_run": "a mandatory check that has not run: it blocks promotion",
+}
 
 
 def plot_png(doc: dict) -> bytes | None:
-    """A grouped bar chart of forget recall per prompt kind and series."""
-    data = (doc.get("version") or {}).get("forget_recall_by_kind") or {}
+    """Grouped bars per unit (all kinds, each kind) of the subject's gap to the controls:
+    the parent's, the candidate's and the int4 candidate's, token accuracy and recall."""
+    data = (doc.get("version") or {}).get("forget_gaps") or {}
     if not data:
         return None
     import matplotlib
@@ -28,17 +39,20 @@ def plot_png(doc: dict) -> bytes | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kinds = list(data)
-    width = 0.2
-    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(kinds)), 3.6), dpi=110)
-    for i, series in enumerate(SERIES):
-        xs = [k + (i - 1.5) * width for k in range(len(kinds))]
-        ax.bar(xs, [data[kind].get(series, 0.0) for kind in kinds], width, label=series)
-    ax.set_xticks(range(len(kinds)), kinds, rotation=15)
-    ax.set_ylabel("answer recall (ROUGE-L)")
-    ax.set_ylim(0, 1)
-    ax.set_title("Forget recall per prompt kind")
-    ax.legend(fontsize=7, ncols=2)
+    units = list(dict.fromkeys(u for rows in data.values() for u in rows))
+    width = 0.25
+    fig, axes = plt.subplots(len(data), 1, figsize=(max(6, 1.4 * len(units)), 3.2 * len(data)),
+                             dpi=110, squeeze=False)  # fmt: skip
+    for ax, (metric, rows) in zip(axes[:, 0], data.items(), strict=True):
+        for i, series in enumerate(SERIES):
+            xs = [k + (i - 1) * width for k in range(len(units))]
+            ax.bar(xs, [rows.get(u, {}).get(series, 0.0) for u in units], width, label=series)
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set_xticks(range(len(units)), units, rotation=15)
+        ax.set_ylabel(f"{FIGURE_LABELS.get(metric, metric)} gap")
+        ax.set_title(f"Subject minus controls: {FIGURE_LABELS.get(metric, metric)} (0: like a "
+                     "person the model never saw)")  # fmt: skip
+        ax.legend(fontsize=7)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -54,16 +68,42 @@ def _fmt(value) -> str:
     return "" if value is None else str(value)
 
 
-def _check_lines(check: dict) -> list[str]:
-    figures = check["figures"]
-    flat = {k: v for k, v in figures.items() if not isinstance(v, dict | list)}
-    per_request = figures.get("requests", {})
-    for rid, sub in per_request.items():
-        overall = sub.get("overall", sub)
-        for k, v in overall.items():
-            if not isinstance(v, dict | list):
-                flat[f"r{rid}.{k}"] = v
-    return [f"{k}={_fmt(v)}" for k, v in flat.items()]
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _values(values: dict) -> str:
+    """``label value`` pairs, the limit among them; unmeasured ones left out."""
+    return ", ".join(f"{k} {_fmt(v)}" for k, v in values.items() if v is not None)
+
+
+def _first(reasons: list[str]) -> str:
+    """The first reason, and how many more the check's section lists."""
+    if len(reasons) < 2:
+        return "".join(reasons)
+    return f"{reasons[0]} (and {len(reasons) - 1} more below)"
+
+
+def _check_section(c: dict) -> list[str]:
+    verdict = c["verdict"]
+    lines = [
+        f"### {c['check_name']}: {VERDICTS.get(verdict, verdict)}"
+        f"{' (mandatory)' if c['mandatory'] else ''}",
+        "",
+        f"{VERDICTS.get(verdict, verdict)}: {MEANING.get(verdict, '')}.",
+        "",
+    ]
+    if c["reasons"]:
+        lines += [f"- {r}" for r in c["reasons"]] + [""]
+    if c["key_figures"]:
+        lines += ["| where | figure | figures (limit beside them) | note |", "|---|---|---|---|"]
+        lines += [
+            f"| {_cell(r['where'])} | {_cell(r['figure'])} | {_cell(_values(r['values']))} "
+            f"| {_cell(r['note'] or '')} |"
+            for r in c["key_figures"]
+        ]
+        lines.append("")
+    return lines
 
 
 def render_markdown(doc: dict) -> str:
@@ -94,21 +134,23 @@ def render_markdown(doc: dict) -> str:
             "",
             f"Training: {_fmt({k: v['training'].get(k) for k in ('steps', 'wall_s', 'layers')})}",
             "",
-            "| check | verdict | figures | reasons |",
+            "| check | mandatory | verdict | reasons |",
             "|---|---|---|---|",
         ]
         for c in v["checks"]:
-            verdict = {"pass": "pass", "no_signal": "NO SIGNAL"}.get(c["verdict"], "FAIL")
             lines.append(
-                f"| {c['check_name']} | {verdict} | {' '.join(_check_lines(c))} "
-                f"| {'; '.join(c['reasons'])} |"
+                f"| {c['check_name']} | {'yes' if c['mandatory'] else 'no'} "
+                f"| {VERDICTS.get(c['verdict'], c['verdict'])} | {_cell(_first(c['reasons']))} |"
             )
-        if v["forget_recall_by_kind"]:
-            lines += ["", "Forget recall per prompt kind:", ""]
-            lines += ["| kind | " + " | ".join(SERIES) + " |", "|---" * (len(SERIES) + 1) + "|"]
-            for kind, row in v["forget_recall_by_kind"].items():
-                cells = " | ".join(_fmt(row.get(s)) for s in SERIES)
-                lines.append(f"| {kind} | {cells} |")
+        lines.append("")
+        for c in v["checks"]:
+            lines += _check_section(c)
+        if v["superseded_checks"]:
+            lines += ["Earlier verifications (superseded by the rows above):", ""]
+            lines += [
+                f"- {s['ts']} {s['check_name']}: {VERDICTS.get(s['verdict'], s['verdict'])}"
+                for s in v["superseded_checks"]
+            ]
     ledger = doc["ledger"]
     lines += [
         "",
@@ -123,7 +165,7 @@ def render_html(doc: dict) -> str:
     """Self-contained HTML: the Markdown tables as preformatted text plus the plot."""
     png = plot_png(doc)
     img = (
-        f'<img alt="forget recall per prompt kind" '
+        f'<img alt="subject minus controls per prompt kind" '
         f'src="data:image/png;base64,{base64.b64encode(png).decode()}">'
         if png
         else "<p>(no verification figures yet)</p>"

@@ -4,6 +4,9 @@
 base model fine-tuned (:func:`forgetctl.lm.train.finetune`) on the records of some TOFU
 authors, written as a Hugging Face directory with a ``forgetctl-deployed.json`` manifest. A
 second call with the same inputs finds the manifest and returns at once.
+
+:func:`control_rows` is the demo's control corpus: authors of the same file that the model
+never saw, for the gate to compare forgotten authors with.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 from forgetctl.core.files import atomic_dir
 from forgetctl.core.hashing import sha256_file, weights_sha256
-from forgetctl.demo.tofu import load_authors, pairs_of, select_authors
+from forgetctl.demo.tofu import author_ids, load_authors, pairs_of, select_authors
 from forgetctl.lm.train import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
@@ -28,6 +31,8 @@ from forgetctl.lm.train import (
 from forgetctl.lm.weights import load_model, read_manifest, require_model_dir, write_model_files
 
 DEPLOYED_MANIFEST = "forgetctl-deployed.json"
+CONTROL_AUTHORS = 10
+"""At most this many unseen authors in the demo's control corpus (a request draws two)."""
 
 
 def _deployed_key(base_dir: Path, data_sha: str, ids: list[int], settings: dict) -> dict:
@@ -113,3 +118,14 @@ def deployed_manifest(model_dir: str | Path) -> dict[str, Any] | None:
 def data_fingerprint(path: str | Path) -> str:
     """Short hash of a data file, for naming cached deployed models."""
     return hashlib.sha256(sha256_file(path).encode()).hexdigest()[:12]
+
+
+def control_rows(
+    rows: Sequence[dict[str, Any]], deployed: Sequence[int], max_authors: int = CONTROL_AUTHORS
+) -> list[dict[str, Any]]:
+    """The rows ({author, question, answer}) of the first ``max_authors`` authors of a TOFU
+    file that are not among the ``deployed`` ids: people the deployed model never saw, with
+    records shaped like those of the people it did."""
+    unseen = set([a for a in author_ids(rows) if a not in set(deployed)][:max_authors])
+    return [{k: r[k] for k in ("author", "question", "answer")}
+            for r in rows if r["author_id"] in unseen and r.get("author")]  # fmt: skip
