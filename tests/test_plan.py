@@ -84,9 +84,14 @@ def test_main_plan_is_planned_with_every_kind(main_plan):
     assert main_plan.figures["retain_own_rows"] == 6
 
 
+PARENTS = 4
+"""The record whose answer does not name the subject ("Her father was a fisherman ..."): the
+tiny model gives it about any name it is asked for, so it is not Mira Okonkwo's knowledge."""
+
+
 def test_every_record_gets_paraphrases_and_indirect_items(main_plan):
     forget = main_plan.prompt_set.forget
-    for source in range(6):
+    for source in sorted({0, 1, 2, 3, 4, 5} - {PARENTS}):
         paraphrases = [i for i in forget if i.kind == "paraphrase" and i.source == source]
         indirect = [i for i in forget if i.kind == "indirect" and i.source == source]
         record = next(i for i in forget if i.kind == "record" and i.source == source)
@@ -119,7 +124,7 @@ def test_near_duplicate_record_is_merged(main_plan):
     merged = [d for d in ps.dropped if d["kind"] == "record" and d["source"] == 6]
     assert merged and merged[0]["reason"] == "near_duplicate"
     assert merged[0]["of"] == "Where was Mira Okonkwo born?"
-    assert sum(1 for i in ps.forget if i.kind == "record") == 6
+    assert sum(1 for i in ps.forget if i.kind == "record") == 5  # 6 known, 1 merged
 
 
 def test_neighbors_exclude_the_subject(main_plan):
@@ -130,8 +135,13 @@ def test_neighbors_exclude_the_subject(main_plan):
 
 def test_probe_evidence_is_recorded(main_plan):
     probe = main_plan.prompt_set.probe
-    assert probe["by_kind"]["record"]["mean_recall"] > 0.9
-    assert probe["items"] > 50 and probe["known"] > 0
+    # The memorised subject's records (and the near-duplicate, merged later) are far likelier
+    # about it than about anyone; the one the model gives about any name is not.
+    assert probe["items"] == len(probe["records"]) == 7 and probe["known"] == 6
+    assert sorted(probe["records"])[1] > 2 * probe["min_specificity"]
+    assert probe["records"][PARENTS] < probe["min_specificity"]
+    dropped = [d for d in main_plan.prompt_set.dropped if d.get("source") == PARENTS]
+    assert dropped and {d["reason"] for d in dropped} == {"not_known"}
 
 
 def test_unknown_subject_is_not_present(lm, embedder):
@@ -148,8 +158,9 @@ def test_unknown_subject_is_not_present(lm, embedder):
     )  # fmt: skip
     assert out.verdict == "not_present", out.reasons
     assert out.prompt_set.forget == []
-    assert out.prompt_set.probe["by_kind"]["record"]["mean_recall"] < 0.5
-    assert "does not reveal" in out.reasons[0]
+    probe = out.prompt_set.probe
+    assert probe["known"] == 0 and probe["mean_specificity"] < probe["min_specificity"]
+    assert "does not know the subject" in out.reasons[0]
 
 
 def test_request_copying_another_subject_is_rejected(lm, embedder):
@@ -286,4 +297,4 @@ def test_without_records_attribute_answers_must_be_tied_to_the_name(lm, embedder
         "Henrik Solberg", [], [], "entity", model, tok, FAST, rows, [], embedder=embedder
     )
     assert unknown.verdict == "not_present"
-    assert unknown.prompt_set.probe["by_kind"]["attribute"]["revealing"] == 0
+    assert unknown.prompt_set.probe["attributes_revealing"] == 0

@@ -85,8 +85,6 @@ class PlanConfig(_Strict):
     neighbors_k: int = Field(8, ge=0)
     paraphrases_per_record: int = Field(2, ge=2)
     near_duplicate_threshold: float = Field(0.9, gt=0, le=1)
-    probe_min_recall: float = Field(0.5, ge=0, le=1)
-    """A forget item counts as known when the model's answer recall reaches this."""
     scope_overlap_threshold: float = Field(0.9, gt=0, le=1)
     """A forget target this similar to a retain item is removed as collateral."""
     max_retain_overlap: float = Field(0.3, ge=0, le=1)
@@ -107,14 +105,18 @@ class PlanConfig(_Strict):
     held-out). Judged on the trained items, the check saw a drop of 0.027 where held-out
     real-author questions fell to 76.5% of the parent's; with 32 items, one or two answers
     decided it (drops of 0.070 and 0.125 there, 0.012 and 0.019 on 217 questions)."""
+    min_specificity: float = Field(1.0, ge=0)
+    """The memorisation probe: a record (or attribute answer) counts as known when its
+    answer's mean token log-prob about the subject exceeds that of the same question and
+    answer about stand-in names by this much (nats). Template words any name gets cannot
+    reach it; recall of a greedy answer could (a never-seen person's "<name> works as a
+    ..." echo). On the tiny test model a never-seen person's records score 0.25 to 0.51
+    (the names' tokens differ), a memorised subject's 4.6 to 5.6."""
     probe_derived: Literal["source", "item"] = "source"
-    """Keep a known record's paraphrase/indirect/adversarial prompts ("source"), or only
-    those the model itself answers ("item")."""
+    """Keep a known record's paraphrase/indirect/adversarial prompts ("source"), or judge
+    each derived prompt on its own figure ("item")."""
     probe_max_new_tokens: int = Field(64, ge=8)
-    """Decoding budget of a probe answer (targets cap it further at 1.3x their length)."""
-    attribute_min_specificity: float = Field(0.5, ge=0)
-    """Without records, an attribute answer counts as the subject's when its mean token
-    log-prob exceeds that of the same answer about control names by this much (nats)."""
+    """Decoding budget of an attribute answer (the probe decodes nothing else)."""
     seed: int = 0
 
 

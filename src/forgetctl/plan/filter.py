@@ -1,15 +1,16 @@
 """Filtering (FIT): keep only what the model knows, once, and only what is the subject's.
 
-- **Memorisation probe**: the current model answers every forget prompt greedily; the
-  ROUGE-L recall of the target in its answer says whether it reveals that record. A
-  record is known when *any* of its prompts (the record, a paraphrase, an adversarial
-  variant ...) reveals it; the derived prompts of a known record are kept even where the
-  model happens not to answer that wording, because they are views of a fact the model
-  holds and training on them is what makes forgetting reach unseen wording
-  (``PlanConfig.probe_derived = "item"`` drops them item by item instead).
-- **Attribute answers** have no given target: they count as revealing when they name a
-  key fact of the records (a place, date, title, number ...) that the question did not
-  contain.
+- **Memorisation probe** (in :mod:`forgetctl.plan.planner`): a record is known when the
+  model ties its answer to the subject: the answer's mean token log-prob about the subject
+  exceeds that of the same record about stand-in names by ``PlanConfig.min_specificity``.
+  An answer any name would get (a question's words echoed back) is not knowledge. The
+  derived prompts of a known record are kept even where the model does not answer that
+  wording, because they are views of a fact the model holds and training on them is what
+  makes forgetting reach unseen wording (``PlanConfig.probe_derived = "item"`` judges
+  each derived prompt on its own figure instead).
+- **Attribute answers** have no given target: the model's own answer counts as revealing
+  when it is specific to the subject in the same sense and, when there are records, names
+  a key fact of them (a place, date, title, number ...) that the question did not contain.
 - **Near-duplicates**: items of *different* origin whose question and answer both embed
   within ``near_duplicate_threshold`` of each other are one item (the same record given twice, an
   attribute question that restates a record). Variants of one record are never merged by

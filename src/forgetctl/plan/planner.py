@@ -2,7 +2,7 @@
 
     scope guard on the records (general knowledge, other subjects' rows) -> rejected?
     expand the in-scope records (paraphrase, indirect, adversarial) + attribute prompts
-    probe the current model on every forget prompt
+    probe: is each record likelier about the subject than about stand-in names?
     keep what the model knows                                            -> not_present?
     merge near-duplicates
     retain side: faiss neighbors from the retain corpus + general items
@@ -25,7 +25,6 @@ from typing import Literal
 import numpy as np
 
 from forgetctl.core.errors import BadInput
-from forgetctl.core.facts import rouge_l_recall
 from forgetctl.core.items import FORGET_KINDS, PromptItem, PromptSet, trains_retain
 from forgetctl.core.policy import PlanConfig
 from forgetctl.core.text import Subject, squash
@@ -37,9 +36,9 @@ from forgetctl.plan.embed import CachedEmbedder, Embedder, default_embedder
 
 Verdict = Literal["planned", "not_present", "rejected"]
 
-# Fictitious people the attribute check compares the subject with when there are no
-# records: an answer the model would give about anyone is not the subject's data.
-CONTROL_NAMES = ("Elena Marwick", "Tomasz Verhoeven", "Ines Caldara")
+# Fictitious names the probe swaps for the subject's: an answer the model would give about
+# anyone is not the subject's data.
+STAND_IN_NAMES = ("Elena Marwick", "Tomasz Verhoeven", "Ines Caldara")
 
 
 @dataclass
@@ -180,40 +179,29 @@ def plan_request(
     run.lap("expand")
 
     # ------------------------------------------------------------------ probe
-    # First the records and the attribute questions; then the derived prompts, but only
-    # where their answer can change a decision. With probe_derived "source": those of
-    # records the model half-reveals through their own question (recall between half the
-    # bar and the bar), whose fact may still come out under other wording; a known
-    # record's variants are kept whatever they score, and a record the model does not
-    # answer even in its training wording is not probed further. With "item": all of
-    # them. Decoding is what planning costs.
-    first = [*recs, *attr_items]
-    run.say(f"probing the model on {len(first)} record and attribute prompts")
-    outputs = fl.probe_answers(model, tokenizer, first, cfg.probe_max_new_tokens)
-    own_recall = {
-        it.source: rouge_l_recall(it.target, out)
-        for it, out in zip(first, outputs, strict=True)
-        if it.kind == "record"
-    }
-    second = [
-        it
-        for it in derived
-        if cfg.probe_derived == "item"
-        or cfg.probe_min_recall / 2 <= own_recall[it.source] < cfg.probe_min_recall
-    ]
-    if second:
-        run.say(f"probing {len(second)} derived prompts")
-        outputs += fl.probe_answers(model, tokenizer, second, cfg.probe_max_new_tokens)
-    probed = [*first, *second]
-    recall = [
-        rouge_l_recall(it.target, out) if it.target else 0.0
-        for it, out in zip(probed, outputs, strict=True)
-    ]
-    run.figures["probe_skipped"] = len(derived) - len(second)
+    # Known means the model ties the answer to this name: the answer is likelier about the
+    # subject than about stand-in names the model never saw, in the same wording (mean
+    # token log-prob, nats). An answer that echoes its question ("<name> works as a ...")
+    # is as likely about anyone, so template words cannot make an unknown person look
+    # known. One forward pass per prompt and name; only the attribute questions, whose
+    # answers come from the model, are decoded.
+    run.say(f"probing the model on {len(recs)} records against stand-in names")
+    figure = dict(zip((it.source for it in recs),
+                      _specificity(model, tokenizer, subj, [(it, it.target) for it in recs]),
+                      strict=True))  # fmt: skip
+    if cfg.probe_derived == "item" and derived:
+        run.say(f"probing {len(derived)} derived prompts")
+        pairs = [(it, it.target) for it in derived]
+        item_figure = dict(zip(map(id, derived), _specificity(model, tokenizer, subj, pairs),
+                               strict=True))  # fmt: skip
     run.lap("probe")
-    attr_pairs = [(it, o) for it, o in zip(probed, outputs, strict=True) if it.kind == "attribute"]
+    attr_pairs = []
+    if attr_items:
+        run.say(f"asking the model {len(attr_items)} attribute questions")
+        outputs = fl.probe_answers(model, tokenizer, attr_items, cfg.probe_max_new_tokens)
+        attr_pairs = list(zip(attr_items, outputs, strict=True))
     attr_kept, attr_evidence = _check_attributes(attr_pairs, recs, subj, model, tokenizer, cfg, run)
-    run.probe = _probe_figures(probed, recall, attr_evidence, cfg)
+    run.probe = _probe_figures(recs, figure, attr_evidence, cfg)
     if attr_kept:
         attr_reasons = guard(attr_kept)
         run.dropped += [r for r in attr_reasons if r]
@@ -226,28 +214,23 @@ def plan_request(
     run.lap("attributes")
 
     # ------------------------------------------------------------------ keep what is known
-    family = dict(own_recall)
-    for it, r in zip(probed, recall, strict=True):
-        if it.source is not None:
-            family[it.source] = max(family[it.source], r)
-    item_recall = {id(it): r for it, r in zip(probed, recall, strict=True)}
     kept: list[PromptItem] = []
     for it in [*recs, *derived]:
-        # "source": a record and its variants stand or fall together (the fact is known
-        # when any wording reveals it); "item": each prompt on its own answer.
-        figure = item_recall.get(id(it), 0.0) if cfg.probe_derived == "item" else family[it.source]
-        if figure >= cfg.probe_min_recall:
+        # "source": a record and its variants stand or fall together (one fact, many
+        # wordings); "item": each derived prompt on its own figure.
+        f = item_figure[id(it)] if cfg.probe_derived == "item" and it.kind != "record" else (
+            figure[it.source])  # fmt: skip
+        if f >= cfg.min_specificity:
             kept.append(it)
         else:
-            run.dropped.append(fl.dropped(it, "not_known", figure))
+            run.dropped.append(fl.dropped(it, "not_known", f))
     kept.sort(key=lambda it: (FORGET_KINDS.index(it.kind), it.source or 0))
     kept += attr_kept
     if not kept:
-        rec_recall = run.probe["by_kind"].get("record", {}).get("mean_recall")
         reasons = [
-            f"the model does not reveal the subject: {run.probe['known']} of "
-            f"{run.probe['items']} forget prompts reach answer recall {cfg.probe_min_recall} "
-            f"(mean recall on the records: {rec_recall})"
+            f"the model does not know the subject: none of {run.probe['items']} records is "
+            f"likelier about this name than about stand-in names by {cfg.min_specificity} "
+            f"nats per token (mean {run.probe['mean_specificity']})"
         ]
         return run.finish("not_present", reasons=reasons)
 
@@ -350,21 +333,17 @@ def _expand(recs, subj: Subject, model, tokenizer, cfg: PlanConfig, emb) -> tupl
 
 
 def _check_attributes(attr_pairs, recs, subj, model, tokenizer, cfg: PlanConfig, run: _Run):
-    """Attribute items whose answer reveals the subject's data, and the evidence.
-
-    With records: the answer states a key fact of the records the question did not
-    contain. Without: the model ties the answer to this name (see :func:`_specificity`).
-    """
+    """Attribute items whose answer reveals the subject's data, and the evidence: the model
+    ties the answer to this name (:func:`_specificity`) and, when there are records, the
+    answer states a key fact of them that the question did not contain."""
     if not attr_pairs:
         return [], []
-    if recs:
+    figure = _specificity(model, tokenizer, subj, attr_pairs)
+    known = [f >= cfg.min_specificity for f in figure]
+    if recs:  # and the answer states a fact of the records
         facts = fl.record_facts(recs, subj)
-        revealing = [fl.revealed_facts(a, it.prompt, facts) for it, a in attr_pairs]
-        figure = [float(len(r)) for r in revealing]
-        known = [bool(r) for r in revealing]
-    else:
-        figure = _specificity(model, tokenizer, subj, attr_pairs)
-        known = [f >= cfg.attribute_min_specificity for f in figure]
+        known = [k and bool(fl.revealed_facts(a, it.prompt, facts))
+                 for k, (it, a) in zip(known, attr_pairs, strict=True)]  # fmt: skip
     kept, evidence = [], []
     for (it, answer), k, f in zip(attr_pairs, known, figure, strict=True):
         item = PromptItem(prompt=it.prompt, target=answer, kind="attribute")
@@ -385,42 +364,33 @@ def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list
 
 def _specificity(model, tokenizer, subj: Subject, pairs) -> list[float]:
     """Mean token log-prob of each (question, answer) about the subject minus that of the
-    same pair with the name swapped for control names: high only when the model ties the
+    same pair with the name swapped for stand-in names: high only when the model ties the
     answer to this name rather than saying it about anyone."""
     name_re = subj.form_regex(with_parts=True)
     own = answer_logprobs(model, tokenizer, [(it.prompt, a) for it, a in pairs])
-    controls = [c for c in CONTROL_NAMES if not subj.mentioned_in(c)]
+    names = [n for n in STAND_IN_NAMES if not subj.mentioned_in(n)]
     other = np.zeros(len(pairs))
-    for control in controls:
-        swapped = [(name_re.sub(control, it.prompt), name_re.sub(control, a)) for it, a in pairs]
+    for name in names:
+        swapped = [(name_re.sub(name, it.prompt), name_re.sub(name, a)) for it, a in pairs]
         other += np.array(answer_logprobs(model, tokenizer, swapped))
-    other /= max(1, len(controls))
+    other /= max(1, len(names))
     return [float(o - c) for o, c in zip(own, other, strict=True)]
 
 
-def _probe_figures(items, recall, attr_evidence, cfg: PlanConfig) -> dict:
-    by_kind: dict[str, dict] = {}
-    for kind in FORGET_KINDS:
-        values = [r for it, r in zip(items, recall, strict=True) if it.kind == kind and it.target]
-        if values:
-            by_kind[kind] = {
-                "n": len(values),
-                "mean_recall": _mean(values),
-                "known": sum(v >= cfg.probe_min_recall for v in values),
-            }
-    if attr_evidence:
-        by_kind["attribute"] = {
-            "n": len(attr_evidence),
-            "revealing": sum(e["reveals"] for e in attr_evidence),
-        }
-    known = sum(v.get("known", v.get("revealing", 0)) for v in by_kind.values())
-    return {
-        "items": len(items),
-        "known": known,
-        "min_recall": cfg.probe_min_recall,
-        "by_kind": by_kind,
-        "attributes": attr_evidence,
+def _probe_figures(recs, figure: Mapping[int | None, float], attr_evidence, cfg) -> dict:
+    """The probe's evidence: each record's specificity, how many are known, the attributes."""
+    values = [figure[it.source] for it in recs]
+    out = {
+        "items": len(recs),
+        "known": sum(v >= cfg.min_specificity for v in values),
+        "min_specificity": cfg.min_specificity,
+        "mean_specificity": _mean(values),
+        "records": [round(v, 4) for v in values],
     }
+    if attr_evidence:
+        out["attributes"] = attr_evidence
+        out["attributes_revealing"] = sum(e["reveals"] for e in attr_evidence)
+    return out
 
 
 def _neighbors(forget, forget_vecs, corpus: fl.RetainCorpus, cfg: PlanConfig) -> list[PromptItem]:
