@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -41,7 +40,7 @@ from forgetctl.app.intake import add_request, parse_request
 from forgetctl.app.plan_step import load_plan, plan_request_step
 from forgetctl.app.workspace import Workspace
 from forgetctl.core.items import sample_by_kind
-from forgetctl.core.policy import ALL_CHECKS
+from forgetctl.core.policy import ALL_CHECKS, AttackConfig
 from forgetctl.demo.tofu import load_authors, pairs_of
 from forgetctl.lm.train import finetune_steps
 from forgetctl.lm.weights import load_model
@@ -50,6 +49,14 @@ from forgetctl.verify.checks import ForgetSet, run_checks
 
 ROOT = Path(__file__).resolve().parent
 CHECKS = [c for c in ALL_CHECKS if c != "regression"]
+SWEEP = [
+    *(AttackConfig(mode="full", learning_rate=lr, steps=20) for lr in (1e-6, 1e-5, 1e-4, 1e-3)),
+    AttackConfig(mode="full", learning_rate=1e-5, steps=60),
+    *(AttackConfig(mode="lora", learning_rate=lr, steps=20) for lr in (1e-4, 1e-3)),
+    AttackConfig(mode="retain", learning_rate=1e-5, steps=20),
+]
+"""The attack settings compared to choose the policy's default suite (the literature sweeps
+full fine-tuning from 1e-6 to 1e-3; a LoRA attack; benign fine-tuning on retain data)."""
 
 
 def log(msg: str) -> None:
@@ -92,8 +99,10 @@ def build(name: str, ws: Workspace, rid: int, deployed: Path, retrained: str, re
     elif name == "gradient ascent":
         model, tokenizer = load_model(deployed)
         finetune_steps(model, tokenizer, pairs_of(records), 40, learning_rate=1e-5, ascent=True)
-    elif name == "forgetctl":
-        model = versions.load_version(ws, apply_request(ws, rid))[0]
+    elif name == "forgetctl":  # the first candidate, trained now unless an earlier run did
+        built = ws.ledger.versions.of_request(rid)
+        vid = built[-1]["id"] if built else apply_request(ws, rid)
+        model = versions.load_version(ws, vid)[0]
     else:
         raise SystemExit(f"unknown model {name!r}")
     return model, time.perf_counter() - t
@@ -111,6 +120,11 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=48, help="forget/control items per set")
     parser.add_argument("--kept", type=int, default=96, help="retain/utility items per set")
     parser.add_argument("--models", default="no-op,retrained,gradient ascent,forgetctl")
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="run only the relearning check, with every attack of SWEEP",
+    )
     parser.add_argument("--work", default=str(ROOT / ".work" / "gate"))
     parser.add_argument("--out", default=str(ROOT / "results"))
     args = parser.parse_args()
@@ -124,8 +138,7 @@ def main() -> None:
     control_ids = set(range(lo, hi + 1))
     if control_ids & deployed_ids:
         parser.error("control authors must not be in the deployed model")
-    work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
+    work = Path(args.work)  # kept between runs: plans, candidates and scores are reused
     home = Home(work / "home")
     home.create_dirs()
     ws = Workspace.open(home, create=True)
@@ -142,7 +155,8 @@ def main() -> None:
     results: dict = {
         "command": " ".join(sys.argv), "commit": commit,
         "machine": f"{platform.machine()} {platform.processor()} {torch.get_num_threads()} threads",
-        "deployed": str(deployed), "retrained": args.retrained, "authors": {},
+        "deployed": str(deployed), "retrained": args.retrained, "sweep": args.sweep,
+        "authors": {},
     }  # fmt: skip
     wanted = [m.strip() for m in args.models.split(",")]
     for author in forget_ids:
@@ -153,7 +167,8 @@ def main() -> None:
         })  # fmt: skip
         rid, _ = add_request(ws, req)
         t = time.perf_counter()
-        plan_request_step(ws, rid, progress=log)
+        if ws.ledger.requests.get(rid)["status"] == "received":
+            plan_request_step(ws, rid, progress=log)
         plan_s = time.perf_counter() - t
         plan = load_plan(ws, rid)
         seed = f"gate/{author}"
@@ -163,6 +178,9 @@ def main() -> None:
         neighbors = sample_by_kind([i for i in held if i.kind != "general"], args.kept, seed)
         general = sample_by_kind([i for i in held if i.kind == "general"], args.kept, seed)
         cfg = ws.policy_of(ws.ledger.requests.get(rid)).verify
+        checks = CHECKS
+        if args.sweep:
+            checks, cfg = ["relearn"], cfg.model_copy(update={"relearn_attacks": SWEEP})
         entry: dict = {"name": mine[0]["author"], "plan_s": round(plan_s, 1),
                        "sizes": {"forget": len(forget), "control": sum(map(len, control.values())),
                                  "retain": len(neighbors), "utility": len(general),
@@ -177,7 +195,7 @@ def main() -> None:
             t = time.perf_counter()
             checks = run_checks(
                 parent, model, tokenizer, {str(rid): ForgetSet(forget, control)}, neighbors,
-                general, {}, cfg, checks=CHECKS, progress=log, cache=cache,
+                general, {}, cfg, checks=checks, progress=log, cache=cache,
                 model_keys=("deployed", f"{author}/{name}"),
             )  # fmt: skip
             entry["models"][name] = {
@@ -194,7 +212,7 @@ def main() -> None:
 
 def write(results: dict, out: Path, forget_ids: list[int]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"gate-{'-'.join(map(str, forget_ids))}"
+    stem = out / f"gate-{'-'.join(map(str, forget_ids))}{'-sweep' if results['sweep'] else ''}"
     stem.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
     lines = [f"Gate calibration, commit {results['commit'][:10]}, {results['machine']}",
              f"command: `{results['command']}`", ""]  # fmt: skip
@@ -206,6 +224,18 @@ def write(results: dict, out: Path, forget_ids: list[int]) -> None:
         for name, m in entry["models"].items():
             cells = [m["checks"].get(c, {}).get("verdict", "-") for c in CHECKS]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += [
+            "", "Relearning attacks, recovered share (full precision / int4):", "",
+            "| model | attack | acc | recall | leakage | seconds |", "|---" * 6 + "|",
+        ]  # fmt: skip
+        for name, m in entry["models"].items():
+            for a in m["checks"].get("relearn", {}).get("figures") or []:
+                cells = [
+                    f"{a[f'full_{x}']} / {a[f'int4_{x}']}" for x in ("acc", "recall", "leakage")
+                ]
+                lines.append(
+                    f"| {name} | {a['attack']} | " + " | ".join(cells) + f" | {a['attack_s']} |"
+                )
         lines.append("")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
