@@ -112,7 +112,7 @@ def test_load_jsonl_errors(tmp_path):
 
 
 def test_builtin_sets():
-    assert builtin_names() == ["real_authors", "world_facts"]
+    assert builtin_names() == ["basic_facts", "controls", "real_authors", "world_facts"]
     facts = load_builtin("world_facts")
     assert len(facts) == 117 and facts[0]["answer"] == "Paris"
     assert len(load_jsonl("builtin:real_authors")) == 100
