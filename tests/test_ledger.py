@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 
 import pytest
@@ -138,3 +139,36 @@ def test_an_illegal_status_change_is_refused_and_writes_nothing(tmp_path):
         led.versions.set_status(base, "candidate")
     assert led.versions.get(base)["status"] == "promoted"
     assert led.verify_chain().ok
+
+
+def test_every_write_is_recorded_by_its_event_and_the_head_signed(tmp_path):
+    led = open_ledger(tmp_path / "l.db", create=True)
+    rid = led.requests.add({"ref": "R-1", "policy": "gdpr", "regulation": "gdpr",
+                            "scope": "entity", "received": "2026-11-01", "due": "2026-12-01",
+                            "subject_index": "x"})  # fmt: skip
+    with led.transaction():
+        led.requests.set_payload(rid, b"ciphertext")  # no event of its own: flushed at commit
+    last = led.events()[-1]
+    assert last["kind"] == "ledger.written"
+    digest = "sha256:" + hashlib.sha256(b"ciphertext").hexdigest()
+    assert last["writes"] == {"requests/1": {"payload": digest}}
+    assert led.audit().ok and led.signed_head()["seq"] == last["seq"]
+    led.conn.execute("UPDATE requests SET payload = X'00' WHERE id = 1")
+    assert led.audit().problems[0].startswith("requests 1 payload: 'sha256:")
+
+
+def test_an_upgraded_ledger_takes_its_rows_as_they_were_then_checks_them(tmp_path):
+    old = Ledger(tmp_path / "l.db")
+    old.migrate(upto="0003_verification_verdicts")
+    old.requests.add({"ref": "R-1", "policy": "gdpr", "regulation": "gdpr",
+                      "scope": "entity", "received": "2026-11-01", "due": "2026-12-01",
+                      "subject_index": "x"})  # fmt: skip
+    old.close()
+    assert not (tmp_path / "keys").exists()
+    upgraded = open_ledger(tmp_path / "l.db")
+    assert (tmp_path / "keys" / "ledger-head.key").exists()  # created by the migration
+    assert upgraded.audit().ok
+    upgraded.conn.execute("UPDATE requests SET status = 'promoted'")
+    assert upgraded.audit().problems == [
+        "requests 1 status: 'promoted', but event 5 wrote 'received'"
+    ]

@@ -7,7 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from forgetctl.core.errors import NotFound
+from forgetctl.core.errors import LedgerCorrupt, NotFound
 from forgetctl.core.policy import Policy, load_policies, packaged_policy_dir
 
 
@@ -56,6 +56,13 @@ class Home:
 
     def require(self) -> Home:
         if not self.exists():
+            if self.keys.is_dir() and any(self.keys.glob("*.key")):
+                # Its keys are here: this home had a ledger, and `init` would start a new
+                # history, so say what was lost instead.
+                raise LedgerCorrupt(
+                    f"{self.ledger_path} is missing from an initialised home (keys/ holds "
+                    "its keys): restore ledger.db from backup (`forgetctl doctor`)"
+                )
             raise NotFound(f"no forgetctl home at {self.root} (run `forgetctl init`)")
         return self
 

@@ -29,8 +29,10 @@ class Workspace:
             home.create_dirs()
         else:
             home.require()
-        ledger = open_ledger(home.ledger_path, create=create)
-        return cls(home, ledger, Keyring(home.keys), home.policies())
+        keys = Keyring(home.keys)
+        # Refuses a damaged ledger or key; creates one only when there is no ledger.db.
+        ledger = open_ledger(home.ledger_path, create=create, keys=keys)
+        return cls(home, ledger, keys, home.policies())
 
     def policy_of(self, request: int | RequestRow) -> Policy:
         row = self.ledger.requests.get(request) if isinstance(request, int) else request

@@ -1,4 +1,4 @@
-"""`forgetctl ledger ...`: read, verify and export the hash-chained event log."""
+"""`forgetctl ledger ...`: read, verify and export the signed, hash-chained event log."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from forgetctl.cli import common
-from forgetctl.core.errors import LedgerCorrupt
+from forgetctl.core.errors import BadInput, LedgerCorrupt
 
 app = typer.Typer(help="Read, verify and export the event log.", no_args_is_help=True)
 
@@ -33,25 +33,57 @@ def log(
 
 
 @app.command("verify")
-def verify(json_: bool = common.JsonOpt) -> None:
-    """Recompute the hash chain; exit 5 naming the first bad event."""
-    report = common.workspace().ledger.verify_chain()
+def verify(
+    against: Path = typer.Option(
+        None, "--against", help="An earlier `ledger export`: its head must still be in the chain."
+    ),
+    json_: bool = common.JsonOpt,
+) -> None:
+    """Check the hash chain, its signed head and every state row; exit 5 naming the first
+    problem (the event, or the table, row and field the events do not explain)."""
+    anchor = _anchor(against) if against else None
+    report = common.workspace().ledger.audit(anchor)
     if json_:
         common.emit_json(report.__dict__)
     elif report.ok:
-        common.out.print(f"[green]ledger OK[/]: {report.events} events, head {report.head}")
+        head = report.head
+        anchored = f", export head {anchor['seq']} in the chain" if anchor else ""
+        common.out.print(
+            f"[green]ledger OK[/]: {report.events} events, every row explained, "
+            f"head {head['seq']} {head['hash']} signed{anchored}"
+        )
     if not report.ok:
-        raise LedgerCorrupt(f"ledger chain broken at event {report.first_bad}: {report.reason}")
+        more = len(report.problems) - 1
+        raise LedgerCorrupt(report.problems[0] + (f" (and {more} more)" if more else ""))
+
+
+def _anchor(path: Path) -> dict:
+    """The head of an export: {seq, hash} and the public key it was signed with."""
+    try:
+        doc = json.loads(path.read_text())
+        head = doc["head"]
+        seq, head_hash = head["seq"], head["hash"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise BadInput(f"--against {path}: not a `ledger export` ({exc})") from None
+    if type(seq) is not int or seq < 0 or not isinstance(head_hash, str):
+        raise BadInput(f"--against {path}: head must have an integer seq and a hash")
+    return {"seq": seq, "hash": head_hash, "public_key": doc.get("public_key")}
 
 
 @app.command("export")
 def export(out: Path = typer.Option(..., "--out", help="Where to write the JSON.")) -> None:
-    """Write the chain head and the (PII-free) events, to anchor them elsewhere."""
+    """Write the signed chain head, its public key and the (PII-free) events, to anchor them
+    elsewhere (`ledger verify --against` checks the chain still holds that head)."""
     ledger = common.workspace().ledger
-    report = ledger.verify_chain()
+    report = ledger.audit()
     if not report.ok:
-        raise LedgerCorrupt(f"ledger chain broken at event {report.first_bad}: {report.reason}")
-    doc = {"head": ledger.head(), "events": ledger.events()}
+        raise LedgerCorrupt(report.problems[0])
+    signed = ledger.signed_head()
+    doc = {
+        "head": {**ledger.head(), "signature": signed.get("signature")},
+        "public_key": signed["public_key"],
+        "events": ledger.events(),
+    }
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
     os.replace(tmp, out)

@@ -8,6 +8,13 @@ Two mechanisms (DESIGN.md, "The ledger"):
 * crypto-shredding: each request's payload (names, aliases, records, prompt sets) is
   encrypted with AES-256-GCM under a key of its own in ``keys/requests/``. Destroying that
   key (``request purge``) makes every stored copy of the payload unreadable.
+
+A third key signs the ledger's chain head (Ed25519), so that whoever can write the database
+but not ``keys/`` cannot rewrite, truncate or extend the chain unnoticed. The home keys are
+created once, when the ledger starts signing (:meth:`Keyring.create_missing`), and never
+again: a missing or damaged key is refused, since a new one would silently cut the home
+off its history (a new index key no longer finds duplicates; a new signing key would sign
+a forged head).
 """
 
 from __future__ import annotations
@@ -19,15 +26,73 @@ import os
 import secrets
 from pathlib import Path
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from forgetctl.core.errors import InvalidState
+from forgetctl.core.errors import InvalidState, LedgerCorrupt
 from forgetctl.core.text import normalise_name
+
+INDEX_KEY = "blind-index.key"
+HEAD_KEY = "ledger-head.key"
+RESTORE = "restore ledger.db and keys/ from the same backup (`forgetctl doctor`)"
+
+
+def _head_message(seq: int, head_hash: str) -> bytes:
+    return f"forgetctl ledger head {seq} {head_hash}".encode()
+
+
+def verify_head(public_key: str, seq: int, head_hash: str, signature: str) -> bool:
+    """Whether ``signature`` (hex) signs the head (seq, hash) under ``public_key`` (hex)."""
+    try:
+        key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key))
+        key.verify(bytes.fromhex(signature), _head_message(seq, head_hash))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+class HeadSigner:
+    """Signs the ledger's chain head with the home's Ed25519 key."""
+
+    def __init__(self, seed: bytes) -> None:
+        self._key = Ed25519PrivateKey.from_private_bytes(seed)
+        raw = self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.public_key = raw.hex()
+
+    def sign(self, seq: int, head_hash: str) -> str:
+        return self._key.sign(_head_message(seq, head_hash)).hex()
 
 
 class Keyring:
     def __init__(self, keys_dir: Path):
         self.dir = keys_dir
+
+    def create_missing(self) -> None:
+        """Create the home keys that do not exist yet (only when the ledger starts signing)."""
+        for name in (INDEX_KEY, HEAD_KEY):
+            self._read_or_create(self.dir / name)
+
+    def check(self) -> None:
+        """Refuse a missing, empty or damaged home key."""
+        for name in (INDEX_KEY, HEAD_KEY):
+            self._home_key(name)
+
+    def _home_key(self, name: str) -> bytes:
+        path = self.dir / name
+        try:
+            key = path.read_bytes()
+        except FileNotFoundError:
+            raise LedgerCorrupt(f"{path} is missing: {RESTORE}") from None
+        except OSError as exc:
+            raise LedgerCorrupt(f"{path}: cannot read it ({exc.strerror}): {RESTORE}") from None
+        if len(key) != 32:
+            raise LedgerCorrupt(f"{path} is damaged ({len(key)} bytes, not 32): {RESTORE}")
+        return key
+
+    def head_signer(self) -> HeadSigner:
+        return HeadSigner(self._home_key(HEAD_KEY))
 
     def _read_or_create(self, path: Path) -> bytes:
         if not path.exists():
@@ -47,7 +112,7 @@ class Keyring:
     def keyed_hash(self, message: str) -> str:
         """HMAC-SHA256 of ``message`` under the home's index key: a lookup key that
         cannot be reversed, or recomputed from a guessed value, without ``keys/``."""
-        key = self._read_or_create(self.dir / "blind-index.key")
+        key = self._home_key(INDEX_KEY)
         return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
 
     def blind_index(self, value: str, kind: str = "name") -> str:

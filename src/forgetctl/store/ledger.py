@@ -12,11 +12,29 @@ Every state change of a request, version or alias is an event. Events are append
 so editing, deleting or reordering rows breaks the chain at the first affected event,
 which ``verify_chain`` names. Events never carry personal data: names live only as
 blind-index hashes and inside the encrypted request payload.
+
+Everything in the ledger is evidence (from migration 0004 on):
+
+* every repository write is recorded in the ``writes`` of the event appended in the same
+  transaction (``{"requests/3": {"status": "planned", ...}}``, blobs as their sha256), so
+  :meth:`Ledger.audit` compares every row of every state table with the last event that
+  wrote it and names the row and field the events do not explain. Rows that existed when
+  a ledger was upgraded to 0004 are taken as they were, in the migration's event;
+* the chain head (seq, hash) is signed with ``keys/ledger-head.key`` in the same
+  transaction as every append, so rewriting the chain forward, truncating it, appending to
+  it or emptying it is caught without an external copy; an exported head
+  (``ledger export``) anchors it elsewhere as well.
+
+:func:`open_ledger` refuses, never rebuilds: an empty, damaged or foreign file, a dropped
+table, a missing migration row or a missing key is one clear error, and only
+``open_ledger(create=True)`` on a path with no file creates a ledger.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -26,8 +44,9 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from forgetctl.core.errors import NotFound
+from forgetctl.core.errors import LedgerCorrupt, NotFound
 from forgetctl.store import schema
+from forgetctl.store.crypto import HEAD_KEY, RESTORE, HeadSigner, Keyring, verify_head
 from forgetctl.store.tables import (
     Aliases,
     EventRow,
@@ -42,10 +61,45 @@ from forgetctl.store.tables import (
 
 GENESIS = "0" * 64
 
+# The migration from which writes are recorded in events and the head is signed.
+SIGNED = "0004_row_evidence_and_signed_head"
+
+# The state tables and their keys: every row must be explained by the events.
+STATE_TABLES = {
+    "requests": "id",
+    "plans": "request_id",
+    "versions": "id",
+    "aliases": "name",
+    "alias_history": "id",
+    "verifications": "id",
+}
+
 
 def event_hash(row: dict) -> str:
     content = {k: row[k] for k in ("seq", "ts", "kind", "request_id", "version_id", "data")}
+    # An event that wrote no row hashes as it did before migration 0004.
+    if row.get("writes", "{}") != "{}":
+        content["writes"] = row["writes"]
     return hashlib.sha256((canonical(content) + row["prev_hash"]).encode()).hexdigest()
+
+
+def evidence(value: Any) -> Any:
+    """A column's value as an event records it: blobs (ciphertexts) by their sha256."""
+    if isinstance(value, bytes):
+        return "sha256:" + hashlib.sha256(value).hexdigest()
+    return value
+
+
+def tables_created(upto: list[str]) -> list[str]:
+    """The tables the named migrations create."""
+    made = [
+        m.group(1)
+        for name, statements in schema.MIGRATIONS
+        if name in upto
+        for sql in statements
+        if (m := re.match(r"\s*CREATE TABLE (\w+)", sql))
+    ]
+    return ["migrations", *made]
 
 
 @dataclass
@@ -57,9 +111,21 @@ class ChainReport:
     reason: str = ""
 
 
+@dataclass
+class Audit:
+    """What `ledger verify` found: the chain, its signed head and every state row."""
+
+    ok: bool
+    events: int
+    head: dict
+    problems: list[str]
+
+
 class Ledger:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, keys: Keyring | None = None):
         self.path = path
+        # The home keeps keys/ beside ledger.db.
+        self.keys = keys or Keyring(path.parent / "keys")
         # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) so the
         # read of the chain head and the insert after it are serialised across processes.
         conn = sqlite3.connect(path, isolation_level=None, timeout=30)
@@ -69,6 +135,10 @@ class Ledger:
         self.conn = conn
         self.db = Database(conn)
         self._depth = 0
+        # Rows written in the open transaction, recorded by the next event (see `wrote`).
+        self._writes: dict[str, dict[str, Any]] = {}
+        self._signer: HeadSigner | None = None
+        self._signed = "head" in self.db.table_names()
         self.requests = Requests(self)
         self.plans = Plans(self)
         self.versions = Versions(self)
@@ -93,7 +163,10 @@ class Ledger:
         self._depth = 1
         try:
             yield self
+            if self._writes:  # rows no event of their own recorded (a payload, a count)
+                self.append_event("ledger.written")
         except BaseException:
+            self._writes = {}
             self.conn.execute("ROLLBACK")
             raise
         else:
@@ -119,13 +192,80 @@ class Ledger:
                     for sql in statements:
                         self.conn.execute(sql)
                     self.conn.execute("INSERT INTO migrations VALUES (?, ?)", (name, now()))
+                    if name == SIGNED:
+                        # The only moment home keys are created: the ledger starts signing.
+                        self.keys.create_missing()
+                        self._signed = True
+                        self._baseline()
                     self.append_event("ledger.migrated", migration=name)
                 applied.append(name)
             if name == upto:
                 break
         return applied
 
+    def _baseline(self) -> None:
+        """Record the rows that exist when row evidence begins, as they are."""
+        for table, key in STATE_TABLES.items():
+            for row in self.rows(f"SELECT {key} FROM {table}"):
+                self.wrote(table, row[key])
+
+    def check_schema(self) -> None:
+        """Refuse a ledger whose migrations or tables are not what its events say."""
+        names = set(self.db.table_names())
+        if "migrations" not in names:
+            raise LedgerCorrupt(
+                f"{self.path} holds no forgetctl ledger (no migrations table: empty, "
+                f"truncated or foreign): {RESTORE}"
+            )
+        if "events" not in names:
+            raise LedgerCorrupt(f"{self.path}: table events is missing (dropped): {RESTORE}")
+        known = [name for name, _ in schema.MIGRATIONS]
+        applied = self.applied_migrations()
+        recorded = [
+            r["migration"]
+            for r in self.db.query(
+                "SELECT json_extract(data, '$.migration') AS migration FROM events "
+                "WHERE kind = 'ledger.migrated' ORDER BY seq"
+            )
+        ]
+        for name in recorded:  # an edited event is the audit's to name, not a refusal
+            if name in known and name not in applied:
+                raise LedgerCorrupt(
+                    f"{self.path}: migrations row {name!r} is missing (an event records it "
+                    f"as applied): {RESTORE}"
+                )
+        unknown = [name for name in applied if name not in known]
+        if unknown:
+            raise LedgerCorrupt(
+                f"{self.path} has migration {unknown[0]!r}, unknown to this forgetctl "
+                "(written by a newer version?)"
+            )
+        if applied != known[: len(applied)]:
+            raise LedgerCorrupt(f"{self.path}: migrations {applied} are not in order: {RESTORE}")
+        for table in tables_created(applied):
+            if table not in names:
+                raise LedgerCorrupt(f"{self.path}: table {table} is missing (dropped): {RESTORE}")
+
     # -- events ------------------------------------------------------------------------
+    def wrote(self, table: str, key: Any, *columns: str) -> None:
+        """Record that ``table``'s row ``key`` was written (``columns``, or all of it): the
+        next event of the open transaction carries the values as they now are."""
+        if not self._signed:  # a ledger not yet upgraded records no row evidence
+            return
+        assert self._depth, "a row write must run inside a transaction"
+        pk = STATE_TABLES[table]
+        [row] = self.rows(f"SELECT * FROM {table} WHERE {pk} = ?", [key])
+        values = {c: evidence(row[c]) for c in (columns or row)}
+        self._writes.setdefault(f"{table}/{key}", {}).update(values)
+
+    def _sign(self, seq: int, head_hash: str) -> None:
+        if self._signer is None:
+            self._signer = self.keys.head_signer()
+        self.conn.execute(
+            "INSERT OR REPLACE INTO head VALUES (1, ?, ?, ?)",
+            (seq, head_hash, self._signer.sign(seq, head_hash)),
+        )
+
     def append_event(
         self,
         kind: str,
@@ -146,8 +286,13 @@ class Ledger:
                 "data": canonical(data),
                 "prev_hash": prev[1] if prev else GENESIS,
             }
+            if self._writes:
+                row["writes"] = canonical(self._writes)
+                self._writes = {}
             row["hash"] = event_hash(row)
             self.db["events"].insert(row)
+            if self._signed:
+                self._sign(row["seq"], row["hash"])
         return row
 
     def events(self, request_id: int | None = None) -> list[EventRow]:
@@ -157,7 +302,8 @@ class Ledger:
         if request_id is not None:
             sql += " WHERE request_id = ?"
             args.append(request_id)
-        return [decoded(r, "data") for r in self.db.query(sql + " ORDER BY seq", args)]
+        rows = self.db.query(sql + " ORDER BY seq", args)
+        return [decoded(r, "data", "writes") for r in rows]
 
     def verify_chain(self) -> ChainReport:
         """Recompute every hash and link; report the first event that does not fit."""
@@ -190,6 +336,87 @@ class Ledger:
         last = row.fetchone()
         return {"seq": last[0] if last else 0, "hash": last[1] if last else GENESIS}
 
+    def signed_head(self) -> dict:
+        """The head as signed, with its signature and the public key that checks it."""
+        rows = self.rows("SELECT seq, hash, signature FROM head WHERE id = 1")
+        public_key = self.keys.head_signer().public_key
+        return {**rows[0], "public_key": public_key} if rows else {"public_key": public_key}
+
+    def audit(self, against: dict | None = None) -> Audit:
+        """The chain, its signed head, every state row and (``against``) an exported head."""
+        chain = self.verify_chain()
+        head = {"seq": chain.events if chain.ok else chain.first_bad, "hash": chain.head}
+        if not chain.ok:
+            problems = [f"ledger chain broken at event {chain.first_bad}: {chain.reason}"]
+        else:
+            problems = self._head_problems(chain) + self._row_problems()
+            if against is not None:
+                problems += self._anchor_problems(against)
+        return Audit(not problems, chain.events, head, problems)
+
+    def _head_problems(self, chain: ChainReport) -> list[str]:
+        if not self._signed:
+            return ["the chain head is not signed (ledger older than migration 0004)"]
+        signed = self.signed_head()
+        if "seq" not in signed:
+            return ["the signed head is missing (head table emptied)"]
+        seq, sig = signed["seq"], signed["signature"]
+        if not verify_head(signed["public_key"], seq, signed["hash"], sig):
+            return [f"the signed head (event {seq}) does not verify under keys/{HEAD_KEY}"]
+        if seq > chain.events:
+            return [
+                f"the chain ends at event {chain.events} but the signed head is event {seq}: "
+                "events removed (truncated or emptied)"
+            ]
+        if seq < chain.events:
+            return [
+                f"events {seq + 1}..{chain.events} follow the signed head (event {seq}): "
+                "appended outside forgetctl"
+            ]
+        if signed["hash"] != chain.head:
+            return [f"event {seq} is not the signed head: the chain was rewritten"]
+        return []
+
+    def _row_problems(self) -> list[str]:
+        """Every state row against the last event that wrote it, one line per difference."""
+        expected: dict[str, tuple[int, dict[str, Any]]] = {}
+        for seq, writes in self.conn.execute("SELECT seq, writes FROM events ORDER BY seq"):
+            for key, values in json.loads(writes).items():
+                expected[key] = (seq, {**expected.get(key, (0, {}))[1], **values})
+        problems = []
+        for table, pk in STATE_TABLES.items():
+            for row in self.rows(f"SELECT * FROM {table} ORDER BY {pk}"):
+                key = f"{table}/{row[pk]}"
+                if key not in expected:
+                    problems.append(f"{table} {row[pk]}: a row no event wrote")
+                    continue
+                seq, values = expected.pop(key)
+                for column, value in row.items():
+                    value = evidence(value)
+                    if column not in values:
+                        problems.append(f"{table} {row[pk]} {column}: no event wrote it")
+                    elif values[column] != value:
+                        problems.append(
+                            f"{table} {row[pk]} {column}: {_short(value)}, but event {seq} "
+                            f"wrote {_short(values[column])}"
+                        )
+        for key, (seq, _) in expected.items():
+            table, row_key = key.split("/", 1)
+            problems.append(f"{table} {row_key}: row deleted (event {seq} wrote it)")
+        return problems
+
+    def _anchor_problems(self, anchor: dict) -> list[str]:
+        seq, anchor_hash = anchor["seq"], anchor["hash"]
+        rows = self.rows("SELECT hash FROM events WHERE seq = ?", [seq])
+        if seq and not rows:
+            return [f"the exported head (event {seq}) is past the chain's end: events removed"]
+        if rows and rows[0]["hash"] != anchor_hash:
+            return [f"event {seq} differs from the exported head: the chain was rewritten"]
+        key = anchor.get("public_key")
+        if key and key != self.keys.head_signer().public_key:
+            return ["the export was signed with another key: keys/ replaced, or another ledger"]
+        return []
+
     # -- reading rows (for the repositories) -------------------------------------------
     def rows(self, sql: str, args: Sequence[Any] = ()) -> list[dict]:
         return [dict(r) for r in self.db.query(sql, list(args))]
@@ -201,13 +428,31 @@ class Ledger:
         return rows[0]
 
 
-def open_ledger(path: Path, *, create: bool = False) -> Ledger:
-    if not create and not path.exists():
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def open_ledger(path: Path, *, create: bool = False, keys: Keyring | None = None) -> Ledger:
+    """Open the ledger at ``path``; ``create``: create it if there is no file (only then).
+
+    An existing file is checked before use and refused (:class:`LedgerCorrupt`) rather
+    than rebuilt; an older forgetctl's ledger is brought up to date.
+    """
+    existed = path.exists() or path.is_symlink()
+    if not existed and not create:
         raise NotFound(f"no ledger at {path} (run `forgetctl init`)")
-    ledger = Ledger(path)
-    if create:
+    if existed and not path.is_file():
+        raise LedgerCorrupt(f"{path} is not a regular file: {RESTORE}")
+    if existed and path.stat().st_size == 0:
+        raise LedgerCorrupt(f"{path} is empty (truncated?): {RESTORE}")
+    try:
+        ledger = Ledger(path, keys)
+        if existed:
+            ledger.check_schema()
+            if SIGNED in ledger.applied_migrations():
+                ledger.keys.check()
         ledger.migrate()
-    elif ledger.applied_migrations() != [name for name, _ in schema.MIGRATIONS]:
-        # An older forgetctl created it: bring it up to date before use.
-        ledger.migrate()
+    except sqlite3.DatabaseError as exc:
+        raise LedgerCorrupt(f"{path} is not a readable SQLite ledger ({exc}): {RESTORE}") from None
     return ledger

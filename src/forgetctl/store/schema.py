@@ -106,4 +106,19 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "UPDATE verifications SET verdict = CASE passed WHEN 1 THEN 'pass' ELSE 'fail' END",
         ],
     ),
+    (
+        "0004_row_evidence_and_signed_head",
+        [
+            # What each event wrote to the state tables ({"table/key": {column: value}}),
+            # hashed with the event, so `ledger verify` can explain every row by its events.
+            "ALTER TABLE events ADD COLUMN writes TEXT NOT NULL DEFAULT '{}'",
+            # The latest (seq, hash), signed with keys/ledger-head.key on every append.
+            """CREATE TABLE head (
+                id INTEGER PRIMARY KEY CHECK (id = 1),
+                seq INTEGER NOT NULL,
+                hash TEXT NOT NULL,
+                signature TEXT NOT NULL
+            )""",
+        ],
+    ),
 ]

@@ -1,8 +1,10 @@
 """The ledger's tables, one repository each: typed rows in, typed rows out, one event per change.
 
 A repository is the only code that writes its table. Each state change writes the row and
-appends its event in one transaction (joining the caller's, if there is one), and every
-status change is checked against :mod:`forgetctl.core.lifecycle` first. JSON columns are
+appends its event in one transaction (joining the caller's, if there is one), and tells the
+ledger which row and columns it wrote (``ledger.wrote``), so that the event records them and
+``ledger verify`` can explain every row; every status change is checked against
+:mod:`forgetctl.core.lifecycle` first. JSON columns are
 decoded here, once, so callers never see them as strings.
 """
 
@@ -44,6 +46,7 @@ class EventRow(TypedDict):
     data: dict[str, Any]
     prev_hash: str
     hash: str
+    writes: dict[str, dict[str, Any]]
 
 
 class RequestRow(TypedDict):
@@ -164,18 +167,22 @@ class Requests(_Table):
         row["identifier_indexes"] = json.dumps(row.get("identifier_indexes", []))
         with self.ledger.transaction():
             request_id = self.ledger.db["requests"].insert(row).last_pk
+            self.ledger.wrote("requests", request_id)
             self.ledger.append_event("request.received", request_id=request_id, **event)
         return request_id
 
     def set_payload(self, request_id: int, payload: bytes) -> None:
         """The encrypted payload, written once right after :meth:`add`."""
-        self.ledger.db["requests"].update(request_id, {"payload": payload})
+        with self.ledger.transaction():
+            self.ledger.db["requests"].update(request_id, {"payload": payload})
+            self.ledger.wrote("requests", request_id, "payload")
 
     def set_status(self, request_id: int, status: str, **data: Any) -> None:
         with self.ledger.transaction():
             old = self.get(request_id)["status"]
             lifecycle.check_request_move(request_id, old, status)
             self.ledger.db["requests"].update(request_id, {"status": status, "updated_at": now()})
+            self.ledger.wrote("requests", request_id, "status", "updated_at")
             self.ledger.append_event(
                 "request.status", request_id=request_id, **{"from": old, "to": status}, **data
             )
@@ -183,6 +190,7 @@ class Requests(_Table):
     def mark_duplicate(self, request_id: int, of: int, **data: Any) -> None:
         with self.ledger.transaction():
             self.ledger.db["requests"].update(request_id, {"duplicate_of": of})
+            self.ledger.wrote("requests", request_id, "duplicate_of")
             self.set_status(request_id, "duplicate", duplicate_of=of, **data)
 
     def extend(self, request_id: int, total_days: int, due: str, **event: Any) -> None:
@@ -190,6 +198,7 @@ class Requests(_Table):
             self.ledger.db["requests"].update(
                 request_id, {"extended_days": total_days, "due": due, "updated_at": now()}
             )
+            self.ledger.wrote("requests", request_id, "extended_days", "due", "updated_at")
             self.ledger.append_event(
                 "request.extended", request_id=request_id, total_days=total_days, due=due, **event
             )
@@ -197,20 +206,28 @@ class Requests(_Table):
     def approve(self, request_id: int, approver: str) -> None:
         with self.ledger.transaction():
             self.ledger.db["requests"].update(request_id, {"approved_at": now()})
+            self.ledger.wrote("requests", request_id, "approved_at")
             self.ledger.append_event("request.approved", request_id=request_id, approver=approver)
 
     def record_failure(self, request_id: int, step: str, attempts: int) -> None:
         """Where a failed attempt stopped and how many attempts there were (no event: the
-        status change or the retry event that follows it says so)."""
-        self.ledger.db["requests"].update(request_id, {"attempts": attempts, "failed_step": step})
+        status change or the retry event that follows it says so, and records the write)."""
+        with self.ledger.transaction():
+            self.ledger.db["requests"].update(
+                request_id, {"attempts": attempts, "failed_step": step}
+            )
+            self.ledger.wrote("requests", request_id, "attempts", "failed_step")
 
     def purge(self, request_id: int, early: bool, reason: str) -> None:
         """Drop the request's and its plan's ciphertexts (the key is destroyed by the caller)."""
         with self.ledger.transaction():
             self.ledger.db["requests"].update(request_id, {"payload": None, "purged_at": now()})
-            self.ledger.conn.execute(
+            self.ledger.wrote("requests", request_id, "payload", "purged_at")
+            cleared = self.ledger.conn.execute(
                 "UPDATE plans SET payload = NULL WHERE request_id = ?", [request_id]
             )
+            if cleared.rowcount:
+                self.ledger.wrote("plans", request_id, "payload")
             self.ledger.append_event(
                 "request.purged", request_id=request_id, early=early, reason=reason
             )
@@ -236,6 +253,7 @@ class Plans(_Table):
                 },
                 pk="request_id",
             )
+            self.ledger.wrote("plans", request_id)
             self.ledger.append_event(
                 "plan.stored", request_id=request_id, counts=counts, sha256=sha256
             )
@@ -293,6 +311,7 @@ class Versions(_Table):
                 row[key] = canonical(row[key])
         with self.ledger.transaction():
             version_id = self.ledger.db["versions"].insert(row).last_pk
+            self.ledger.wrote("versions", version_id)
             self.ledger.append_event(
                 "version.created",
                 version_id=version_id,
@@ -310,6 +329,7 @@ class Versions(_Table):
             old = self.get(version_id)["status"]
             lifecycle.check_version_move(version_id, old, status)
             self.ledger.db["versions"].update(version_id, {"status": status})
+            self.ledger.wrote("versions", version_id, "status")
             self.ledger.append_event(
                 "version.status", version_id=version_id, **{"from": old, "to": status}, **data
             )
@@ -332,7 +352,7 @@ class Aliases(_Table):
             self.ledger.db["aliases"].upsert(
                 {"name": name, "version_id": version_id, "updated_at": ts}, pk="name"
             )
-            self.ledger.db["alias_history"].insert(
+            entry = self.ledger.db["alias_history"].insert(
                 {
                     "alias": name,
                     "version_id": version_id,
@@ -341,6 +361,8 @@ class Aliases(_Table):
                     "ts": ts,
                 }
             )
+            self.ledger.wrote("aliases", name)
+            self.ledger.wrote("alias_history", entry.last_pk)
             self.ledger.append_event("alias.moved", version_id=version_id, alias=name,
                                      previous=previous, reason=reason, **data)  # fmt: skip
 
@@ -355,7 +377,7 @@ class Verifications(_Table):
     ) -> None:
         passed = verdict == "pass"
         with self.ledger.transaction():
-            self.ledger.db["verifications"].insert(
+            entry = self.ledger.db["verifications"].insert(
                 {
                     "version_id": version_id,
                     "check_name": check,
@@ -366,6 +388,7 @@ class Verifications(_Table):
                     "ts": now(),
                 }
             )
+            self.ledger.wrote("verifications", entry.last_pk)
             self.ledger.append_event("verification.recorded", version_id=version_id,
                                      check=check, verdict=verdict, reasons=reasons)  # fmt: skip
 
