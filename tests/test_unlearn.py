@@ -215,8 +215,9 @@ def test_each_objective_runs(tiny_lm, objective, retain_term, robust):
     else:
         first, later = stats["losses"][0]["retain"], stats["losses"][-1]["retain"]
         if retain_term == "kl":
-            # The adapter starts as the parent (B = 0): no divergence yet, then some.
-            assert first == pytest.approx(0.0, abs=1e-6) and later > 0.0
+            # The adapter starts as the parent (B = 0): no divergence yet (but for the int4
+            # fake quantization of robust training), then some.
+            assert first < 1e-3 and later > first
         else:
             assert first > 0.0  # the retain answers' NLL
     # Training changed the adapter (B starts at zero).

@@ -114,7 +114,7 @@ def test_promote_needs_every_mandatory_check(home_with_adapter):
     home, ledger, vid, _ = home_with_adapter
     with pytest.raises(PromotionRefused, match="not run"):
         promote(Workspace.open(home), vid)
-    for check in ("forget", "retain", "utility", "int4", "relearn"):
+    for check in ("forget", "retain", "utility", "membership", "tell", "int4", "relearn"):
         ledger.verifications.add(vid, check, "pass", {}, [])
     with pytest.raises(PromotionRefused, match="regression"):
         promote(Workspace.open(home), vid)
