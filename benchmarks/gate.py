@@ -68,10 +68,17 @@ def key_figures(result) -> dict:
     f = result.figures
     part = next(iter(f.get("requests", {}).values()), {})
     if result.name == "forget":
-        unit = part.get("units", {}).get("all", {})
-        return {m: {k: unit.get(m, {}).get(k) for k in ("subject", "control", "gap", "limit",
-                                                        "parent_gap")}
-                for m in ("acc", "recall", "leakage")}  # fmt: skip
+        units = part.get("units", {})
+        out = {m: {k: units.get("all", {}).get(m, {}).get(k)
+                   for k in ("subject", "control", "gap", "limit", "parent_gap")}
+               for m in ("acc", "recall", "leakage")}  # fmt: skip
+        out["kinds"] = {
+            kind: {"n": u["n"], "control_n": u.get("control_n"), "judged": u["judged"],
+                   "acc_gap": u["acc"]["gap"], "acc_limit": u["acc"].get("limit"),
+                   "acc_parent_gap": u["acc"].get("parent_gap")}
+            for kind, u in units.items() if kind != "all"
+        }  # fmt: skip
+        return out
     if result.name in ("retain", "utility"):
         return {k: f.get(k) for k in ("n", "parent_recall", "candidate_recall", "drop",
                                       "min_detectable_drop")}  # fmt: skip
@@ -172,7 +179,8 @@ def main() -> None:
         plan_s = time.perf_counter() - t
         plan = load_plan(ws, rid)
         seed = f"gate/{author}"
-        forget = sample_by_kind(plan.forget, args.items, seed)
+        planned = ForgetSet(plan.forget, plan.control)
+        forget = sample_by_kind(planned.items, args.items, seed)
         control = {n: sample_by_kind(i, args.items, seed) for n, i in plan.control.items()}
         _, held = plan.split_retain()
         neighbors = sample_by_kind([i for i in held if i.kind != "general"], args.kept, seed)
@@ -184,7 +192,8 @@ def main() -> None:
         entry: dict = {"name": mine[0]["author"], "plan_s": round(plan_s, 1),
                        "sizes": {"forget": len(forget), "control": sum(map(len, control.values())),
                                  "retain": len(neighbors), "utility": len(general),
-                                 "forget_planned": len(plan.forget)},
+                                 "forget_planned": len(plan.forget),
+                                 "not_compared": planned.uncompared},
                        "models": {}}  # fmt: skip
         parent, tokenizer = load_model(deployed)
 
@@ -193,18 +202,20 @@ def main() -> None:
             model, build_s = build(name, ws, rid, deployed, args.retrained, mine)
             log(f"author {author}: gate on {name}")
             t = time.perf_counter()
-            checks = run_checks(
+            # The no-op model has the parent's weights: its scores are the parent's.
+            key = "deployed" if name == "no-op" else f"{author}/{name}"
+            verdicts = run_checks(
                 parent, model, tokenizer, {str(rid): ForgetSet(forget, control)}, neighbors,
                 general, {}, cfg, checks=checks, progress=log, cache=cache,
-                model_keys=("deployed", f"{author}/{name}"),
+                model_keys=("deployed", key),
             )  # fmt: skip
             entry["models"][name] = {
                 "build_s": round(build_s, 1), "gate_s": round(time.perf_counter() - t, 1),
                 "checks": {r.name: {"verdict": r.verdict, "wall_s": r.figures.get("wall_s"),
                                     "figures": key_figures(r), "reasons": r.reasons}
-                           for r in checks},
+                           for r in verdicts},
             }  # fmt: skip
-            log(f"author {author} {name}: " + ", ".join(f"{r.name} {r.verdict}" for r in checks))
+            log(f"author {author} {name}: " + ", ".join(f"{r.name} {r.verdict}" for r in verdicts))
             del model
             results["authors"][str(author)] = entry
             write(results, Path(args.out), forget_ids)

@@ -17,6 +17,7 @@ import torch
 from forgetctl.core.facts import item_facts, key_fact_leakage, key_facts, rouge_l_recall
 from forgetctl.core.items import PromptItem
 from forgetctl.core.policy import ALL_CHECKS, AttackConfig, MethodConfig, VerifyConfig
+from forgetctl.core.text import Subject
 from forgetctl.lm.evaluate import (
     EvalResult,
     ItemScore,
@@ -29,6 +30,7 @@ from forgetctl.lm.evaluate import (
     truth_ratios,
 )
 from forgetctl.lm.int4 import BLOCKSIZE, quantize_model_int4, quantized_linear_names
+from forgetctl.plan.expand import rule_paraphrases
 from forgetctl.store.scores import ScoreCache
 from forgetctl.unlearn.objectives import FORGET_OBJECTIVES, RETAIN_TERMS
 from forgetctl.verify.checks import (
@@ -71,18 +73,23 @@ def _general_items() -> list[PromptItem]:
 
 
 def _controls() -> dict[str, list[PromptItem]]:
-    """The tiny world's control subjects (never trained on), records as forget-style items."""
+    """The tiny world's control subjects (never trained on): their records and a rule
+    paraphrase of each, the kinds of :func:`_sets`."""
     out: dict[str, list[PromptItem]] = {}
     for row in tinylm.TINY_CONTROLS:
         items = out.setdefault(row["author"], [])
+        source = len(items) // 2
         items.append(PromptItem(prompt=row["question"], target=row["answer"], kind="record",
-                                source=len(items)))  # fmt: skip
+                                source=source))  # fmt: skip
+        reworded = rule_paraphrases(row["question"], Subject(row["author"]), "person")[0]
+        items.append(PromptItem(prompt=reworded, target=row["answer"], kind="paraphrase",
+                                source=source))  # fmt: skip
     return out
 
 
 def _sets(subject: str = SUBJECT) -> dict[str, ForgetSet]:
     """The subject's records and their paraphrases (12 items: enough for an AUC), with the
-    control subjects' records (12)."""
+    control subjects' records and paraphrases (24)."""
     paraphrases = [
         PromptItem(prompt=f["paraphrased_question"], target=f["answer"], kind="paraphrase",
                    source=i)
@@ -245,7 +252,7 @@ def test_forgetting_is_judged_against_the_controls_not_a_floor():
 
 def test_a_kind_with_few_items_is_judged_in_the_pool_only():
     cfg = VerifyConfig(min_kind_items=5)
-    control = _ev("record", [0.5] * 8)
+    control = EvalResult(_ev("record", [0.5] * 8).items + _ev("indirect", [0.5] * 5).items)
     parent = EvalResult(_ev("record", [0.95] * 8).items + _ev("indirect", [0.95] * 2).items)
     # Two indirect items far above the controls: too few to judge that kind on its own, but
     # they weigh in the pool.
@@ -260,6 +267,26 @@ def test_a_kind_with_few_items_is_judged_in_the_pool_only():
     five = EvalResult(_ev("record", [0.5] * 8).items + _ev("indirect", [0.9] * 5).items)
     result = check_forget(five, control, parent, control, cfg)
     assert result.verdict == "fail" and any(r.startswith("indirect:") for r in result.reasons)
+    # A kind the controls lack has nothing to be compared with: not judged on its own.
+    records_only = _ev("record", [0.5] * 8)
+    result = check_forget(five, records_only, parent, records_only, cfg)
+    assert not result.figures["units"]["indirect"]["judged"]
+    assert not any(r.startswith("indirect:") for r in result.reasons)
+
+
+def test_only_the_kinds_the_controls_have_are_judged():
+    """Attribute targets are the parent's own answers, which no control can match: a forget
+    set judges the kinds its controls have, and says what it leaves out."""
+
+    def item(kind: str, n: int) -> PromptItem:
+        return PromptItem(prompt=f"q{n}", target=f"a{n}", kind=kind, source=n)
+
+    planned = [item("record", 0), item("attribute", 1), item("paraphrase", 2)]
+    sets = ForgetSet(planned, {"Kaito Brennan": [item("record", 9), item("paraphrase", 8)]})
+    assert [i.kind for i in sets.items] == ["record", "paraphrase"]
+    assert sets.uncompared == {"attribute": 1}
+    # Without controls nothing is left out: the checks report the missing controls instead.
+    assert ForgetSet(planned).items == planned and ForgetSet(planned).uncompared == {}
 
 
 def test_sampling_noise_is_allowed_for_and_no_more():
@@ -370,7 +397,7 @@ def test_regression_answers_the_whole_set_unless_the_sample_is_clear(tiny_lm, mo
     # on its own.
     assert regression.figures["answered"] == {"1": [12, 12], "2": [6, 12]}
     # Request 1: its sample, its controls, the rest of its set; request 2: sample, controls.
-    assert [n for n in answered if n] == [6, 12, 6, 6, 12]
+    assert [n for n in answered if n] == [6, 24, 6, 6, 24]
     assert not regression.passed
     assert all(reason.startswith("1: ") for reason in regression.reasons)
 

@@ -160,7 +160,8 @@ def versus_controls(
     it has signal: the parent's own gap exceeds a limit there, i.e. there was knowledge to
     remove. Without a parent (an earlier request, whose signal was shown when it was
     verified) every unit is judged. A kind is compared with the controls' prompts of the
-    same kind, or all of them when the controls have none of it.
+    same kind; a kind the controls lack is not judged (:class:`.measure.ForgetSet` leaves
+    such kinds out).
     """
     figures: dict = {"units": {}, "n": len(candidate.items), "control_n": len(control.items)}
     if not candidate.items:
@@ -176,12 +177,11 @@ def versus_controls(
     for unit, kind in units.items():
 
         def part(ev: EvalResult, kind=kind) -> EvalResult:
-            same = ev.only([kind]) if kind else ev
-            return same if same.items else ev
+            return ev.only([kind]) if kind else ev
 
-        cand = part(candidate)
-        row: dict = {"n": len(cand.items), **_gaps(cand, part(control))}
-        judged = kind is None or len(cand.items) >= cfg.min_kind_items
+        cand, ctrl = part(candidate), part(control)
+        row: dict = {"n": len(cand.items), "control_n": len(ctrl.items), **_gaps(cand, ctrl)}
+        judged = kind is None or min(len(cand.items), len(ctrl.items)) >= cfg.min_kind_items
         if parent is not None and parent_control is not None:
             ref = _gaps(part(parent), part(parent_control))
             for metric, _ in GAPS:
@@ -191,7 +191,8 @@ def versus_controls(
             has_signal = True
         row["judged"] = judged and has_signal
         if not judged:
-            row["note"] = f"fewer than {cfg.min_kind_items} items: judged in the pool only"
+            row["note"] = (f"fewer than {cfg.min_kind_items} items (or control items): "
+                           "judged in the pool only")  # fmt: skip
         elif not has_signal:
             row["note"] = "no signal: the parent already scores like the controls"
         figures["units"][unit] = row

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import gc
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 from forgetctl.core.items import PromptItem
@@ -24,14 +26,33 @@ Role = Literal["parent", "candidate"]
 
 @dataclass(frozen=True)
 class ForgetSet:
-    """One request's forget prompts and its control subjects' prompts (built alike)."""
+    """One request's forget prompts and its control subjects' prompts (built alike).
 
-    items: list[PromptItem]
+    Only the kinds the controls have are judged (``items``): a kind whose targets are the
+    parent's own answers (attribute questions) has no control, since the parent predicts
+    its own greedy answer about anyone, and held against other kinds' controls it fails a
+    model that never saw the subject. The apply step still trains on every planned kind.
+    """
+
+    planned: list[PromptItem]
     control: Mapping[str, list[PromptItem]] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def control_items(self) -> list[PromptItem]:
         return [i for items in self.control.values() for i in items]
+
+    @cached_property
+    def items(self) -> list[PromptItem]:
+        """The planned prompts of the kinds the controls have (all of them without controls,
+        which the checks report as missing evidence)."""
+        kinds = {i.kind for i in self.control_items}
+        return [i for i in self.planned if i.kind in kinds] if kinds else list(self.planned)
+
+    @property
+    def uncompared(self) -> dict[str, int]:
+        """Planned prompts per kind the controls lack, which no check judges."""
+        kinds = {i.kind for i in self.control_items}
+        return dict(Counter(i.kind for i in self.planned if kinds and i.kind not in kinds))
 
 
 @dataclass
@@ -98,8 +119,10 @@ class Measurements:
         membership and tell checks share."""
         out = {}
         for rid, sets in self.forget_sets.items():
+            skipped = "".join(f", {n} {kind} not compared (no control of that kind)"
+                              for kind, n in sets.uncompared.items())  # fmt: skip
             self.say(f"{label}: candidate and parent on {rid} ({len(sets.items)} items, "
-                     f"{len(sets.control_items)} control items)")  # fmt: skip
+                     f"{len(sets.control_items)} control items{skipped})")  # fmt: skip
             out[rid] = (
                 self.forget("candidate", rid), self.control("candidate", rid),
                 self.forget("parent", rid), self.control("parent", rid),
