@@ -46,6 +46,10 @@ step "5. forgetctl run: plan -> apply -> verify (8 checks vs control authors) ->
 rc=0
 $F run || rc=$?
 echo "forgetctl run exited $rc (0 ok, 10 overdue, 11 a request failed)"
+if [ "$rc" -eq 11 ]; then
+  echo "A request failed: the gate refused to certify its candidates (the reports below say"
+  echo "which checks did not pass); production stays where it was for that request."
+fi
 
 step "6. What production answers after"
 ask_all
@@ -58,4 +62,5 @@ for ref in DSR-2026-0042 CCPA-2026-0107; do
 done
 $F ledger verify
 echo "Audit reports: $FORGETCTL_HOME/reports/"
-[ "$rc" -eq 0 ] || [ "$rc" -eq 10 ]
+# The demo worked when the run completed, whatever the gate decided; any other code is an error.
+[ "$rc" -eq 0 ] || [ "$rc" -eq 10 ] || [ "$rc" -eq 11 ]

@@ -12,7 +12,7 @@ from forgetctl.core.items import PromptItem
 from forgetctl.core.policy import VerifyConfig
 from forgetctl.lm.evaluate import EvalResult, ItemScore, evaluate, score_outputs
 from forgetctl.verify.checks import auc, check_membership, check_tell
-from forgetctl.verify.checks.membership import verdict as membership_verdict
+from forgetctl.verify.checks.membership import MEMBERSHIP
 
 CFG = VerifyConfig()  # AUC within 0.5 +/- 0.2, at least 2 * 5 items a side
 
@@ -71,7 +71,7 @@ def test_membership_has_no_signal_on_too_few_items():
 
 
 def test_membership_over_requests_fails_when_one_fails():
-    result = membership_verdict({"r1": (MIXED, LOW, HIGH, LOW), "r2": (HIGH, LOW, HIGH, LOW)}, CFG)
+    result = MEMBERSHIP.verdict({"r1": (MIXED, LOW, HIGH, LOW), "r2": (HIGH, LOW, HIGH, LOW)}, CFG)
     assert result.verdict == "fail" and result.reasons[0].startswith("r2: ")
 
 

@@ -53,6 +53,24 @@ class Check(Generic[Measured]):
     """Pure: the measured scores and the policy's thresholds in, the result out."""
 
 
+Paired = dict[str, tuple[EvalResult, EvalResult, EvalResult, EvalResult]]
+"""Per request: the candidate's and the parent's scores on the subject's and the controls'
+prompts (candidate, control, parent, parent control)."""
+
+
+def paired_check(
+    name: CheckName,
+    judge: Callable[[EvalResult, EvalResult, EvalResult, EvalResult, VerifyConfig], CheckResult],
+) -> Check[Paired]:
+    """A check that judges each request on :data:`Paired` scores with ``judge`` (forget,
+    membership and tell share these scores, measured once)."""
+
+    def verdict(scores: Paired, cfg: VerifyConfig) -> CheckResult:
+        return combine(name, {rid: judge(*s, cfg) for rid, s in scores.items()})
+
+    return Check(name, lambda ctx: ctx.versus_controls(name), verdict)
+
+
 def rounded(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
 

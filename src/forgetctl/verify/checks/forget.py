@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from forgetctl.core.policy import VerifyConfig
 from forgetctl.lm.evaluate import EvalResult
-from forgetctl.verify.checks.base import Check, CheckResult, combine, versus_controls
-from forgetctl.verify.checks.measure import Measurements
+from forgetctl.verify.checks.base import CheckResult, paired_check, versus_controls
 
 
 def check_forget(
@@ -22,17 +21,4 @@ def check_forget(
     return versus_controls(name, candidate, control, parent, parent_control, cfg)
 
 
-Scores = dict[str, tuple[EvalResult, EvalResult, EvalResult, EvalResult]]
-"""Per request: the candidate's and the parent's scores on the subject's and the controls'
-prompts (candidate, control, parent, parent control)."""
-
-
-def measure(ctx: Measurements) -> Scores:
-    return ctx.versus_controls("forget")
-
-
-def verdict(scores: Scores, cfg: VerifyConfig) -> CheckResult:
-    return combine("forget", {rid: check_forget(*s, cfg) for rid, s in scores.items()})
-
-
-FORGET = Check("forget", measure, verdict)
+FORGET = paired_check("forget", check_forget)

@@ -14,9 +14,7 @@ from collections.abc import Sequence
 
 from forgetctl.core.policy import VerifyConfig
 from forgetctl.lm.evaluate import EvalResult
-from forgetctl.verify.checks.base import Check, CheckResult, combine, rounded, verdict_of
-from forgetctl.verify.checks.forget import Scores
-from forgetctl.verify.checks.measure import Measurements
+from forgetctl.verify.checks.base import CheckResult, paired_check, rounded, verdict_of
 
 
 def auc(positives: Sequence[float], negatives: Sequence[float]) -> float:
@@ -97,12 +95,4 @@ def check_membership(
     return CheckResult(name, verdict_of(reasons, True), figures, reasons)
 
 
-def measure(ctx: Measurements) -> Scores:
-    return ctx.versus_controls("membership")
-
-
-def verdict(scores: Scores, cfg: VerifyConfig) -> CheckResult:
-    return combine("membership", {rid: check_membership(*s, cfg) for rid, s in scores.items()})
-
-
-MEMBERSHIP = Check("membership", measure, verdict)
+MEMBERSHIP = paired_check("membership", check_membership)

@@ -11,9 +11,7 @@ from __future__ import annotations
 from forgetctl.core.fluency import TELLS
 from forgetctl.core.policy import VerifyConfig
 from forgetctl.lm.evaluate import EvalResult
-from forgetctl.verify.checks.base import Check, CheckResult, combine, verdict_of
-from forgetctl.verify.checks.forget import Scores
-from forgetctl.verify.checks.measure import Measurements
+from forgetctl.verify.checks.base import CheckResult, paired_check, verdict_of
 from forgetctl.verify.checks.membership import (
     separated,
     separation,
@@ -51,12 +49,4 @@ def check_tell(
     return CheckResult(name, verdict_of(reasons, True), figures, reasons)
 
 
-def measure(ctx: Measurements) -> Scores:
-    return ctx.versus_controls("tell")
-
-
-def verdict(scores: Scores, cfg: VerifyConfig) -> CheckResult:
-    return combine("tell", {rid: check_tell(*s, cfg) for rid, s in scores.items()})
-
-
-TELL = Check("tell", measure, verdict)
+TELL = paired_check("tell", check_tell)
