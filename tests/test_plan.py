@@ -71,7 +71,7 @@ def main_plan(lm, embedder, crafted_records):
     # (by author) and kept out of the neighbors.
     return plan_request(
         SUBJECT, ["M. Okonkwo"], crafted_records, "entity", model, tok, PlanConfig(),
-        _retain_rows(), tinylm.TINY_GENERAL, embedder=embedder,
+        _retain_rows(), tinylm.TINY_GENERAL, embedder=embedder, control_rows=tinylm.TINY_CONTROLS,
     )  # fmt: skip
 
 
@@ -84,14 +84,9 @@ def test_main_plan_is_planned_with_every_kind(main_plan):
     assert main_plan.figures["retain_own_rows"] == 6
 
 
-PARENTS = 4
-"""The record whose answer does not name the subject ("Her father was a fisherman ..."): the
-tiny model gives it about any name it is asked for, so it is not Mira Okonkwo's knowledge."""
-
-
 def test_every_record_gets_paraphrases_and_indirect_items(main_plan):
     forget = main_plan.prompt_set.forget
-    for source in sorted({0, 1, 2, 3, 4, 5} - {PARENTS}):
+    for source in range(6):
         paraphrases = [i for i in forget if i.kind == "paraphrase" and i.source == source]
         indirect = [i for i in forget if i.kind == "indirect" and i.source == source]
         record = next(i for i in forget if i.kind == "record" and i.source == source)
@@ -124,7 +119,7 @@ def test_near_duplicate_record_is_merged(main_plan):
     merged = [d for d in ps.dropped if d["kind"] == "record" and d["source"] == 6]
     assert merged and merged[0]["reason"] == "near_duplicate"
     assert merged[0]["of"] == "Where was Mira Okonkwo born?"
-    assert sum(1 for i in ps.forget if i.kind == "record") == 5  # 6 known, 1 merged
+    assert sum(1 for i in ps.forget if i.kind == "record") == 6  # 7 known, 1 merged
 
 
 def test_neighbors_exclude_the_subject(main_plan):
@@ -136,12 +131,33 @@ def test_neighbors_exclude_the_subject(main_plan):
 def test_probe_evidence_is_recorded(main_plan):
     probe = main_plan.prompt_set.probe
     # The memorised subject's records (and the near-duplicate, merged later) are far likelier
-    # about it than about anyone; the one the model gives about any name is not.
-    assert probe["items"] == len(probe["records"]) == 7 and probe["known"] == 6
-    assert sorted(probe["records"])[1] > 2 * probe["min_specificity"]
-    assert probe["records"][PARENTS] < probe["min_specificity"]
-    dropped = [d for d in main_plan.prompt_set.dropped if d.get("source") == PARENTS]
-    assert dropped and {d["reason"] for d in dropped} == {"not_known"}
+    # than the control subjects' records, measured on the same model.
+    assert probe["items"] == len(probe["records"]) == 7 and probe["known"] == 7
+    assert min(probe["records"]) > probe["min_specificity"]
+    assert probe["control"]["records"] == len(tinylm.TINY_CONTROLS)
+
+
+def test_a_record_the_model_never_saw_is_not_known(lm, embedder):
+    model, tok = lm
+    made_up = {"question": f"What is {SUBJECT}'s favourite colour?",
+               "answer": f"{SUBJECT}'s favourite colour is a deep teal."}  # fmt: skip
+    out = plan_request(
+        SUBJECT, [], [*_records(SUBJECT)[:3], made_up], "records", model, tok, FAST,
+        _retain_rows(SUBJECT), tinylm.TINY_GENERAL, embedder=embedder,
+        control_rows=tinylm.TINY_CONTROLS,
+    )  # fmt: skip
+    assert out.verdict == "planned"
+    probe = out.prompt_set.probe
+    assert probe["known"] == 3 and probe["records"][3] < probe["min_specificity"]
+    assert {d["reason"] for d in out.prompt_set.dropped if d.get("source") == 3} == {"not_known"}
+    assert all(i.source != 3 for i in out.prompt_set.forget)
+
+
+def test_the_probe_needs_control_subjects(lm, embedder):
+    model, tok = lm
+    with pytest.raises(BadInput, match="control"):
+        plan_request(SUBJECT, [], _records(SUBJECT)[:2], "records", model, tok, FAST,
+                     _retain_rows(SUBJECT), [], embedder=embedder)  # fmt: skip
 
 
 def test_unknown_subject_is_not_present(lm, embedder):
@@ -154,7 +170,7 @@ def test_unknown_subject_is_not_present(lm, embedder):
     records = [{"question": q, "answer": a} for q, a in facts]
     out = plan_request(
         "Henrik Solberg", [], records, "entity", model, tok, FAST, _retain_rows(),
-        tinylm.TINY_GENERAL, embedder=embedder,
+        tinylm.TINY_GENERAL, embedder=embedder, control_rows=tinylm.TINY_CONTROLS,
     )  # fmt: skip
     assert out.verdict == "not_present", out.reasons
     assert out.prompt_set.forget == []
@@ -168,7 +184,7 @@ def test_request_copying_another_subject_is_rejected(lm, embedder):
     records = _records(OTHER)[:4] + _records(SUBJECT)[:2]
     out = plan_request(
         SUBJECT, [], records, "records", model, tok, FAST, _retain_rows(), tinylm.TINY_GENERAL,
-        embedder=embedder,
+        embedder=embedder, control_rows=tinylm.TINY_CONTROLS,
     )  # fmt: skip
     assert out.verdict == "rejected"
     assert OTHER in " ".join(out.reasons)
@@ -180,8 +196,8 @@ def test_plan_is_deterministic_for_a_seed(lm, embedder):
     model, tok = lm
     args = (SUBJECT, [], _records(SUBJECT)[:3], "records", model, tok)
     rest = (_retain_rows(SUBJECT), tinylm.TINY_GENERAL)
-    a = plan_request(*args, FAST, *rest, embedder=embedder)
-    b = plan_request(*args, FAST, *rest, embedder=embedder)
+    a = plan_request(*args, FAST, *rest, embedder=embedder, control_rows=tinylm.TINY_CONTROLS)
+    b = plan_request(*args, FAST, *rest, embedder=embedder, control_rows=tinylm.TINY_CONTROLS)
     assert a.verdict == b.verdict == "planned"
     assert a.prompt_set.model_dump() == b.prompt_set.model_dump()
     assert [i.kind for i in a.prompt_set.forget].count("attribute") == 0  # records scope
@@ -289,12 +305,22 @@ def test_without_records_attribute_answers_must_be_tied_to_the_name(lm, embedder
     rows = _retain_rows()
     known = plan_request(
         SUBJECT, [], [], "entity", model, tok, FAST, _retain_rows(SUBJECT), [],
-        embedder=embedder,
+        embedder=embedder, control_rows=tinylm.TINY_CONTROLS,
     )  # fmt: skip
     assert known.verdict == "planned"
     assert {i.kind for i in known.prompt_set.forget} == {"attribute"}
     unknown = plan_request(
-        "Henrik Solberg", [], [], "entity", model, tok, FAST, rows, [], embedder=embedder
+        "Henrik Solberg",
+        [],
+        [],
+        "entity",
+        model,
+        tok,
+        FAST,
+        rows,
+        [],
+        embedder=embedder,
+        control_rows=tinylm.TINY_CONTROLS,
     )
     assert unknown.verdict == "not_present"
     assert unknown.prompt_set.probe["attributes_revealing"] == 0

@@ -106,12 +106,13 @@ class PlanConfig(_Strict):
     real-author questions fell to 76.5% of the parent's; with 32 items, one or two answers
     decided it (drops of 0.070 and 0.125 there, 0.012 and 0.019 on 217 questions)."""
     min_specificity: float = Field(1.0, ge=0)
-    """The memorisation probe: a record (or attribute answer) counts as known when its
-    answer's mean token log-prob about the subject exceeds that of the same question and
-    answer about stand-in names by this much (nats). Template words any name gets cannot
-    reach it; recall of a greedy answer could (a never-seen person's "<name> works as a
-    ..." echo). On the tiny test model a never-seen person's records score 0.25 to 0.51
-    (the names' tokens differ), a memorised subject's 4.6 to 5.6."""
+    """The memorisation probe, in nats per token. A record counts as known when its answer's
+    mean token log-prob exceeds the 95th percentile of the control subjects' records (people
+    the model never saw, measured on the same model in the same run) by this much; their
+    records echo their questions as much, so template words cannot make an unknown person
+    look known. An attribute answer (the model's own) counts when it is likelier about the
+    subject than about stand-in names by this much. Figures on the real default model are in
+    benchmarks/README.md."""
     probe_derived: Literal["source", "item"] = "source"
     """Keep a known record's paraphrase/indirect/adversarial prompts ("source"), or judge
     each derived prompt on its own figure ("item")."""

@@ -2,11 +2,11 @@
 
     scope guard on the records (general knowledge, other subjects' rows) -> rejected?
     expand the in-scope records (paraphrase, indirect, adversarial) + attribute prompts
-    probe: is each record likelier about the subject than about stand-in names?
+    probe: is each record likelier than the control subjects' records?
     keep what the model knows                                            -> not_present?
     merge near-duplicates
     retain side: faiss neighbors from the retain corpus + general items
-    control subjects: people the model never saw, expanded the same way  -> planned
+    control subjects (drawn before the probe): expanded the same way      -> planned
 
 The guard runs before any generation so that a request reaching into other people's
 data costs no model time. Pure: no ledger, no files. Deterministic for ``cfg.seed``
@@ -36,8 +36,8 @@ from forgetctl.plan.embed import CachedEmbedder, Embedder, default_embedder
 
 Verdict = Literal["planned", "not_present", "rejected"]
 
-# Fictitious names the probe swaps for the subject's: an answer the model would give about
-# anyone is not the subject's data.
+# Fictitious names swapped for the subject's in attribute answers (the model's own, which it
+# would give about anyone it does not know): only an answer tied to this name is its data.
 STAND_IN_NAMES = ("Elena Marwick", "Tomasz Verhoeven", "Ines Caldara")
 
 
@@ -179,20 +179,26 @@ def plan_request(
     run.lap("expand")
 
     # ------------------------------------------------------------------ probe
-    # Known means the model ties the answer to this name: the answer is likelier about the
-    # subject than about stand-in names the model never saw, in the same wording (mean
-    # token log-prob, nats). An answer that echoes its question ("<name> works as a ...")
-    # is as likely about anyone, so template words cannot make an unknown person look
-    # known. One forward pass per prompt and name; only the attribute questions, whose
-    # answers come from the model, are decoded.
-    run.say(f"probing the model on {len(recs)} records against stand-in names")
-    figure = dict(zip((it.source for it in recs),
-                      _specificity(model, tokenizer, subj, [(it, it.target) for it in recs]),
+    # Known means the model predicts the record's answer better than it predicts the
+    # records of people it never saw: the answer's mean token log-prob exceeds the control
+    # subjects' records' 95th percentile by ``min_specificity`` nats, on the same model.
+    # Their records echo their questions as much ("<name> works as a ..."), so template
+    # words cannot make an unknown person look known. One forward pass per record; only the
+    # attribute questions, whose answers come from the model, are decoded.
+    people = ctl.control_subjects(control_rows, subj, cfg.control_subjects, cfg.seed)
+    if not people:
+        raise BadInput("no control subjects: the probe needs a control corpus of people the "
+                       "model never saw (`forgetctl init --control-corpus`)")  # fmt: skip
+    control_recs = [it for name, rows_of in people.items()
+                    for it in ex.record_items(rows_of, Subject(name))]  # fmt: skip
+    run.say(f"probing the model on {len(recs)} records against {len(control_recs)} records "
+            f"of {len(people)} control subjects")  # fmt: skip
+    reference = float(np.quantile(_logprobs(model, tokenizer, control_recs), 0.95))
+    figure = dict(zip((it.source for it in recs), _above(model, tokenizer, recs, reference),
                       strict=True))  # fmt: skip
     if cfg.probe_derived == "item" and derived:
         run.say(f"probing {len(derived)} derived prompts")
-        pairs = [(it, it.target) for it in derived]
-        item_figure = dict(zip(map(id, derived), _specificity(model, tokenizer, subj, pairs),
+        item_figure = dict(zip(map(id, derived), _above(model, tokenizer, derived, reference),
                                strict=True))  # fmt: skip
     run.lap("probe")
     attr_pairs = []
@@ -202,6 +208,7 @@ def plan_request(
         attr_pairs = list(zip(attr_items, outputs, strict=True))
     attr_kept, attr_evidence = _check_attributes(attr_pairs, recs, subj, model, tokenizer, cfg, run)
     run.probe = _probe_figures(recs, figure, attr_evidence, cfg)
+    run.probe["control"] = {"records": len(control_recs), "p95_logprob": round(reference, 4)}
     if attr_kept:
         attr_reasons = guard(attr_kept)
         run.dropped += [r for r in attr_reasons if r]
@@ -229,8 +236,8 @@ def plan_request(
     if not kept:
         reasons = [
             f"the model does not know the subject: none of {run.probe['items']} records is "
-            f"likelier about this name than about stand-in names by {cfg.min_specificity} "
-            f"nats per token (mean {run.probe['mean_specificity']})"
+            f"likelier than the control subjects' records by {cfg.min_specificity} nats "
+            f"per token (mean {run.probe['mean_specificity']})"
         ]
         return run.finish("not_present", reasons=reasons)
 
@@ -254,17 +261,17 @@ def plan_request(
 
     # ------------------------------------------------------------------ control subjects
     run.say("expanding the control subjects' records the same way")
-    control = _controls(control_rows, subj, forget, model, tokenizer, cfg, emb)
+    control = _controls(people, forget, model, tokenizer, cfg, emb)
     run.lap("control")
     return run.finish("planned", forget, retain, control=control)
 
 
-def _controls(rows, subj: Subject, forget, model, tokenizer, cfg: PlanConfig, emb) -> dict:
+def _controls(people: Mapping[str, list[dict]], forget, model, tokenizer, cfg: PlanConfig, emb):
     """Per control subject, prompts of the forget set's kinds built from as many of their
     records as the request keeps."""
     wanted = ctl.record_count(forget)
     out: dict[str, list[PromptItem]] = {}
-    for name, rows_of in ctl.control_subjects(rows, subj, cfg.control_subjects, cfg.seed).items():
+    for name, rows_of in people.items():
         person = Subject(name)
         picked = random.Random(f"{cfg.seed}/{name}").sample(rows_of, min(wanted, len(rows_of)))
         recs = ex.record_items(picked, person)
@@ -334,11 +341,11 @@ def _expand(recs, subj: Subject, model, tokenizer, cfg: PlanConfig, emb) -> tupl
 
 def _check_attributes(attr_pairs, recs, subj, model, tokenizer, cfg: PlanConfig, run: _Run):
     """Attribute items whose answer reveals the subject's data, and the evidence: the model
-    ties the answer to this name (:func:`_specificity`) and, when there are records, the
+    ties the answer to this name (:func:`_name_specificity`) and, when there are records, the
     answer states a key fact of them that the question did not contain."""
     if not attr_pairs:
         return [], []
-    figure = _specificity(model, tokenizer, subj, attr_pairs)
+    figure = _name_specificity(model, tokenizer, subj, attr_pairs)
     known = [f >= cfg.min_specificity for f in figure]
     if recs:  # and the answer states a fact of the records
         facts = fl.record_facts(recs, subj)
@@ -362,7 +369,16 @@ def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list
     return generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
 
 
-def _specificity(model, tokenizer, subj: Subject, pairs) -> list[float]:
+def _logprobs(model, tokenizer, items: Sequence[PromptItem]) -> list[float]:
+    return answer_logprobs(model, tokenizer, [(it.prompt, it.target) for it in items])
+
+
+def _above(model, tokenizer, items: Sequence[PromptItem], reference: float) -> list[float]:
+    """Each item's mean token log-prob minus ``reference`` (the controls' records')."""
+    return [lp - reference for lp in _logprobs(model, tokenizer, items)]
+
+
+def _name_specificity(model, tokenizer, subj: Subject, pairs) -> list[float]:
     """Mean token log-prob of each (question, answer) about the subject minus that of the
     same pair with the name swapped for stand-in names: high only when the model ties the
     answer to this name rather than saying it about anyone."""
