@@ -1,6 +1,6 @@
 """TOFU benchmark: sequential deletion requests through forgetctl, against baselines.
 
-    python benchmarks/tofu.py [--authors 20] [--forget 4] [--data FILE] [--eval-cap 40]
+    python benchmarks/tofu.py [--authors 20] [--forget 4] [--controls IDS] [--data FILE]
 
 1. The deployed model: the default model (SmolLM2-135M) fully fine-tuned on K TOFU authors.
 2. forgetctl: M GDPR requests (the first M authors), one after the other on one ledger,
@@ -14,7 +14,11 @@
 Measured per model: forget recall (ROUGE-L recall of the answer) on the original questions,
 on TOFU's paraphrased questions (never used by planning) and on the planned indirect
 questions; TOFU truth ratio on the forgotten authors; recall on the other authors'
-questions, on world facts and on real authors; int4 recovery and relearning recovery.
+questions, on world facts and on real authors; and the gate's own int4 and relearn checks
+against the deployed model, the forgotten authors compared with control authors of the data
+file that the deployed model never saw (``--controls``; the pipeline's gate compares with
+the same authors): the int4 recovery (how much the gap to the controls grew under NF4) and
+the share of the deployed model's knowledge that each relearning attack brought back.
 
 Output: benchmarks/results/tofu.json, tofu.md and tofu.png.
 """
@@ -42,14 +46,13 @@ from forgetctl.core.data import load_builtin
 from forgetctl.core.items import PromptItem
 from forgetctl.core.policy import MethodConfig, VerifyConfig
 from forgetctl.demo.deployed import build_deployed_model, deployed_manifest
-from forgetctl.demo.tofu import load_authors, pairs_of, select_authors
+from forgetctl.demo.tofu import author_ids, load_authors, pairs_of, select_authors
 from forgetctl.lm.evaluate import TruthItem, evaluate, truth_ratio_forget, truth_ratios
-from forgetctl.lm.int4 import quantize_model_int4
 from forgetctl.lm.pull import pull_default
 from forgetctl.lm.train import finetune, finetune_steps
 from forgetctl.lm.weights import load_model
 from forgetctl.store.ledger import open_ledger
-from forgetctl.verify.relearn import relearn_attack
+from forgetctl.verify.checks import ForgetSet, run_checks
 
 ROOT = Path(__file__).resolve().parent
 
@@ -106,21 +109,61 @@ class Suite:
         }
 
 
-def robustness(model, tokenizer, rows, cfg: VerifyConfig) -> dict:
-    """int4 recovery and relearning recovery on the forgotten authors' questions."""
-    forget = items(rows, "question", "record")
-    full = evaluate(model, tokenizer, forget, with_prob=False).mean("recall")
-    q4 = evaluate(quantize_model_int4(model), tokenizer, forget, with_prob=False).mean("recall")
-    attack = relearn_attack(model, tokenizer, forget, cfg)
-    return {"int4_recovery": q4 - full, "relearn_recovery": attack.recovery}
+def forget_set(forget_rows, control_rows) -> ForgetSet:
+    """The forgotten authors' questions, and each control author's, as the gate takes them."""
+    control: dict[str, list[PromptItem]] = {}
+    for r in control_rows:
+        control.setdefault(r["author"], []).append(
+            PromptItem(prompt=r["question"], target=r["answer"], kind="record")
+        )
+    return ForgetSet(items(forget_rows, "question", "record"), control)
+
+
+def robustness(parent, model, tokenizer, forget: ForgetSet, suite: Suite, cfg: VerifyConfig):
+    """The gate's int4 and relearn checks on ``model`` against ``parent`` (the deployed
+    model), with the suite's other authors and general sets as the retain and utility side:
+    their verdicts, reasons and figures, and the headline numbers (the int4 recovery of
+    recall, the largest share any attack brought back)."""
+    results = run_checks(
+        parent, model, tokenizer, {"forgotten": forget}, suite.others, suite.world + suite.real,
+        {}, cfg, checks=("int4", "relearn"),
+    )  # fmt: skip
+    by = {r.name: r for r in results}
+    int4 = by["int4"].figures["requests"]["forgotten"]
+    attacks = [
+        {"attack": a["attack"], "attack_s": a["attack_s"],
+         **{p: {m: row.get("share") for m, row in a[p].items()} for p in ("full", "int4")}}
+        for a in by["relearn"].figures["requests"]["forgotten"].get("attacks", [])
+    ]  # fmt: skip
+    shares = [v for a in attacks for p in ("full", "int4") for v in a[p].values() if v is not None]
+    return {
+        "int4_recovery": int4.get("recovery", {}).get("recall", {}).get("recovery"),
+        "relearn_share": max(shares, default=None),
+        "gate": {
+            "int4": {"verdict": by["int4"].verdict, "reasons": by["int4"].reasons,
+                     "recovery": int4.get("recovery", {}),
+                     "retain": by["int4"].figures.get("retain"),
+                     "utility": by["int4"].figures.get("utility")},
+            "relearn": {"verdict": by["relearn"].verdict, "reasons": by["relearn"].reasons,
+                        "attacks": attacks},
+        },
+    }  # fmt: skip
 
 
 def run_forgetctl(
-    work: Path, deployed: Path, corpus: Path, suite: Suite, forget_ids, log, policies_dir=None
+    work: Path,
+    deployed: Path,
+    corpus: Path,
+    suite: Suite,
+    forget_ids,
+    log,
+    policies_dir=None,
+    controls: Path | None = None,
 ) -> list[dict]:
     """One request per author, each driven to its end by `forgetctl run`'s loop (plan,
     apply, verify, promote, with the policy's retries), production measured after each.
-    ``policies_dir``: policy files that replace the packaged ones."""
+    ``policies_dir``: policy files that replace the packaged ones; ``controls``: the control
+    corpus the gate compares the forgotten authors with (else the built-in one)."""
     home = Home(work / "home")
     if home.root.exists():
         shutil.rmtree(home.root)
@@ -130,6 +173,8 @@ def run_forgetctl(
     ws = Workspace.open(home, create=True)
     versions.register_base(ws.ledger, deployed)
     (home.root / "retain-corpus.jsonl").write_bytes(corpus.read_bytes())
+    if controls:
+        (home.root / "control-corpus.jsonl").write_bytes(controls.read_bytes())
     runner = Runner(ws, say=log)
     per_request, indirect = [], []
     for n, author in enumerate(forget_ids, 1):
@@ -164,8 +209,8 @@ def from_home(home: Home) -> list[dict]:
         rows.append({
             "version": version["id"], "requests": version["requests"], "status": version["status"],
             "training": version["metrics"],
-            "checks": {n: {"passed": bool(c["passed"]), "figures": c["figures"]}
-                       for n, c in checks.items()},
+            "checks": {n: {"passed": bool(c["passed"]), "verdict": c["verdict"],
+                           "figures": c["figures"]} for n, c in checks.items()},
         })  # fmt: skip
     return rows
 
@@ -173,7 +218,7 @@ def from_home(home: Home) -> list[dict]:
 def table(results: dict) -> str:
     cols = ["forget_original", "forget_paraphrased", "forget_indirect", "truth_ratio",
             "other_authors", "world_facts", "real_authors", "int4_recovery",
-            "relearn_recovery", "wall_s"]  # fmt: skip
+            "relearn_share", "wall_s"]  # fmt: skip
     lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, row in results["models"].items():
         cells = [f"{row[c]:.3f}" if isinstance(row.get(c), float) else str(row.get(c, ""))
@@ -190,10 +235,11 @@ def verify_seconds(version_row: dict) -> float:
 def request_table(version_rows: list[dict]) -> str:
     """One row per version the pipeline built (``from_home``): what the gate decided and
     what it cost."""
-    lines = ["| version | requests | status | steps | apply s | verify s | failed checks |",
+    lines = ["| version | requests | status | steps | apply s | verify s | checks not passed |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in version_rows:
-        failed = [n for n, c in r["checks"].items() if not c["passed"]]
+        failed = [n if c["verdict"] == "fail" else f"{n} ({c['verdict'].replace('_', ' ')})"
+                  for n, c in r["checks"].items() if not c["passed"]]  # fmt: skip
         lines.append(
             f"| {r['version']} | {r['requests']} | {r['status']} | "
             f"{r['training'].get('steps')} | {r['training'].get('wall_s', 0):.0f} | "
@@ -258,6 +304,11 @@ def main() -> None:
         "--forget-ids", help="author ids to forget (default: the first M), e.g. 1,3"
     )
     parser.add_argument(
+        "--controls",
+        help="control author ids, never in the deployed model, e.g. 20,21 (default: the two "
+        "authors of --data after the deployed ones)",
+    )
+    parser.add_argument(
         "--policies", help="a directory of policy files (*.toml) that replace the packaged ones"
     )
     parser.add_argument(
@@ -291,6 +342,17 @@ def main() -> None:
         )
         log(f"deployed model: {time.perf_counter() - t:.0f} s (cached if fast)")
     selected = select_authors(rows, ids)[1]
+    if args.controls:
+        control_ids = [int(a) for a in args.controls.split(",")]
+    else:
+        known = author_ids(rows)
+        after = known[max(known.index(a) for a in ids) + 1 :]
+        control_ids = [a for a in after if a not in ids][:2]
+    if not control_ids or set(control_ids) & set(ids):
+        parser.error("--controls: authors of --data that are not in the deployed model")
+    control_rows = select_authors(rows, control_ids)[1]
+    controls = work / "controls.jsonl"
+    controls.write_text("".join(json.dumps(r) + "\n" for r in control_rows))
     forget_ids = (
         [int(a) for a in args.forget_ids.split(",")] if args.forget_ids else ids[: args.forget]
     )
@@ -301,13 +363,17 @@ def main() -> None:
     suite = Suite(selected, forget_ids, retain_ids, args.eval_cap)
     cfg = VerifyConfig()
     forget_rows = [r for a in forget_ids for r in suite.forget_rows[a]]
-    results: dict = {"config": vars(args) | {"machine": platform.processor() or platform.machine(),
+    forgotten = forget_set(forget_rows, control_rows)
+    results: dict = {"config": vars(args) | {"control_ids": control_ids,
+                                              "machine": platform.processor() or platform.machine(),
                                               "threads": torch.get_num_threads()},
                      "deployed_training": manifest["training"], "models": {}}  # fmt: skip
 
+    parent = load_model(deployed)[0]
+
     def record(name, model, tokenizer, wall, indirect=()):
         row = suite.measure(model, tokenizer, forget_ids, indirect)
-        row.update(robustness(model, tokenizer, forget_rows, cfg))
+        row.update(robustness(parent, model, tokenizer, forgotten, suite, cfg))
         row["wall_s"] = round(wall, 1)
         results["models"][name] = row
         log(f"{name}: {row}")
@@ -321,7 +387,7 @@ def main() -> None:
         total = sum(r["training"].get("wall_s", 0.0) + verify_seconds(r) for r in per_request)
     else:
         per_request = run_forgetctl(work, deployed, corpus, suite, forget_ids, log,
-                                    args.policies)  # fmt: skip
+                                    args.policies, controls)  # fmt: skip
         home = Home(work / "home")
         # plan, apply, verify and promote of every request, retries included
         total = sum(r["seconds"] for r in per_request)

@@ -1,12 +1,15 @@
 """The pipeline half of benchmarks/tofu.py on the tiny model: its requests go through
-`forgetctl run`'s loop in the benchmark's own home, and the figures it reports come out."""
+`forgetctl run`'s loop in the benchmark's own home, and the figures it reports come out.
+
+On the tiny model the gate rejects the NPO adapter (tests/test_pipeline.py), so the request
+ends failed and production stays the deployed model: the benchmark must say so, with the
+gate's verdicts, and measure what is really served."""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
-import pytest
 import tinylm
 from test_pipeline import write_policy
 
@@ -14,9 +17,8 @@ from forgetctl.app import versions
 from forgetctl.app.home import Home
 from forgetctl.app.plan_step import load_plan
 from forgetctl.app.workspace import Workspace
-from forgetctl.core.policy import VerifyConfig
+from forgetctl.core.policy import ALL_CHECKS, VerifyConfig
 from forgetctl.demo.tofu import load_authors
-from forgetctl.lm.evaluate import evaluate
 from forgetctl.lm.weights import load_model
 
 BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "tofu.py"
@@ -29,13 +31,10 @@ def _benchmark():
     return module
 
 
-@pytest.mark.xfail(
-    reason="the honest gate (issue 17) rejects the tiny NPO candidate: the benchmark's "
-    "run loop ends failed; being rewritten"
-)
 def test_benchmark_drives_requests_through_the_run_loop(tiny_lm_dir, tmp_path):
     bench = _benchmark()
     corpus = tinylm.write_tofu_jsonl(tmp_path / "corpus.jsonl")
+    controls = tinylm.write_controls_jsonl(tmp_path / "controls.jsonl")
     settings = tmp_path / "settings"  # the tiny model's policy, as `--policies` passes it
     (settings / "policies").mkdir(parents=True)
     tinylm.write_general_jsonl(settings / "general.jsonl")
@@ -45,38 +44,60 @@ def test_benchmark_drives_requests_through_the_run_loop(tiny_lm_dir, tmp_path):
 
     [row] = bench.run_forgetctl(
         tmp_path / "work", tiny_lm_dir, corpus, suite, [0], lambda _msg: None,
-        settings / "policies",
+        settings / "policies", controls,
     )  # fmt: skip
 
-    assert row["status"] == "promoted"
-    # The run loop's steps, a rejected candidate's retry included (its policy allows one).
-    assert row["steps"][0] == "plan" and row["steps"][-1] == "promote"
-    assert set(row["steps"]) == {"plan", "apply", "verify", "promote"}
-    after = row["cumulative"]
-    assert after["forget_by_author"][0]["original"] == after["forget_original"]  # one author
-    assert before["forget_original"] == 1.0  # the tiny model memorised author 0
-    # What the benchmark reports agrees with what the gate promised: the forgotten author's
-    # records are recalled at most max_forget_gap above the plan's control subjects' records.
-    ws = Workspace.open(Home(tmp_path / "work" / "home"))
+    # The gate rejected the candidate; the policy allows no retry.
+    assert row["status"] == "failed"
+    assert row["steps"] == ["plan", "apply", "verify"]
+    home = Home(tmp_path / "work" / "home")
+    ws = Workspace.open(home)
+    assert ws.ledger.aliases.get() == 0  # production is still the deployed model
     plan = load_plan(ws, row["request"])
-    production, tokenizer = versions.load_version(ws, ws.ledger.aliases.get())
-    controls = [i for items in plan.control.values() for i in items if i.kind == "record"]
-    assert controls
-    control_recall = evaluate(production, tokenizer, controls, with_prob=False).mean("recall")
-    assert after["forget_original"] - control_recall <= VerifyConfig().max_forget_gap
-    assert after["other_authors"] >= 0.9 * before["other_authors"]  # at most 1 of 10 lost
-    # forget_indirect is production's recall on the promoted plan's indirect prompts, and
-    # no higher than the parent's on the same prompts.
-    indirect = [i for i in plan.forget if i.kind == "indirect"]
-    assert indirect
-    parent = suite.measure(*load_model(tiny_lm_dir), [0], indirect)["forget_indirect"]
-    measured = evaluate(production, tokenizer, indirect, with_prob=False).mean("recall")
-    assert after["forget_indirect"] == measured <= parent
+    # The gate compared the subject with the control corpus the benchmark gave it.
+    assert set(plan.control) <= {c["author"] for c in tinylm.TINY_CONTROLS} and plan.control
+    # What the benchmark reports is production's figures: the deployed model's, the
+    # forgotten author still recalled, the others kept.
+    after = row["cumulative"]
+    assert before["forget_original"] == 1.0  # the tiny model memorised author 0
+    assert after["forget_by_author"][0]["original"] == after["forget_original"]  # one author
+    assert {k: after[k] for k in before} == before
+    assert after["forget_indirect"] is None  # no promoted plan: nothing measured on it
     # The ledger's rows give the per-step cost and the gate's verdicts.
-    rows = bench.from_home(Home(tmp_path / "work" / "home"))
-    assert len(rows) == row["steps"].count("apply")
-    [version] = [v for v in rows if v["status"] == "promoted"]
-    assert version["requests"] == [row["request"]]
-    assert all(check["passed"] for check in version["checks"].values())
+    rows = bench.from_home(home)
+    assert len(rows) == row["steps"].count("apply") == 1
+    [version] = rows
+    assert version["requests"] == [row["request"]] and version["status"] == "rejected"
+    recorded = {
+        c["check_name"]: c["verdict"] for c in ws.ledger.verifications.of(version["version"])
+    }
+    assert {n: c["verdict"] for n, c in version["checks"].items()} == recorded
+    assert list(version["checks"]) == list(ALL_CHECKS)  # every check is mandatory by default
+    not_passed = [n for n, c in version["checks"].items() if not c["passed"]]
+    assert not_passed
     assert bench.verify_seconds(version) > 0
-    assert f"| {version['version']} | [1] | promoted |" in bench.request_table(rows)
+    table = bench.request_table(rows)
+    assert f"| {version['version']} | [1] | rejected |" in table
+    for name in not_passed:
+        assert name in table.splitlines()[-1]
+
+    # The robustness figures are the gate's own int4 and relearn checks: on the deployed
+    # model itself (nothing forgotten), the attacks find the subject still known far beyond
+    # the control, and int4 does not widen a gap that is already whole.
+    parent, tokenizer = load_model(tiny_lm_dir)
+    production, _ = versions.load_version(ws, 0)
+    forget = bench.forget_set(suite.forget_rows[0], tinylm.TINY_CONTROLS)
+    cfg = VerifyConfig()
+    robust = bench.robustness(parent, production, tokenizer, forget, suite, cfg)
+    relearn = robust["gate"]["relearn"]
+    assert relearn["verdict"] == "fail"
+    assert [a["attack"] for a in relearn["attacks"]] == [
+        "full fine-tuning, lr 0.0001, 20 steps",
+        "full fine-tuning, lr 1e-05, 20 steps",
+    ]
+    assert robust["relearn_share"] > cfg.max_relearn_share
+    int4 = robust["gate"]["int4"]
+    assert set(int4["recovery"]) == {"acc", "recall"}
+    assert robust["int4_recovery"] == int4["recovery"]["recall"]["recovery"]
+    assert robust["int4_recovery"] <= cfg.max_int4_recovery  # nothing was hidden to recover
+    assert int4["retain"]["n"] == len(suite.others)

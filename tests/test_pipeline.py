@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -21,9 +22,12 @@ import pytest
 import tinylm
 from typer.testing import CliRunner
 
-from forgetctl.app.verify_step import OPTIONAL
+from forgetctl.app.home import Home
+from forgetctl.app.plan_step import load_plan
+from forgetctl.app.workspace import Workspace
 from forgetctl.cli.app import app
 from forgetctl.core.policy import ALL_CHECKS
+from forgetctl.verify.checks import ForgetSet
 
 runner = CliRunner()
 
@@ -47,10 +51,9 @@ eval_every = 10
 
 [plan]
 general_sets = ["{general}"]
-
-[verify]
-mandatory = ["forget", "retain", "utility", "int4", "relearn", "regression"]
 """
+# No [verify] table: the default, every check mandatory (core.policy.ALL_CHECKS), two
+# relearning attacks of 20 steps.
 
 
 def cli(*args: str, code: int | None = 0):
@@ -60,7 +63,7 @@ def cli(*args: str, code: int | None = 0):
     return result
 
 
-def write_policy(home: Path, name: str = "gdpr", *, lr=2e-3, steps=60, retries=1) -> None:
+def write_policy(home: Path, name: str = "gdpr", *, lr=2e-3, steps=60, retries=0) -> None:
     text = TINY_POLICY.format(
         regulation=name, lr=lr, steps=steps, retries=retries, general=home / "general.jsonl"
     )
@@ -78,7 +81,9 @@ def records_for(subject: str, tmp: Path) -> str:
 def tiny_home(forgetctl_home, tiny_lm_dir, tmp_path) -> Path:
     home = forgetctl_home
     corpus = tinylm.write_tofu_jsonl(tmp_path / "corpus.jsonl")
-    cli("init", "--model", str(tiny_lm_dir), "--retain-corpus", str(corpus))
+    controls = tinylm.write_controls_jsonl(tmp_path / "controls.jsonl")
+    cli("init", "--model", str(tiny_lm_dir), "--retain-corpus", str(corpus),
+        "--control-corpus", str(controls))  # fmt: skip
     tinylm.write_general_jsonl(home / "general.jsonl")
     write_policy(home)
     return home
@@ -93,31 +98,94 @@ def statuses() -> dict[str, str]:
     return {r["ref"]: r["status"] for r in json.loads(cli("request", "list", "--json").stdout)}
 
 
-@pytest.mark.xfail(
-    reason="the honest gate (issue 17) rejects the tiny NPO candidate (tell, membership): "
-    "this test assumes `run` promotes it; being rewritten to forced promotion"
-)
-def test_run_end_to_end_promote_report_rollback(tiny_home, tmp_path):
+def events(kind: str | None = None) -> list[dict]:
+    found = json.loads(cli("ledger", "log", "--json").stdout)
+    return [e for e in found if kind is None or e["kind"] == kind]
+
+
+def gate_verdicts(home: Path, version_id: int) -> dict[str, str]:
+    """The latest verdict of each check the gate recorded for a version, in the gate's order."""
+    con = sqlite3.connect(home / "ledger.db")
+    sql = "SELECT check_name, verdict FROM verifications WHERE version_id = ? ORDER BY id"
+    latest = dict(con.execute(sql, (version_id,)).fetchall())
+    return {c: latest[c] for c in ALL_CHECKS if c in latest}
+
+
+def versions_of(home: Path, request_id: int) -> list[int]:
+    con = sqlite3.connect(home / "ledger.db")
+    rows = con.execute("SELECT id, requests FROM versions ORDER BY id").fetchall()
+    return [v for v, reqs in rows if request_id in json.loads(reqs)]
+
+
+def expected_end(home: Path, request_id: int) -> str:
+    """What the run loop must end a request with, given the gate's verdicts in the ledger:
+    promoted exactly when a version built for it passed every mandatory check, else failed."""
+    ws = Workspace.open(Home(home))
+    for vid in versions_of(home, request_id):
+        verdicts = gate_verdicts(home, vid)
+        mandatory = ws.resolved(ws.ledger.versions.get(vid)).mandatory
+        if all(verdicts.get(c) == "pass" for c in mandatory):
+            return "promoted"
+    return "failed"
+
+
+def assert_rejected_and_why(home: Path, version_id: int) -> list[str]:
+    """The gate ran every mandatory check on the version and rejected it, and the ledger says
+    why: the version's status event and the request's name the checks that did not pass.
+    Returns them."""
+    verdicts = gate_verdicts(home, version_id)
+    assert list(verdicts) == list(ALL_CHECKS)
+    not_passed = [c for c, v in verdicts.items() if v != "pass"]
+    assert not_passed, verdicts
+    [status] = [e["data"] for e in events("version.status")
+                if e["version_id"] == version_id and e["data"]["to"] == "rejected"]  # fmt: skip
+    assert status["failed"] == sorted(not_passed) and status["missing"] == []
+    errors = [e["data"].get("error", "") for e in events("request.status")]
+    why = ", ".join(f"{c} {verdicts[c]}" for c in not_passed)
+    assert f"version {version_id} rejected: {why}" in errors
+    return not_passed
+
+
+def test_rejected_request_fails_then_forced_promotion_report_rollback(tiny_home, tmp_path):
     subject = tinylm.TINY_SUBJECTS[0]
     add(tiny_home, subject, "DSR-1", tmp_path)
-    result = cli("run", "--json")
-    summary = json.loads(result.stdout)
-    assert summary["exit_code"] == 0
+    summary = json.loads(cli("run", "--json", code=11).stdout)  # completed, a request failed
+    assert summary["exit_code"] == 11
+    [outcome] = summary["outcomes"]
+    assert outcome["steps"] == ["plan", "apply", "verify"]  # max_retries = 0
+    assert outcome["end"] == "failed" and statuses() == {"DSR-1": "failed"}
+    # The run says why: the gate's verdicts, the rejection and the failure name the checks.
+    [vid] = versions_of(tiny_home, 1)
+    not_passed = assert_rejected_and_why(tiny_home, vid)
+    [log_file] = (tiny_home / "logs").glob("run-*.log")
+    assert f"version {vid} rejected: " in log_file.read_text()
+    [failure] = [e["data"] for e in events("request.status") if e["data"]["to"] == "failed"]
+    assert failure["step"] == "verify" and failure["attempts"] == 1
+
+    # Production moves only as an operator decides, recorded as forced.
+    refused = cli("promote", str(vid), code=6)
+    assert "rejected" in refused.stderr
+    reason = "operator override: pipeline test"
+    cli("promote", str(vid), "--force", "--reason", reason)
+    [forced] = events("version.forced_promotion")
+    assert forced["version_id"] == vid and forced["data"]["reason"] == reason
+    assert forced["data"]["problems"][0] == "rejected"
     assert statuses() == {"DSR-1": "promoted"}
-    # Production no longer reveals the subject's facts; another subject's are kept.
-    other = tinylm.facts_for(tinylm.TINY_SUBJECTS[1])[0]
-    kept = cli("model", "ask", other["question"]).stdout
-    assert other["answer"].split()[-1].strip(".") in kept
-    fact = tinylm.facts_for(subject)[0]
-    assert fact["answer"] not in cli("model", "ask", fact["question"]).stdout
 
     report = tmp_path / "r.html"
     cli("report", "DSR-1", "--format", "html", "--out", str(report))
     assert "data:image/png;base64" in report.read_text()
     doc = json.loads(cli("report", "1", "--format", "json").stdout)
-    verdicts = doc["version"]["verdicts"]
-    assert set(verdicts) == {"forget", "retain", "utility", "int4", "relearn", "regression"}
-    assert all(verdicts.values())
+    version = doc["version"]
+    assert version["id"] == vid and version["status"] == "promoted"
+    assert version["alias_history"][0]["reason"] == reason
+    # The report shows the gate's verdicts as they were: rejected, not "all passed".
+    assert set(version["verdicts"]) == set(ALL_CHECKS)
+    assert sorted(c for c, ok in version["verdicts"].items() if not ok) == sorted(not_passed)
+    assert [c["verdict"] for c in version["checks"]] == list(gate_verdicts(tiny_home, vid).values())
+    markdown = cli("report", "1").stdout
+    for check in not_passed:
+        assert re.search(rf"\| {check} \| yes \| (FAIL|NO SIGNAL) \|", markdown), check
 
     # A second run has nothing to do.
     assert json.loads(cli("run", "--json").stdout)["outcomes"] == []
@@ -126,25 +194,37 @@ def test_run_end_to_end_promote_report_rollback(tiny_home, tmp_path):
     assert statuses() == {"DSR-1": "received"}
     con = sqlite3.connect(tiny_home / "ledger.db")
     history = [r[0] for r in con.execute("SELECT version_id FROM alias_history ORDER BY id")]
-    # Production went to the promoted version (a retry's, if the first was rejected) and back.
-    assert history[0] == history[2] == 0 and history[1] >= 1 and len(history) == 3
+    assert history == [0, vid, 0]  # production went to the forced version and back
     cli("ledger", "verify")
 
 
-@pytest.mark.xfail(
-    reason="the honest gate (issue 17) rejects the tiny NPO candidate (tell, membership): "
-    "this test assumes `run` promotes it; being rewritten to forced promotion"
-)
+def test_run_promotes_unverified_only_when_the_policy_allows_it_and_says_so(tiny_home, tmp_path):
+    policy = tiny_home / "policies" / "gdpr.toml"
+    policy.write_text(policy.read_text() + "\n[verify]\nmandatory = []\nallow_unverified = true\n")
+    add(tiny_home, tinylm.TINY_SUBJECTS[4], "U-1", tmp_path)
+    [outcome] = json.loads(cli("run", "--json").stdout)["outcomes"]
+    assert outcome["steps"] == ["plan", "apply", "verify", "promote"]
+    assert statuses() == {"U-1": "promoted"}
+    # The run's log says that production moved without the gate, and which checks never ran.
+    [log_file] = (tiny_home / "logs").glob("run-*.log")
+    assert (
+        "production moved UNVERIFIED (the policy allows it): not run: " + ", ".join(ALL_CHECKS)
+        in log_file.read_text()
+    )
+    [moved] = [e["data"] for e in events("alias.moved") if e["version_id"] == outcome["version"]]
+    assert moved["unverified"] is True and moved["not_run"] == list(ALL_CHECKS)
+
+
 def test_forgotten_subject_rows_are_not_neighbors_of_the_next_request(tiny_home, tmp_path):
     first, second = tinylm.TINY_SUBJECTS[0], tinylm.TINY_SUBJECTS[1]
     add(tiny_home, first, "N-1", tmp_path)
-    cli("run")
+    cli("run", code=11)
+    assert statuses() == {"N-1": "failed"}  # the gate rejected it; an operator promotes it
+    [vid] = versions_of(tiny_home, 1)
+    cli("promote", str(vid), "--force", "--reason", "forgotten by operator decision")
     assert statuses() == {"N-1": "promoted"}
     add(tiny_home, second, "N-2", tmp_path)
     cli("plan", "2")
-    from forgetctl.app.home import Home
-    from forgetctl.app.plan_step import load_plan
-    from forgetctl.app.workspace import Workspace
 
     plan = load_plan(Workspace.open(Home(tiny_home)), 2)
     neighbors = [i for i in plan.retain if i.kind == "neighbor"]
@@ -157,28 +237,32 @@ def test_forgotten_subject_rows_are_not_neighbors_of_the_next_request(tiny_home,
     # Request 2's candidates answer a sample of request 1's forget set, spread over kinds
     # (the whole set when the sample is not clear of the limits).
     policy = tiny_home / "policies" / "gdpr.toml"
-    policy.write_text(policy.read_text().replace("[verify]\n", "[verify]\nregression_items = 4\n"))
-    cli("run")
+    policy.write_text(policy.read_text() + "\n[verify]\nregression_items = 4\n")
+    ran = cli("run", code=None)
+    assert statuses()["N-2"] == expected_end(tiny_home, 2)
+    assert ran.exit_code == (11 if statuses()["N-2"] == "failed" else 0)
     ws = Workspace.open(Home(tiny_home))
     ledger = ws.ledger
-    first_set = load_plan(ws, 1).forget
+    first_plan = load_plan(ws, 1)
+    first_set = ForgetSet(
+        first_plan.forget, first_plan.control
+    ).items  # the kinds its controls have
     assert len(first_set) > 4 and len({i.kind for i in first_set}) > 1
-    ids = [v["id"] for v in ledger.db.query("SELECT id FROM versions WHERE kind = 'adapter'")]
-    checks = [c for vid in ids if ledger.versions.get(vid)["requests"] == [2]
-              for c in ledger.verifications.of(vid) if c["check_name"] == "regression"]  # fmt: skip
+    checks = [c for v in versions_of(tiny_home, 2)
+              for c in ledger.verifications.of(v) if c["check_name"] == "regression"]  # fmt: skip
     assert checks  # request 2's attempts, each checked against request 1
     for check in checks:
-        by_kind = check["figures"]["requests"]["1"]["by_kind"]
-        answered = sum(row["n"] for row in by_kind.values())
+        against = check["figures"]["requests"]["1"]
+        units = against["units"]
+        kinds = {k: row for k, row in units.items() if k != "all"}
+        answered = against["n"]
+        assert units["all"]["n"] == answered == sum(row["n"] for row in kinds.values())
+        assert against["control_n"] > 0  # compared with request 1's own control subjects
         # The sample, or every item when the sample was not clear of the limits.
         assert check["figures"]["answered"] == {"1": [answered, len(first_set)]}
-        assert answered in (4, len(first_set)) and len(by_kind) > 1
+        assert answered in (4, len(first_set)) and len(kinds) > 1
 
 
-@pytest.mark.xfail(
-    reason="the honest gate (issue 17) rejects the tiny NPO candidate (tell, membership): "
-    "this test assumes `run` promotes it; being rewritten to forced promotion"
-)
 def test_weak_unlearning_is_rejected_and_promotion_refused(tiny_home, tmp_path):
     write_policy(tiny_home, lr=1e-6, steps=2, retries=1)
     add(tiny_home, tinylm.TINY_SUBJECTS[2], "WEAK-1", tmp_path)
@@ -186,25 +270,24 @@ def test_weak_unlearning_is_rejected_and_promotion_refused(tiny_home, tmp_path):
     assert json.loads(result.stdout)["outcomes"][0]["end"] == "failed"
     assert statuses() == {"WEAK-1": "failed"}
     # The retry knew what the first candidate failed and trained longer for it.
-    events = json.loads(cli("ledger", "log", "--json").stdout)
-    starts = [e["data"] for e in events if e["kind"] == "apply.started"]
+    starts = [e["data"] for e in events("apply.started")]
     assert [s["attempt"] for s in starts] == [0, 1]
     assert starts[0]["earlier_failures"] == [] and "forget" in starts[1]["earlier_failures"]
     assert [s["method"]["max_steps"] for s in starts] == [2, 4]
     versions = json.loads(cli("model", "versions", "--json").stdout)
     rejected = [v for v in versions if v["status"] == "rejected"]
     assert len(rejected) == 2
+    for v in rejected:
+        assert "forget" in assert_rejected_and_why(tiny_home, v["id"])
     refused = cli("promote", str(rejected[0]["id"]), code=6)
     assert "failed: " in refused.stderr and "forget" in refused.stderr
     forced = cli("promote", str(rejected[0]["id"]), "--force", code=4)  # needs a reason
     assert "--reason" in forced.stderr
     cli("promote", str(rejected[0]["id"]), "--force", "--reason", "legal hold test")
-    kinds = [e["kind"] for e in json.loads(cli("ledger", "log", "--json").stdout)]
-    assert "version.forced_promotion" in kinds
+    assert [e["kind"] for e in events("version.forced_promotion")] == ["version.forced_promotion"]
     cli("ledger", "verify")
 
 
-@pytest.mark.xfail(reason="being rewritten for the honest gate's eight checks (issue 17)")
 def test_verify_runs_the_mandatory_checks_unless_skipped_with_a_reason(tiny_home, tmp_path):
     add(tiny_home, tinylm.TINY_SUBJECTS[0], "V-1", tmp_path)
     cli("plan")
@@ -216,18 +299,21 @@ def test_verify_runs_the_mandatory_checks_unless_skipped_with_a_reason(tiny_home
     skipped = cli("verify", "--skip", "int4", "--skip", "relearn", "--reason", "no time", "--json",
                   code=None)  # fmt: skip
     doc = json.loads(skipped.stdout)
-    assert [c["name"] for c in doc["checks"]] == [c for c in ALL_CHECKS if c not in OPTIONAL]
-    if doc["status"] != "rejected":
-        assert doc["status"] == "candidate"  # mandatory checks are missing
-        refused = cli("promote", str(doc["version"]), code=6)
-        assert "not run: int4, relearn" in refused.stderr
-    events = json.loads(cli("ledger", "log", "--json").stdout)
-    assert [e["data"] for e in events if e["kind"] == "verification.skipped"] == [
+    ran = [c for c in ALL_CHECKS if c not in ("int4", "relearn")]
+    assert [c["name"] for c in doc["checks"]] == ran
+    # Rejected when a check that ran did not pass; else a candidate with checks missing.
+    all_passed = all(c["verdict"] == "pass" for c in doc["checks"])
+    assert doc["status"] == ("candidate" if all_passed else "rejected")
+    refused = cli("promote", str(doc["version"]), code=6)
+    assert "not run: int4, relearn" in refused.stderr
+    assert [e["data"] for e in events("verification.skipped")] == [
         {"checks": ["int4", "relearn"], "reason": "no time"}
     ]
-    # No flags: every check the policy makes mandatory.
+    # No flags: every check the policy makes mandatory (the default: all of them).
     full = json.loads(cli("verify", str(doc["version"]), "--json", code=None).stdout)
-    assert {c["name"] for c in full["checks"]} == set(ALL_CHECKS)
+    assert [c["name"] for c in full["checks"]] == list(ALL_CHECKS)
+    passed = all(c["verdict"] == "pass" for c in full["checks"])
+    assert full["status"] == ("verified" if passed else "rejected")
 
 
 def test_nothing_due_and_lock(tiny_home):
@@ -268,11 +354,15 @@ def _leftovers(home: Path) -> list[Path]:
 # Two seeds keep CI fast; FORGETCTL_FAULT_SEEDS=11,23,37,... runs more.
 FAULT_SEEDS = [int(s) for s in os.environ.get("FORGETCTL_FAULT_SEEDS", "11,23").split(",")]
 
+KILL_WINDOW_S = float(os.environ.get("FORGETCTL_KILL_WINDOW_S", "25"))
+"""Kill moments are drawn within this many seconds of the runs, so that a kill lands inside
+one: an uninterrupted `forgetctl run` of the test's two requests took 31.7 s on the
+development machine when idle (2 cores; each request plan, apply and verify, rejected), and
+up to ten times longer when the cores were shared; the window is 80% of the idle run, so a
+kill lands on a loaded machine too (earlier in the run). Set FORGETCTL_KILL_WINDOW_S to 80%
+of a run on a slower machine to spread the kills over all of it."""
 
-@pytest.mark.xfail(
-    reason="the honest gate (issue 17) rejects the tiny NPO candidate (tell, membership): "
-    "this test assumes `run` promotes it; being rewritten to forced promotion"
-)
+
 @pytest.mark.parametrize("seed", FAULT_SEEDS)
 def test_kill9_at_random_moments_then_resume(tiny_home, tmp_path, seed):
     """kill -9 a run at a random moment, run again: every request ends as it should."""
@@ -281,36 +371,33 @@ def test_kill9_at_random_moments_then_resume(tiny_home, tmp_path, seed):
     env = {**os.environ, "FORGETCTL_HOME": str(tiny_home)}
     cmd = [sys.executable, "-m", "forgetctl", "run", "--quiet"]
     rng = random.Random(seed)
-    kills = 0
+    kills, left = 0, KILL_WINDOW_S
     for _ in range(2):
         proc = subprocess.Popen(cmd, env=env)
-        time.sleep(rng.uniform(2.0, 25.0))
+        # Within what is left of the run (a killed step starts again, so at least this).
+        wait = rng.uniform(2.0, max(3.0, left))
+        time.sleep(wait)
+        left -= wait
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
         cli("ledger", "verify")  # consistent after every kill
+    assert kills >= 1, f"no kill landed within {KILL_WINDOW_S} s: set FORGETCTL_KILL_WINDOW_S"
     before = statuses()
     final = subprocess.run(cmd, env=env, timeout=1800)
     ends = statuses()
-    assert set(ends.values()) <= {"promoted", "failed"}
+    # As it should: promoted exactly when a version built for it passed every mandatory
+    # check (on the tiny model the gate rejects NPO's candidates: failed).
+    con = sqlite3.connect(tiny_home / "ledger.db")
+    for rid, status in con.execute("SELECT id, status FROM requests").fetchall():
+        assert status == expected_end(tiny_home, rid), (rid, ends, before)
+        assert versions_of(tiny_home, rid)  # each was applied and judged
     # 11 when this run failed a request (one may have failed in a run that was not killed).
     failed_now = any(s == "failed" and before[ref] != "failed" for ref, s in ends.items())
     assert final.returncode == (11 if failed_now else 0)
-    # "As it should": promoted exactly when a version built for it passed every check.
-    con = sqlite3.connect(tiny_home / "ledger.db")
-    sql = "SELECT passed FROM verifications WHERE version_id = ?"
-    for rid, status in con.execute("SELECT id, status FROM requests").fetchall():
-        built = [
-            v
-            for v, reqs in con.execute("SELECT id, requests FROM versions").fetchall()
-            if rid in json.loads(reqs)
-        ]
-        verdicts = {v: [p for (p,) in con.execute(sql, (v,))] for v in built}
-        passed = [v for v, ps in verdicts.items() if ps and all(ps)]
-        assert bool(passed) == (status == "promoted"), (rid, status, verdicts)
     cli("ledger", "verify")
     assert _leftovers(tiny_home) == []
     referenced = {v["adapter_path"] for v in json.loads(cli("model", "versions", "--json").stdout)}
     assert {str(p) for p in (tiny_home / "adapters").iterdir()} <= referenced
-    print(f"seed {seed}: {kills} kills")
+    print(f"seed {seed}: {kills} kills landed, ends {ends}")

@@ -177,12 +177,18 @@ class Runner:
             return "apply"
         if step == "verify":
             self.say(f"request {request_id}: verify version {version['id']}")
-            verdict, _ = verify_version(self.ws, version["id"], progress=self.say)
+            verdict, results = verify_version(self.ws, version["id"], progress=self.say)
             if verdict == "rejected":
-                self._failed_attempt(row, "verify", f"version {version['id']} rejected")
+                why = ", ".join(f"{r.name} {r.verdict}" for r in results if not r.passed)
+                error = f"version {version['id']} rejected: {why}"
+                self.say(f"request {request_id}: {error}")
+                self._failed_attempt(row, "verify", error)
             return "verify"
         self.say(f"request {request_id}: promote version {version['id']}")
-        promote(self.ws, version["id"], reason="verified by run")
+        if unverified := promote(self.ws, version["id"], reason="verified by run"):
+            # A policy with no mandatory check let production move without the gate.
+            self.say(f"request {request_id}: warning: production moved UNVERIFIED (the policy "
+                     f"allows it): not run: {', '.join(unverified)}")  # fmt: skip
         return "promote"
 
     def _failed_attempt(self, row: RequestRow, step: str, error: str) -> None:
