@@ -20,16 +20,13 @@ from pathlib import Path
 
 import pytest
 import tinylm
-from typer.testing import CliRunner
+from clirun import cli
 
 from forgetctl.app.home import Home
 from forgetctl.app.plan_step import load_plan
 from forgetctl.app.workspace import Workspace
-from forgetctl.cli.app import app
 from forgetctl.core.policy import ALL_CHECKS
 from forgetctl.verify.checks import ForgetSet
-
-runner = CliRunner()
 
 # Unlearning settings that fit the tiny model (a 64-wide Llama learns and forgets fast).
 TINY_POLICY = """
@@ -54,13 +51,6 @@ general_sets = ["{general}"]
 """
 # No [verify] table: the default, every check mandatory (core.policy.ALL_CHECKS), two
 # relearning attacks of 20 steps.
-
-
-def cli(*args: str, code: int | None = 0):
-    result = runner.invoke(app, list(args))
-    if code is not None:
-        assert result.exit_code == code, (args, result.output, result.exception)
-    return result
 
 
 def write_policy(home: Path, name: str = "gdpr", *, lr=2e-3, steps=60, retries=0) -> None:

@@ -5,8 +5,8 @@ every promotion."""
 from __future__ import annotations
 
 import pytest
+from clirun import cli
 from pydantic import ValidationError
-from typer.testing import CliRunner
 
 from forgetctl.app.home import resolve_home
 from forgetctl.app.promote import promote, rollback
@@ -14,8 +14,6 @@ from forgetctl.app.workspace import Workspace
 from forgetctl.core.errors import InvalidState, PromotionRefused
 from forgetctl.core.policy import ALL_CHECKS, VerifyConfig
 from forgetctl.store.ledger import open_ledger
-
-runner = CliRunner()
 
 POLICY = """regulation = "{name}"
 title = "{name}"
@@ -29,14 +27,6 @@ POLICIES = {
     "partial": 'mandatory = ["forget", "retain"]',  # the other checks are optional
     "open": "mandatory = []\nallow_unverified = true",
 }
-
-
-def cli(*args: str, code: int = 0):
-    from forgetctl.cli.app import app
-
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == code, (args, result.output, result.exception)
-    return result
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import sqlite3
 from datetime import date, timedelta
 
 import pytest
+from clirun import cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -15,12 +16,6 @@ from forgetctl.cli.app import app
 
 runner = CliRunner()
 NAME = "Basil Mahfouz Al-Kuwaiti"
-
-
-def cli(*args: str, code: int = 0):
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == code, (args, result.output, result.exception)
-    return result
 
 
 @pytest.fixture

@@ -8,24 +8,16 @@ import json
 import sqlite3
 
 import pytest
-from typer.testing import CliRunner
+from clirun import cli
 
 from forgetctl.app.home import resolve_home
 from forgetctl.app.workspace import Workspace
-from forgetctl.cli.app import app
 from forgetctl.core.errors import LedgerCorrupt
 from forgetctl.store.crypto import Keyring
 from forgetctl.store.ledger import GENESIS, event_hash
 from forgetctl.store.tables import canonical
 
-runner = CliRunner()
 CORRUPT = LedgerCorrupt.exit_code
-
-
-def cli(*args: str, code: int = 0):
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == code, (args, result.output, result.exception)
-    return result
 
 
 @pytest.fixture

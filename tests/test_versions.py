@@ -9,7 +9,7 @@ import shutil
 import pytest
 import tinylm
 import torch
-from typer.testing import CliRunner
+from clirun import cli
 
 from forgetctl.app import versions
 from forgetctl.app.home import resolve_home
@@ -20,14 +20,6 @@ from forgetctl.lm.prompts import encode_pairs, format_prompt
 from forgetctl.lm.weights import load_model, load_tokenizer
 from forgetctl.store.ledger import open_ledger
 from forgetctl.unlearn.train import lora_model, save_adapter
-
-runner = CliRunner()
-
-
-def cli(*args: str, code: int = 0):
-    result = runner.invoke(app_(), list(args))
-    assert result.exit_code == code, (args, result.output, result.exception)
-    return result
 
 
 def app_():
