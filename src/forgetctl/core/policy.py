@@ -105,7 +105,7 @@ class PlanConfig(_Strict):
     held-out). Judged on the trained items, the check saw a drop of 0.027 where held-out
     real-author questions fell to 76.5% of the parent's; with 32 items, one or two answers
     decided it (drops of 0.070 and 0.125 there, 0.012 and 0.019 on 217 questions)."""
-    min_specificity: float = Field(1.0, ge=0)
+    min_specificity: float = Field(0.5, ge=0)
     """The memorisation probe, in nats per token. A record counts as known when its answer's
     mean token log-prob exceeds the 95th percentile of the control subjects' records (people
     the model never saw, measured on the same model in the same run) by this much; their
