@@ -111,6 +111,23 @@ def test_tell_fails_on_answers_cut_short():
     assert "< 0.5 +/- 0.20" in result.reasons[0]
 
 
+def test_tell_judges_the_answers_not_the_reference_lengths():
+    # The same answers, against short reference answers for the subject and long ones for
+    # the controls: a never-seen model answers at its own length, so no tell.
+    def with_targets(subject: str, target: str) -> EvalResult:
+        items = [PromptItem(prompt=f"What did {subject} do in year {n}?", target=target,
+                            kind="record") for n in range(12)]  # fmt: skip
+        return EvalResult(score_outputs(items, [f"{subject} wrote book {n} in {1990 + n}."
+                                                for n in range(12)]))  # fmt: skip
+
+    subject = with_targets("Ana Reyes", "A novel.")
+    controls = with_targets("Ivo Brandt", "Ivo Brandt wrote a long series of crime novels set "
+                            "on the northern coast, each about a lighthouse keeper.")  # fmt: skip
+    result = check_tell(subject, controls, subject, controls, CFG)
+    assert result.passed, result.reasons
+    assert result.figures["length"]["subject"] == result.figures["length"]["control"]
+
+
 def test_tell_passes_on_fluent_answers_on_both_sides():
     subject, controls = _fluent("Ana Reyes"), _fluent("Ivo Brandt")
     result = check_tell(subject, controls, subject, controls, CFG)

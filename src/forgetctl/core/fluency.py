@@ -36,9 +36,11 @@ def nonword_share(text: str) -> float:
     return bad / len(tokens)
 
 
-def length_ratio(text: str, reference: str) -> float:
-    """The answer's length in words relative to the reference answer's."""
-    return len(_words(text)) / max(1, len(_words(reference)))
+def word_count(text: str) -> int:
+    """The answer's length in words. Not relative to the reference answer: a model that
+    never saw a person answers at its own length, and people's reference answers differ
+    (measured: 17.5 words for a TOFU author, 28.5 for two others)."""
+    return len(_words(text))
 
 
 TELLS = ("repetition", "nonword", "length")

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from forgetctl.core.facts import item_facts, key_fact_leakage, rouge_l_recall
-from forgetctl.core.fluency import length_ratio, nonword_share, repetition
+from forgetctl.core.fluency import nonword_share, repetition, word_count
 from forgetctl.core.items import PromptItem
 from forgetctl.lm.infer import answer_figures, answer_logprobs, generate
 
@@ -66,7 +66,7 @@ def truth_ratio_retain(ratios: Sequence[float]) -> float:
     return sum(max(0.0, 1 - r) for r in ratios) / len(ratios) if ratios else float("nan")
 
 
-SCORING_VERSION = "3"
+SCORING_VERSION = "4"
 """Bump when generation or scoring changes: cached scores (``store.scores``) carry it.
 2: key-fact leakage ignores diacritics (``core.text.contains_phrase``). 3: token accuracy,
 Min-K%++ and the degeneracy figures."""
@@ -199,7 +199,7 @@ def score_outputs(items: Sequence[PromptItem], outputs: Sequence[str]) -> list[I
                 prob=None,
                 repetition=repetition(out),
                 nonword=nonword_share(out),
-                length=length_ratio(out, item.target),
+                length=word_count(out),
             )
         )
     return scores
