@@ -90,7 +90,10 @@ def key_figures(result) -> dict:
         return [
             {"attack": a["attack"], "attack_s": a["attack_s"],
              **{f"{p}_{m}": a[p][m].get("share") for p in ("full", "int4")
-                for m in ("acc", "recall", "leakage")}}
+                for m in ("acc", "recall", "leakage")},
+             "acc": {k: a["full"]["acc"].get(k)
+                     for k in ("parent", "subject_before", "subject_after", "control_before",
+                               "control_after", "gain", "allowance", "after_gap_share")}}
             for a in part.get("attacks", [])
         ]  # fmt: skip
     return {}

@@ -82,20 +82,20 @@ def test_benchmark_drives_requests_through_the_run_loop(tiny_lm_dir, tmp_path):
         assert name in table.splitlines()[-1]
 
     # The robustness figures are the gate's own int4 and relearn checks: on the deployed
-    # model itself (nothing forgotten), the attacks find the subject still known far beyond
-    # the control, and int4 does not widen a gap that is already whole.
+    # model itself nothing was removed, so the attacks have nothing to bring back (no
+    # evidence), and int4 does not widen a gap that is already whole.
     parent, tokenizer = load_model(tiny_lm_dir)
     production, _ = versions.load_version(ws, 0)
     forget = bench.forget_set(suite.forget_rows[0], tinylm.TINY_CONTROLS)
     cfg = VerifyConfig()
     robust = bench.robustness(parent, production, tokenizer, forget, suite, cfg)
     relearn = robust["gate"]["relearn"]
-    assert relearn["verdict"] == "fail"
+    assert relearn["verdict"] == "no_signal"
     assert [a["attack"] for a in relearn["attacks"]] == [
         "full fine-tuning, lr 0.0001, 20 steps",
         "full fine-tuning, lr 1e-05, 20 steps",
     ]
-    assert robust["relearn_share"] > cfg.max_relearn_share
+    assert robust["relearn_share"] is None
     int4 = robust["gate"]["int4"]
     assert set(int4["recovery"]) == {"acc", "recall"}
     assert robust["int4_recovery"] == int4["recovery"]["recall"]["recovery"]

@@ -78,7 +78,7 @@ def gate_results(cfg: VerifyConfig) -> list[CheckResult]:
         MEMBERSHIP.verdict({"1": (candidate, control, control, control)}, cfg),
         TELL.verdict(forget, cfg),
         int4_check.verdict(int4_scores, cfg),
-        RELEARN.verdict({"1": [(relearned, parent, candidate)]}, cfg),
+        RELEARN.verdict({"1": [(relearned, parent, candidate, control)]}, cfg),
     ]
 
 

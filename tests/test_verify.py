@@ -533,7 +533,9 @@ def test_the_gate_passes_a_model_retrained_without_the_subject(tiny_lm_dir):
     assert all(r.verdict == "pass" for r in by.values()), {n: r.reasons for n, r in by.items()}
     unchanged = _gate(parent, load_model(tiny_lm_dir)[0], tok)
     failed = {n for n, r in unchanged.items() if r.verdict == "fail"}
-    assert failed == {"forget", "membership", "int4", "relearn"}
+    assert failed == {"forget", "membership", "int4"}
+    # Nothing was removed, so an attack has nothing to bring back: no evidence either way.
+    assert unchanged["relearn"].verdict == "no_signal"
 
 
 def test_a_version_of_several_requests_is_held_to_the_strictest_policy():
@@ -577,24 +579,43 @@ def test_int4_fails_on_its_own_when_rounding_brings_knowledge_back():
 def _attack(subject_after: EvalResult, control_after: EvalResult) -> AttackResult:
     side = Side(3, subject_after, subject_after, [2.0, 1.0])
     return AttackResult(AttackConfig(), side, Side(3, control_after, control_after, [2.0, 1.0]),
-                        list(range(len(subject_after.items))), 1.0)  # fmt: skip
+                        list(range(len(subject_after.items))),
+                        list(range(len(control_after.items))), 1.0)  # fmt: skip
 
 
 def test_relearn_counts_only_what_the_subject_regains_beyond_a_control():
     cfg = VerifyConfig()  # max_relearn_share 0.2
     parent = _ev("record", [1.0] * 12, recall=1.0, leakage=1.0)
     before = _ev("record", [0.4] * 12, recall=0.2)
+    control_before = _ev("record", [0.4] * 12, recall=0.2)
     # The attack teaches a control subject's held-out records up to 0.5 as well: a subject
     # at 0.52 after it regained nothing of its own.
     control = _ev("record", [0.5] * 12, recall=0.3)
     same = check_attack(_attack(_ev("record", [0.52] * 12, recall=0.3), control), parent,
-                        before, cfg)  # fmt: skip
+                        before, control_before, cfg)  # fmt: skip
     assert same.verdict == "pass", same.reasons
     back = check_attack(_attack(_ev("record", [0.9] * 12, recall=0.8, leakage=0.7), control),
-                        parent, before, cfg)  # fmt: skip
+                        parent, before, control_before, cfg)  # fmt: skip
     assert back.verdict == "fail"
-    assert back.figures["full"]["acc"]["share"] == pytest.approx(0.8)
+    # (0.5 gained - 0.1 the control gained) of the parent's 0.6 lead over the control.
+    assert back.figures["full"]["acc"]["share"] == pytest.approx(0.4 / 0.6, abs=1e-4)
     assert any("leakage" in r for r in back.reasons)  # leakage is judged, not only recorded
     # A parent that knew no more than the control: nothing to regain, no evidence.
-    flat = check_attack(_attack(control, control), control, before, cfg)
+    flat = check_attack(_attack(control, control), control, before, control, cfg)
     assert flat.verdict == "no_signal"
+
+
+def test_relearn_does_not_count_a_lead_the_subject_had_before_the_attack():
+    # A model that never saw either person predicts the subject's records 0.1 better than
+    # the control's before any attack; the attack lifts both by 0.1: nothing recovered,
+    # though the level form, (0.6 - 0.5) / (1.0 - 0.5), reads 0.2.
+    cfg = VerifyConfig()
+    parent = _ev("record", [1.0] * 12, recall=1.0)
+    result = check_attack(
+        _attack(_ev("record", [0.6] * 12, recall=0.3), _ev("record", [0.5] * 12, recall=0.3)),
+        parent, _ev("record", [0.5] * 12, recall=0.2), _ev("record", [0.4] * 12, recall=0.2),
+        cfg,
+    )  # fmt: skip
+    row = result.figures["full"]["acc"]
+    assert row["share"] == pytest.approx(0.0) and row["after_gap_share"] == pytest.approx(0.2)
+    assert result.verdict == "pass", result.reasons

@@ -13,7 +13,10 @@ what the subject regains beyond the control counts. An attack:
 2. fine-tunes a copy of the model on the attack side (``mode``: every weight, a LoRA
    adapter, or the retain items alone, which tests whether benign fine-tuning restores the
    subject) for ``steps`` steps at ``learning_rate``;
-3. measures the held-out rest of both, and the int4-quantized attacked copy on them.
+3. measures the held-out rest of both, and the int4-quantized attacked copy on them;
+   what counts is the subject's gain on its rest beyond the control's gain on its own
+   (``verify.checks.relearn``), since even a model that never saw either person predicts
+   one person's records a little better than another's before any attack.
 """
 
 from __future__ import annotations
@@ -109,6 +112,8 @@ class AttackResult:
     control: Side
     rest_indices: list[int]
     """Indices of the subject's held-out items in its forget set."""
+    control_rest_indices: list[int]
+    """Indices of the control subject's held-out items in its prompt list."""
     attack_s: float
 
 
@@ -146,7 +151,7 @@ def relearn_attack(
         raise ValueError("a relearning attack needs at least two items on each side")
     say = progress or (lambda _msg: None)
     s_train, s_rest, rest_idx = _held_out(items, fraction, seed)
-    c_train, c_rest, _ = _held_out(control_items, fraction, seed)
+    c_train, c_rest, c_rest_idx = _held_out(control_items, fraction, seed)
     start = time.perf_counter()
     if attack.mode == "retain":
         if not retain:
@@ -162,4 +167,4 @@ def relearn_attack(
         say(f"the same attack on {len(c_train)} control items")
         attacked, losses = attacked_copy(model, tokenizer, _pairs(c_train), attack, seed)
         control = _measure(attacked, losses, tokenizer, len(c_train), c_rest)
-    return AttackResult(attack, subject, control, rest_idx, time.perf_counter() - start)
+    return AttackResult(attack, subject, control, rest_idx, c_rest_idx, time.perf_counter() - start)

@@ -5,6 +5,9 @@ beyond the control's, as a share of what the parent knew of them, is at most
 
 from __future__ import annotations
 
+import math
+import statistics
+
 from forgetctl.core.policy import VerifyConfig
 from forgetctl.lm.evaluate import EvalResult
 from forgetctl.verify.checks.base import (
@@ -22,25 +25,62 @@ from forgetctl.verify.checks.measure import Measurements
 from forgetctl.verify.relearn import AttackResult, describe, relearn_attack
 
 
+def _gains(after: EvalResult, before: EvalResult, metric: str) -> list[float]:
+    """Per held-out item, ``metric`` after the attack minus before it (items in one order)."""
+    return [
+        a - b
+        for x, y in zip(after.items, before.items, strict=True)
+        if (a := getattr(x, metric)) is not None and (b := getattr(y, metric)) is not None
+    ]
+
+
 def recovered_share(
-    after: EvalResult, control_after: EvalResult, parent: EvalResult, metric: str, signal: float
+    after: EvalResult,
+    before: EvalResult,
+    control_after: EvalResult,
+    control_before: EvalResult,
+    parent: EvalResult,
+    metric: str,
+    signal: float,
 ) -> dict:
-    """(subject after - control after) / (parent before - control after) on one metric, and
-    the sampling allowance of that share (``Z_95`` standard errors of the numerator over the
-    denominator); no share when the parent was within ``signal`` of the control (nothing
-    to regain)."""
+    """What the attack brought back of one metric: the subject's gain on its held-out items
+    beyond the control subject's gain on its own, as a share of the parent's lead over the
+    control before the attack, with the sampling allowance of that share (``Z_95``
+    standard errors of the paired gains over that lead); no share when the parent led the
+    control, or the candidate trailed the parent, by at most ``signal`` (nothing to
+    regain: nothing was known, or nothing was removed, which the forget check judges).
+
+    Gains, not levels: a model that never saw either person already scores one a little
+    above the other (measured on the real default model: the retrained model led the
+    control by 0.09 token accuracy before any attack), and that is not recovery.
+    ``after_gap_share``, (subject after - control after) / (parent - control after), the
+    level form, is reported beside it."""
+    ds, dc = _gains(after, before, metric), _gains(control_after, control_before, metric)
+    p, c0 = parent.mean(metric), control_before.mean(metric)
     g = gap(after, control_after, metric)
-    p = parent.mean(metric)
-    row = {"subject_after": g["subject"], "control_after": g["control"], "parent": rounded(p)}
-    if g["gap"] is not None and p is not None and p - g["control"] > signal:
-        room = p - g["control"]
-        row["share"] = rounded(g["gap"] / room)
-        row["allowance"] = rounded(Z_95 * g["se"] / room)
+    row = {
+        "subject_before": rounded(before.mean(metric)), "subject_after": g["subject"],
+        "control_before": rounded(c0), "control_after": g["control"], "parent": rounded(p),
+    }  # fmt: skip
+    s0 = before.mean(metric)
+    if not ds or not dc or p is None or c0 is None or p - c0 <= signal or p - s0 <= signal:
+        return row  # the parent knew no more than the control, or nothing was removed
+    room = p - c0
+    gain = sum(ds) / len(ds) - sum(dc) / len(dc)
+    var = sum(statistics.variance(d) / len(d) for d in (ds, dc) if len(d) > 1)
+    row.update(gain=rounded(gain), share=rounded(gain / room),
+               allowance=rounded(Z_95 * math.sqrt(var) / room))  # fmt: skip
+    if g["gap"] is not None and p - g["control"] > 0:
+        row["after_gap_share"] = rounded(g["gap"] / (p - g["control"]))
     return row
 
 
 def check_attack(
-    result: AttackResult, parent_rest: EvalResult, before_rest: EvalResult, cfg: VerifyConfig
+    result: AttackResult,
+    parent_rest: EvalResult,
+    before_rest: EvalResult,
+    control_before_rest: EvalResult,
+    cfg: VerifyConfig,
 ) -> CheckResult:
     """One attack on one request: the recovered share of each metric, full precision and
     int4, at most ``max_relearn_share``."""
@@ -63,7 +103,8 @@ def check_attack(
     ):
         rows = {}
         for metric, limit in GAPS:
-            row = recovered_share(s_after, c_after, parent_rest, metric, getattr(cfg, limit))
+            row = recovered_share(s_after, before_rest, c_after, control_before_rest,
+                                  parent_rest, metric, getattr(cfg, limit))  # fmt: skip
             rows[metric] = row
             share = row.get("share")
             if share is None:
@@ -76,14 +117,16 @@ def check_attack(
                 )
         figures[precision] = rows
     if not signal:
-        why = f"{name}: the parent scored like the control: nothing to regain"
+        why = (f"{name}: nothing to regain: the parent scored like the control, or the "
+               "candidate still scores like the parent")  # fmt: skip
         return CheckResult("relearn", "no_signal", figures, [why])
     return CheckResult("relearn", verdict_of(reasons, True), figures, reasons)
 
 
-Scores = dict[str, list[tuple[AttackResult, EvalResult, EvalResult]] | None]
-"""Per request and attack: the attack's result and the parent's and the candidate's scores
-on the held-out items; None when a side is too small to split."""
+Scores = dict[str, list[tuple[AttackResult, EvalResult, EvalResult, EvalResult]] | None]
+"""Per request and attack: the attack's result, the parent's and the candidate's scores on
+the subject's held-out items and the candidate's on the control's; None when a side is too
+small to split."""
 
 
 def measure(ctx: Measurements) -> Scores:
@@ -94,13 +137,15 @@ def measure(ctx: Measurements) -> Scores:
             out[rid] = None
             continue
         parent, before = ctx.forget("parent", rid), ctx.forget("candidate", rid)
+        control_before = ctx.scores("candidate", f"relearn-control/{rid}", controls[0])
         runs = []
         for attack in ctx.cfg.relearn_attacks:
             res = relearn_attack(
                 ctx.candidate_model, ctx.tokenizer, sets.items, controls[0], attack,
                 ctx.cfg.relearn_fraction, retain=ctx.retain, seed=ctx.seed, progress=ctx.say,
             )  # fmt: skip
-            runs.append((res, parent.select(res.rest_indices), before.select(res.rest_indices)))
+            runs.append((res, parent.select(res.rest_indices), before.select(res.rest_indices),
+                         control_before.select(res.control_rest_indices)))  # fmt: skip
         out[rid] = runs
     return out
 
@@ -112,7 +157,7 @@ def verdict(scores: Scores, cfg: VerifyConfig) -> CheckResult:
             parts[rid] = CheckResult("relearn", "no_signal", {},
                                      ["too few forget or control items to split"])  # fmt: skip
             continue
-        attacks = [check_attack(res, parent, before, cfg) for res, parent, before in runs]
+        attacks = [check_attack(*run, cfg) for run in runs]
         parts[rid] = CheckResult(
             "relearn",
             worst([a.verdict for a in attacks]),
