@@ -177,12 +177,16 @@ def _relearn(figures: dict, cfg: VerifyConfig) -> list[dict]:
                     row = (attack.get(precision) or {}).get(metric)
                     if row is None:
                         continue
-                    values = {"subject after": row.get("subject_after"),
+                    values = {"subject before": row.get("subject_before"),
+                              "subject after": row.get("subject_after"),
+                              "control before": row.get("control_before"),
                               "control after": row.get("control_after"),
-                              "parent": row.get("parent"), "share": row.get("share"),
-                              "limit": cfg.max_relearn_share,
+                              "parent": row.get("parent"), "gain": row.get("gain"),
+                              "share": row.get("share"), "limit": cfg.max_relearn_share,
                               "allowance": row.get("allowance")}  # fmt: skip
-                    note = None if "share" in row else "the parent scored like the control"
+                    note = None if "share" in row else (
+                        "nothing to regain: the parent scored like the control, or the "
+                        "candidate still scores like the parent")  # fmt: skip
                     rows.append(_row(f"{where}, {attack['attack']} ({precision})",
                                      f"{metric} recovered share", values, note))  # fmt: skip
     return rows
