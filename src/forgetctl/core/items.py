@@ -49,10 +49,6 @@ class PromptSet(BaseModel):
             out["control"] = sum(map(len, self.control.values()))
         return out
 
-    def control_items(self) -> list[PromptItem]:
-        """Every control subject's prompts, pooled."""
-        return [item for items in self.control.values() for item in items]
-
     def split_retain(self) -> tuple[list[PromptItem], list[PromptItem]]:
         """``retain`` as (train, held_out): the retain term trains on the first, the retain
         and utility checks judge the second, which the adapter never saw. Decided per item

@@ -39,19 +39,25 @@ class ForgetSet:
 
     @cached_property
     def control_items(self) -> list[PromptItem]:
-        return [i for items in self.control.values() for i in items]
+        """Every control subject's prompts, pooled in name order (so the first control's
+        prompts lead: the relearning attack's control is that one)."""
+        return [i for name in sorted(self.control) for i in self.control[name]]
+
+    @cached_property
+    def control_kinds(self) -> set[str]:
+        return {i.kind for i in self.control_items}
 
     @cached_property
     def items(self) -> list[PromptItem]:
         """The planned prompts of the kinds the controls have (all of them without controls,
         which the checks report as missing evidence)."""
-        kinds = {i.kind for i in self.control_items}
+        kinds = self.control_kinds
         return [i for i in self.planned if i.kind in kinds] if kinds else list(self.planned)
 
     @property
     def uncompared(self) -> dict[str, int]:
         """Planned prompts per kind the controls lack, which no check judges."""
-        kinds = {i.kind for i in self.control_items}
+        kinds = self.control_kinds
         return dict(Counter(i.kind for i in self.planned if kinds and i.kind not in kinds))
 
 

@@ -52,17 +52,17 @@ def recovered_share(
 
     Gains, not levels: a model that never saw either person already scores one a little
     above the other (measured on the real default model: the retrained model led the
-    control by 0.09 token accuracy before any attack), and that is not recovery.
+    control by 0.06 token accuracy on the held-out items before any attack), and that is
+    not recovery.
     ``after_gap_share``, (subject after - control after) / (parent - control after), the
     level form, is reported beside it."""
     ds, dc = _gains(after, before, metric), _gains(control_after, control_before, metric)
-    p, c0 = parent.mean(metric), control_before.mean(metric)
+    p, s0, c0 = parent.mean(metric), before.mean(metric), control_before.mean(metric)
     g = gap(after, control_after, metric)
     row = {
-        "subject_before": rounded(before.mean(metric)), "subject_after": g["subject"],
+        "subject_before": rounded(s0), "subject_after": g["subject"],
         "control_before": rounded(c0), "control_after": g["control"], "parent": rounded(p),
     }  # fmt: skip
-    s0 = before.mean(metric)
     if not ds or not dc or p is None or c0 is None or p - c0 <= signal or p - s0 <= signal:
         return row  # the parent knew no more than the control, or nothing was removed
     room = p - c0
@@ -137,7 +137,8 @@ def measure(ctx: Measurements) -> Scores:
             out[rid] = None
             continue
         parent, before = ctx.forget("parent", rid), ctx.forget("candidate", rid)
-        control_before = ctx.scores("candidate", f"relearn-control/{rid}", controls[0])
+        # controls[0]'s prompts lead the pooled control list: their scores are its first.
+        control_before = ctx.control("candidate", rid)
         runs = []
         for attack in ctx.cfg.relearn_attacks:
             res = relearn_attack(
