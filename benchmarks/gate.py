@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=48, help="forget/control items per set")
     parser.add_argument("--kept", type=int, default=96, help="retain/utility items per set")
     parser.add_argument("--models", default="no-op,retrained,gradient ascent,forgetctl")
+    parser.add_argument("--checks", default=",".join(CHECKS), help="checks to (re)run")
     parser.add_argument(
         "--sweep",
         action="store_true",
@@ -162,12 +163,16 @@ def main() -> None:
     cache = ScoreCache(work / "scores.sqlite", lambda m: m)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                             cwd=ROOT).stdout.strip()  # fmt: skip
-    results: dict = {
+    # An earlier run's results are kept: a rerun replaces only the checks it runs, each
+    # check stamped with the commit and command that measured it.
+    stem = Path(args.out) / f"gate-{'-'.join(map(str, forget_ids))}{'-sweep' if args.sweep else ''}"
+    old = stem.with_suffix(".json")
+    results: dict = json.loads(old.read_text()) if old.exists() else {"authors": {}}
+    results.update({
         "command": " ".join(sys.argv), "commit": commit,
         "machine": f"{platform.machine()} {platform.processor()} {torch.get_num_threads()} threads",
         "deployed": str(deployed), "retrained": args.retrained, "sweep": args.sweep,
-        "authors": {},
-    }  # fmt: skip
+    })  # fmt: skip
     wanted = [m.strip() for m in args.models.split(",")]
     for author in forget_ids:
         mine = [r for r in rows if r["author_id"] == author]
@@ -189,15 +194,15 @@ def main() -> None:
         neighbors = sample_by_kind([i for i in held if i.kind != "general"], args.kept, seed)
         general = sample_by_kind([i for i in held if i.kind == "general"], args.kept, seed)
         cfg = ws.policy_of(ws.ledger.requests.get(rid)).verify
-        checks = CHECKS
+        checks = [c.strip() for c in args.checks.split(",")]
         if args.sweep:
             checks, cfg = ["relearn"], cfg.model_copy(update={"relearn_attacks": SWEEP})
-        entry: dict = {"name": mine[0]["author"], "plan_s": round(plan_s, 1),
+        entry: dict = results["authors"].get(str(author)) or {"models": {}}
+        entry.update({"name": mine[0]["author"], "plan_s": round(plan_s, 1),
                        "sizes": {"forget": len(forget), "control": sum(map(len, control.values())),
                                  "retain": len(neighbors), "utility": len(general),
                                  "forget_planned": len(plan.forget),
-                                 "not_compared": planned.uncompared},
-                       "models": {}}  # fmt: skip
+                                 "not_compared": planned.uncompared}})  # fmt: skip
         parent, tokenizer = load_model(deployed)
 
         for name in wanted:
@@ -212,23 +217,24 @@ def main() -> None:
                 general, {}, cfg, checks=checks, progress=log, cache=cache,
                 model_keys=("deployed", key),
             )  # fmt: skip
-            entry["models"][name] = {
-                "build_s": round(build_s, 1), "gate_s": round(time.perf_counter() - t, 1),
-                "checks": {r.name: {"verdict": r.verdict, "wall_s": r.figures.get("wall_s"),
-                                    "figures": key_figures(r), "reasons": r.reasons}
-                           for r in verdicts},
-            }  # fmt: skip
+            row = entry["models"].setdefault(name, {"checks": {}})
+            row.update(build_s=round(build_s, 1), gate_s=round(time.perf_counter() - t, 1))
+            row["checks"].update({
+                r.name: {"verdict": r.verdict, "wall_s": r.figures.get("wall_s"),
+                         "figures": key_figures(r), "reasons": r.reasons, "commit": commit[:10]}
+                for r in verdicts
+            })  # fmt: skip
             log(f"author {author} {name}: " + ", ".join(f"{r.name} {r.verdict}" for r in verdicts))
             del model
             results["authors"][str(author)] = entry
-            write(results, Path(args.out), forget_ids)
+            write(results, stem)
 
 
-def write(results: dict, out: Path, forget_ids: list[int]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"gate-{'-'.join(map(str, forget_ids))}{'-sweep' if results['sweep'] else ''}"
+def write(results: dict, stem: Path) -> None:
+    stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
-    lines = [f"Gate calibration, commit {results['commit'][:10]}, {results['machine']}",
+    lines = [f"Gate calibration, last run at commit {results['commit'][:10]} (each check's "
+             f"commit is in the .json), {results['machine']}",
              f"command: `{results['command']}`", ""]  # fmt: skip
     for author, entry in results["authors"].items():
         lines += [

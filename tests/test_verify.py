@@ -45,7 +45,7 @@ from forgetctl.verify.checks import (
     run_checks,
 )
 from forgetctl.verify.checks import measure as checks_measure
-from forgetctl.verify.relearn import AttackResult, Side, split_items
+from forgetctl.verify.relearn import AttackResult, Side, relearn_attack, split_items
 
 SUBJECT = tinylm.TINY_SUBJECTS[0]
 
@@ -216,6 +216,26 @@ def test_relearn_split_keeps_records_together_and_is_deterministic():
     a2, r2 = split_items(items, 0.5, seed=3)
     assert (a1, r1) == (a2, r2) and len(a1) == len(r1) == 4
     assert {items[i].source for i in a1}.isdisjoint({items[i].source for i in r1})
+
+
+def test_relearn_attacks_every_control_and_lines_up_their_held_out_items(tiny_lm_dir):
+    """One attack, a copy per side: the pooled control rest is each control's own held-out
+    half, indexed into the pooled control list the checks score."""
+    from forgetctl.lm.weights import load_model
+
+    model, tok = load_model(tiny_lm_dir)
+    sets = _sets()["req-1"]
+    controls = [sets.control[n] for n in sorted(sets.control)]
+    assert len(controls) >= 2
+    said: list[str] = []
+    res = relearn_attack(model, tok, sets.items, controls,
+                         AttackConfig(mode="full", learning_rate=1e-4, steps=2), 0.5,
+                         progress=said.append)  # fmt: skip
+    assert sum("control" in m for m in said) == len(controls)
+    pooled = [sets.control_items[i].prompt for i in res.control_rest_indices]
+    assert [s.prompt for s in res.control.rest.items] == pooled
+    assert res.control.attack_items + len(pooled) == len(sets.control_items)
+    assert {p for c in controls for p in (i.prompt for i in c)} > set(pooled)
 
 
 def _ev(kind: str, accs: list[float], recall: float = 0.0, leakage: float = 0.0) -> EvalResult:

@@ -4,17 +4,18 @@ Knowledge that was only suppressed (a thin layer on top that steers answers away
 back after a few gradient steps on *some* of the subject's records, even on records the
 attack never saw; knowledge that is really gone does not. But a model also learns a
 little about anyone it is fine-tuned on (a name's likely country, the shape of the
-answers), so the same attack is run on a control subject the model never saw, and only
-what the subject regains beyond the control counts. An attack:
+answers, facts that one record shares with another), so the same attack is run on every
+control subject the model never saw, each on its own copy, and only what the subject
+regains beyond the controls counts. An attack:
 
 1. splits the subject's forget items by the record they derive from (``PromptItem.source``),
    so a record and its paraphrases fall on the same side, deterministically by seed, and
-   splits the control subject's items the same way;
+   splits each control subject's items the same way;
 2. fine-tunes a copy of the model on the attack side (``mode``: every weight, a LoRA
    adapter, or the retain items alone, which tests whether benign fine-tuning restores the
    subject) for ``steps`` steps at ``learning_rate``;
-3. measures the held-out rest of both, and the int4-quantized attacked copy on them;
-   what counts is the subject's gain on its rest beyond the control's gain on its own
+3. measures the held-out rest of each, and the int4-quantized attacked copy on them;
+   what counts is the subject's gain on its rest beyond the controls' gain on theirs
    (``verify.checks.relearn``), since even a model that never saw either person predicts
    one person's records a little better than another's before any attack.
 """
@@ -97,7 +98,7 @@ def describe(attack: AttackConfig) -> str:
 
 @dataclass
 class Side:
-    """One subject's held-out rest after an attack, full precision and int4."""
+    """One side's held-out rest after an attack, full precision and int4."""
 
     attack_items: int
     rest: EvalResult
@@ -110,16 +111,13 @@ class AttackResult:
     attack: AttackConfig
     subject: Side
     control: Side
+    """The control subjects' held-out rests, pooled in the order of their prompt lists
+    (``losses``: the first control's)."""
     rest_indices: list[int]
     """Indices of the subject's held-out items in its forget set."""
     control_rest_indices: list[int]
-    """Indices of the control subject's held-out items in its prompt list."""
+    """Indices of the controls' held-out items in their prompt lists, concatenated."""
     attack_s: float
-
-
-def _held_out(items: Sequence[PromptItem], fraction: float, seed: int):
-    attack, rest = split_items(items, fraction, seed)
-    return [items[i] for i in attack], [items[i] for i in rest], rest
 
 
 def _pairs(items: Sequence[PromptItem]) -> list[tuple[str, str]]:
@@ -135,36 +133,49 @@ def _measure(attacked, losses: list[float], tokenizer, trained: int, rest) -> Si
     )
 
 
+def _pool(sides: Sequence[Side]) -> Side:
+    return Side(
+        sum(s.attack_items for s in sides),
+        EvalResult([x for s in sides for x in s.rest.items]),
+        EvalResult([x for s in sides for x in s.rest_int4.items]),
+        sides[0].losses,
+    )
+
+
 def relearn_attack(
     model,
     tokenizer,
     items: Sequence[PromptItem],
-    control_items: Sequence[PromptItem],
+    controls: Sequence[Sequence[PromptItem]],
     attack: AttackConfig,
     fraction: float,
     retain: Sequence[PromptItem] = (),
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> AttackResult:
-    """Run one attack on the subject and, alike, on one control subject's items."""
-    if len(items) < 2 or len(control_items) < 2:
+    """Run one attack on the subject and, alike, on each control subject's items."""
+    if len(items) < 2 or not controls or any(len(c) < 2 for c in controls):
         raise ValueError("a relearning attack needs at least two items on each side")
     say = progress or (lambda _msg: None)
-    s_train, s_rest, rest_idx = _held_out(items, fraction, seed)
-    c_train, c_rest, c_rest_idx = _held_out(control_items, fraction, seed)
     start = time.perf_counter()
     if attack.mode == "retain":
         if not retain:
             raise ValueError("a retain-data attack needs retain items")
         say(f"relearning attack ({describe(attack)}) on {len(retain)} retain items")
         attacked, losses = attacked_copy(model, tokenizer, _pairs(retain), attack, seed)
-        subject = _measure(attacked, losses, tokenizer, len(retain), s_rest)
-        control = _measure(attacked, losses, tokenizer, len(retain), c_rest)
-    else:
-        say(f"relearning attack ({describe(attack)}) on {len(s_train)} subject items")
-        attacked, losses = attacked_copy(model, tokenizer, _pairs(s_train), attack, seed)
-        subject = _measure(attacked, losses, tokenizer, len(s_train), s_rest)
-        say(f"the same attack on {len(c_train)} control items")
-        attacked, losses = attacked_copy(model, tokenizer, _pairs(c_train), attack, seed)
-        control = _measure(attacked, losses, tokenizer, len(c_train), c_rest)
-    return AttackResult(attack, subject, control, rest_idx, c_rest_idx, time.perf_counter() - start)
+    sides, rests = [], []
+    for i, side in enumerate([items, *controls]):
+        train, rest = split_items(side, fraction, seed)
+        trained = len(retain)
+        if attack.mode != "retain":
+            whose = "subject" if i == 0 else f"control {i}'s"
+            say(f"relearning attack ({describe(attack)}) on {len(train)} {whose} items")
+            pairs = _pairs([side[j] for j in train])
+            attacked, losses = attacked_copy(model, tokenizer, pairs, attack, seed)
+            trained = len(train)
+        sides.append(_measure(attacked, losses, tokenizer, trained, [side[j] for j in rest]))
+        rests.append(rest)
+    offsets = [sum(map(len, controls[:k])) for k in range(len(controls))]
+    control_rest = [off + j for off, rest in zip(offsets, rests[1:], strict=True) for j in rest]
+    return AttackResult(attack, sides[0], _pool(sides[1:]), rests[0], control_rest,
+                        time.perf_counter() - start)  # fmt: skip

@@ -39,8 +39,8 @@ class ForgetSet:
 
     @cached_property
     def control_items(self) -> list[PromptItem]:
-        """Every control subject's prompts, pooled in name order (so the first control's
-        prompts lead: the relearning attack's control is that one)."""
+        """Every control subject's prompts, pooled in name order (the relearning check
+        lines up its attacks on each control with this order)."""
         return [i for name in sorted(self.control) for i in self.control[name]]
 
     @cached_property

@@ -1,6 +1,6 @@
 """``relearn``: every attack of the policy's suite (:mod:`forgetctl.verify.relearn`) is run on
-the forgotten subject and on a control subject; what the subject's held-out records regain
-beyond the control's, as a share of what the parent knew of them, is at most
+the forgotten subject and on each control subject; what the subject's held-out records
+regain beyond the controls', as a share of what the parent knew of them, is at most
 ``max_relearn_share``, in full precision and int4-quantized after the attack."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def recovered_share(
     signal: float,
 ) -> dict:
     """What the attack brought back of one metric: the subject's gain on its held-out items
-    beyond the control subject's gain on its own, as a share of the parent's lead over the
+    beyond the control subjects' gain on theirs (pooled), as a share of the parent's lead over the
     control before the attack, with the sampling allowance of that share (``Z_95``
     standard errors of the paired gains over that lead); no share when the parent led the
     control, or the candidate trailed the parent, by at most ``signal`` (nothing to
@@ -125,24 +125,24 @@ def check_attack(
 
 Scores = dict[str, list[tuple[AttackResult, EvalResult, EvalResult, EvalResult]] | None]
 """Per request and attack: the attack's result, the parent's and the candidate's scores on
-the subject's held-out items and the candidate's on the control's; None when a side is too
-small to split."""
+the subject's held-out items and the candidate's on the controls' (pooled); None when a
+side is too small to split."""
 
 
 def measure(ctx: Measurements) -> Scores:
     out: Scores = {}
     for rid, sets in ctx.forget_sets.items():
+        # In the pooled control list's order, so that the pooled scores line up.
         controls = [sets.control[name] for name in sorted(sets.control)]
-        if len(sets.items) < 2 or not controls or len(controls[0]) < 2:
+        if len(sets.items) < 2 or not controls or any(len(c) < 2 for c in controls):
             out[rid] = None
             continue
         parent, before = ctx.forget("parent", rid), ctx.forget("candidate", rid)
-        # controls[0]'s prompts lead the pooled control list: their scores are its first.
         control_before = ctx.control("candidate", rid)
         runs = []
         for attack in ctx.cfg.relearn_attacks:
             res = relearn_attack(
-                ctx.candidate_model, ctx.tokenizer, sets.items, controls[0], attack,
+                ctx.candidate_model, ctx.tokenizer, sets.items, controls, attack,
                 ctx.cfg.relearn_fraction, retain=ctx.retain, seed=ctx.seed, progress=ctx.say,
             )  # fmt: skip
             runs.append((res, parent.select(res.rest_indices), before.select(res.rest_indices),
