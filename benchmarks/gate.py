@@ -239,11 +239,14 @@ def write(results: dict, stem: Path) -> None:
     for author, entry in results["authors"].items():
         lines += [
             f"## author {author} ({entry['name']}), sizes {entry['sizes']}", "",
-            "| model | " + " | ".join(CHECKS) + " |", "|---" * (len(CHECKS) + 1) + "|",
+            "| model | " + " | ".join(CHECKS) + " | measured at |",
+            "|---" * (len(CHECKS) + 2) + "|",
         ]  # fmt: skip
         for name, m in entry["models"].items():
             cells = [m["checks"].get(c, {}).get("verdict", "-") for c in CHECKS]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            # Rows of a run before checks were stamped have no commit of their own.
+            at = sorted({c.get("commit", "earlier") for c in m["checks"].values()})
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {', '.join(at)} |")
         lines += [
             "", "Relearning attacks, recovered share (full precision / int4):", "",
             "| model | attack | acc | recall | leakage | seconds |", "|---" * 6 + "|",
