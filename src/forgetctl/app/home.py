@@ -7,7 +7,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from forgetctl.core.errors import LedgerCorrupt, NotFound
+from forgetctl.core.errors import BadInput, LedgerCorrupt, NotFound
+from forgetctl.core.files import PRIVATE_DIR, PRIVATE_FILE
 from forgetctl.core.policy import Policy, load_policies, packaged_policy_dir
 
 
@@ -70,11 +71,19 @@ class Home:
         return load_policies(self.policies_dir)
 
     def create_dirs(self) -> None:
+        # 0700: the home holds the ledger, the keys, corpora of personal data and reports;
+        # tightened on every init, so an older home (0755) is closed too.
         for path in (self.root, self.keys, self.models, self.adapters, self.cache, self.logs):
-            path.mkdir(parents=True, exist_ok=True)
-        self.keys.chmod(0o700)
+            if path.exists() and not path.is_dir():
+                raise BadInput(f"{path} exists and is not a directory: move it away first")
+            path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+            path.chmod(PRIVATE_DIR)
+        for path in (self.ledger_path, self.root / "retain-corpus.jsonl",
+                     self.root / "control-corpus.jsonl"):  # fmt: skip
+            if path.is_file() and not path.is_symlink():
+                path.chmod(PRIVATE_FILE)
         # Copy the packaged policies once; an operator's edits in the home are kept.
-        self.policies_dir.mkdir(exist_ok=True)
+        self.policies_dir.mkdir(exist_ok=True, mode=PRIVATE_DIR)
         for src in packaged_policy_dir().iterdir():
             dest = self.policies_dir / src.name
             if src.is_file() and not dest.exists():

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
@@ -20,9 +21,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from forgetctl.app.requests import deadline
 from forgetctl.app.workspace import Workspace
 from forgetctl.core.errors import BadInput
+from forgetctl.core.files import MAX_INPUT_BYTES, read_text
+from forgetctl.core.inputs import check_name, json_type, loads_json
 from forgetctl.core.policy import policy_for_regulation
 
-MAX_FILE_BYTES = 20 * 1024 * 1024
+MAX_FILE_BYTES = MAX_INPUT_BYTES
+
+
+GENERATED_REF_PREFIX = "FCTL-"
+"""Generated refs are FCTL-<date>-<id>; a user-given ref may not start so, so none collides."""
 
 
 MAX_RECORDS = 5000
@@ -56,17 +63,16 @@ class SubjectIn(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        value = " ".join(value.split())
-        if not value:
+        if not value.strip():
             raise ValueError("subject name is empty")
-        return value
+        return check_name(value, "subject name")
 
     @field_validator("aliases")
     @classmethod
     def _aliases(cls, values: list[str]) -> list[str]:
-        cleaned = [" ".join(v.split()) for v in values]
-        if any(not v or len(v) > 300 for v in cleaned):
-            raise ValueError("aliases must be non-empty names of at most 300 characters")
+        cleaned = [check_name(v, "alias") for v in values]
+        if any(len(v) > 300 for v in cleaned):
+            raise ValueError("aliases must be names of at most 300 characters")
         return list(dict.fromkeys(cleaned))
 
 
@@ -85,6 +91,10 @@ class RequestIn(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> RequestIn:
+        if self.ref and self.ref.upper().startswith(GENERATED_REF_PREFIX):
+            raise ValueError(
+                f"refs starting with {GENERATED_REF_PREFIX} are reserved for generated ones"
+            )
         if self.received > date.today():
             raise ValueError(f"received date {self.received} is in the future")
         if self.scope == "records" and not self.records:
@@ -105,7 +115,7 @@ def _first_error(exc: ValidationError, where: str) -> BadInput:
 
 def parse_request(data: Any, where: str = "request") -> RequestIn:
     if not isinstance(data, dict):
-        raise BadInput(f"{where}: expected an object, got {type(data).__name__}")
+        raise BadInput(f"{where}: expected a request object, got {json_type(data)}")
     try:
         return RequestIn.model_validate(data)
     except ValidationError as exc:
@@ -115,29 +125,16 @@ def parse_request(data: Any, where: str = "request") -> RequestIn:
 # -- files -------------------------------------------------------------------------------
 def read_text_file(path: Path) -> str:
     """Read a user-supplied text file with the checks every input file gets."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise BadInput(f"{path}: file too large ({size} bytes, limit {MAX_FILE_BYTES})")
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise BadInput(f"cannot read {path}: {exc.strerror or exc}") from None
-    if b"\x00" in raw:
-        raise BadInput(f"{path}: binary file, expected text")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise BadInput(f"{path}: not UTF-8 text") from None
+    return read_text(path, MAX_FILE_BYTES)
 
 
 def _json_lines(text: str, where: str) -> list[Any]:
+    # "\n" only: str.splitlines also breaks at U+2028, U+0085 and others, which are valid
+    # inside a JSON string.
     rows = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text.split("\n"), 1):
         if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise BadInput(f"{where} line {number}: invalid JSON ({exc.msg})") from None
+            rows.append(loads_json(line, f"{where} line {number}"))
     return rows
 
 
@@ -148,7 +145,7 @@ def load_records(path: Path) -> list[dict]:
         raise BadInput(f"{path}: no records")
     for number, row in enumerate(rows, 1):
         if not isinstance(row, dict):
-            raise BadInput(f"{path} line {number}: expected an object")
+            raise BadInput(f"{path} line {number}: expected an object, got {json_type(row)}")
         keep = {k: row[k] for k in ("question", "answer", "text") if k in row}
         try:
             Record.model_validate(keep)
@@ -161,17 +158,24 @@ def load_records(path: Path) -> list[dict]:
 def _csv_rows(text: str, where: str) -> list[dict]:
     """CSV columns: ref, regulation, subject, aliases (';'-separated), email, scope,
     received, requester, notes. Records are not given in CSV (use JSON or JSONL)."""
+    # strict: an unterminated quote is an error, not a field that swallows the next rows.
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    rows: list[dict] = []
+    start = 1  # the line where the record being read begins
     try:
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        rows = list(reader)
+        if reader.fieldnames is not None:  # reads the header
+            start = reader.reader.line_num + 1
+        for row in reader:
+            rows.append(row)
+            start = reader.reader.line_num + 1  # where the next record begins
     except csv.Error as exc:
-        raise BadInput(f"{where}: invalid CSV ({exc})") from None
+        raise BadInput(f"{where} line {start}: invalid CSV ({exc})") from None
     if not reader.fieldnames or "subject" not in reader.fieldnames:
         raise BadInput(f"{where}: CSV needs a header with at least 'subject' and 'regulation'")
     out = []
-    for row in rows:
+    for number, row in enumerate(rows, 2):
         if None in row:
-            raise BadInput(f"{where}: a row has more fields than the header")
+            raise BadInput(f"{where} row {number}: more fields than the header")
         item: dict[str, Any] = {
             k: v for k, v in row.items() if k not in ("subject", "aliases", "email") and v
         }
@@ -194,10 +198,7 @@ def load_request_file(path: Path) -> list[RequestIn]:
     elif suffix == ".jsonl":
         rows = _json_lines(text, where)
     else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise BadInput(f"{where}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+        data = loads_json(text, where)
         rows = data.get("requests", [data]) if isinstance(data, dict) else data
         if not isinstance(rows, list):
             raise BadInput(f"{where}: expected a request object or a list of them")
@@ -215,16 +216,18 @@ def add_request(ws: Workspace, req: RequestIn) -> tuple[int, bool]:
     """Record a request; returns (id, created). An existing ref returns (its id, False)."""
     ledger, keys = ws.ledger, ws.keys
     policy = policy_for_regulation(ws.policies, req.regulation)
-    if req.ref and (existing := ledger.requests.id_of_ref(req.ref)) is not None:
-        return existing, False
     subject_index = keys.blind_index(req.subject.name)
     identifier_indexes = sorted(
         keys.blind_index(value, kind=f"id:{kind}")
         for kind, value in req.subject.identifiers.items()
     )
     due = deadline(req.received, policy).isoformat()
-    with ledger.transaction():
-        ref = req.ref or f"FCTL-{req.received:%Y%m%d}-{ledger.requests.count() + 1:05d}"
+    with _no_orphan_keys(ws), ledger.transaction():
+        # The ref is looked up inside the write transaction (BEGIN IMMEDIATE): a second
+        # process adding the same ref waits, then finds it, instead of hitting UNIQUE.
+        if req.ref and (existing := ledger.requests.id_of_ref(req.ref)) is not None:
+            return existing, False
+        ref = req.ref or _generated_ref(ws, req.received)
         original = ledger.requests.open_duplicate(policy.name, subject_index, identifier_indexes)
         fields = {
             "ref": ref,
@@ -246,9 +249,36 @@ def add_request(ws: Workspace, req: RequestIn) -> tuple[int, bool]:
     return request_id, True
 
 
+def _generated_ref(ws: Workspace, received: date) -> str:
+    """FCTL-<date>-<the id the row will get>: unique, since user refs cannot start with
+    FCTL- (a ledger from before that rule may hold one: then a suffix is added)."""
+    base = f"{GENERATED_REF_PREFIX}{received:%Y%m%d}-{ws.ledger.requests.next_id():05d}"
+    ref, n = base, 1
+    while ws.ledger.requests.id_of_ref(ref) is not None:
+        ref, n = f"{base}-{n}", n + 1
+    return ref
+
+
+@contextmanager
+def _no_orphan_keys(ws: Workspace) -> Iterator[None]:
+    """A refused or rolled-back intake leaves no payload key behind: the ids it used are
+    given again to the next request, which must not inherit a key. Only the outermost
+    intake transaction cleans up (an import rolls back every request it added)."""
+    if ws.ledger.in_transaction():
+        yield
+        return
+    before = set(ws.keys.request_key_ids())
+    try:
+        yield
+    except BaseException:
+        for request_id in set(ws.keys.request_key_ids()) - before:
+            ws.keys.destroy_request_key(request_id)
+        raise
+
+
 def import_requests(ws: Workspace, reqs: list[RequestIn]) -> list[tuple[int, bool]]:
     """All or nothing: every request of a file is recorded in one transaction."""
     for req in reqs:  # fail on an unknown regulation before writing anything
         policy_for_regulation(ws.policies, req.regulation)
-    with ws.ledger.transaction():
+    with _no_orphan_keys(ws), ws.ledger.transaction():
         return [add_request(ws, req) for req in reqs]

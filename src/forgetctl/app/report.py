@@ -13,11 +13,15 @@ check records (``verify/checks/``).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
+from pathlib import Path
 
-from forgetctl.app.requests import payload, summary
+from forgetctl.app.requests import REPORT_WRITTEN, payload, summary
 from forgetctl.app.workspace import Workspace
 from forgetctl.core.errors import InvalidState, NotFound
+from forgetctl.core.files import write_atomic
+from forgetctl.core.inputs import parse_id
 from forgetctl.core.policy import ALL_CHECKS, VerifyConfig
 from forgetctl.store.ledger import Ledger
 from forgetctl.store.tables import VersionRow
@@ -287,12 +291,12 @@ def build_report(ws: Workspace, target: str) -> dict:
     """``target``: a request id or ref, or ``v<N>`` for a version."""
     ledger = ws.ledger
     target = target.strip()
-    if target[:1] in "vV" and target[1:].isdigit():
-        version = version_section(ws, int(target[1:]))
+    if target[:1] in "vV" and target[1:].isascii() and target[1:].isdigit():
+        version = version_section(ws, parse_id(target[1:], "version"))
         request_ids = version["requests"]
     else:
-        if target.isdigit():
-            request_id = int(target)
+        if target.isascii() and target.isdigit():
+            request_id = parse_id(target, "request id")
         else:
             found = ledger.requests.id_of_ref(target)
             if found is None:
@@ -308,3 +312,19 @@ def build_report(ws: Workspace, target: str) -> dict:
         "version": version,
         "ledger": {"ok": chain.ok, "events": chain.events, "head": chain.head},
     }
+
+
+def write_report(ws: Workspace, doc: dict, out: Path, text: str) -> Path:
+    """Write a rendered report to ``out`` (a regular file, atomically, 0600) and record it
+    in the ledger with the requests it covers and its sha256, so that `request purge`
+    can find and remove every copy that holds the subject's name."""
+    out = write_atomic(out, text)
+    requests = [r["id"] for r in doc["requests"]]
+    ws.ledger.append_event(
+        REPORT_WRITTEN,
+        requests=requests,
+        path=str(out.resolve()),
+        sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        personal_data=any(r.get("subject") for r in doc["requests"]),
+    )
+    return out

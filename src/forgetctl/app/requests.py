@@ -3,12 +3,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import stat
 from datetime import date, timedelta
+from pathlib import Path
 
 from forgetctl.app.workspace import Workspace
 from forgetctl.core.errors import BadInput, InvalidState
 from forgetctl.core.lifecycle import OPEN_STATUSES, REQUEST_STATUSES, require_status
 from forgetctl.core.policy import Policy
+
+REPORT_WRITTEN = "report.written"
+"""The event of a report file written by `forgetctl report --out` (its path, sha256 and
+the requests it covers): purge finds the copies that hold a subject's name by it."""
 
 
 # -- reading -----------------------------------------------------------------------------
@@ -133,11 +140,15 @@ def purge(
     *,
     now_: bool = False,
     reason: str | None = None,
-) -> None:
-    """Crypto-shred a request: destroy its key and drop the ciphertexts.
+) -> dict[str, list[str]]:
+    """Crypto-shred a request: destroy its key, drop the ciphertexts and, unless the
+    policy keeps a suppression list, its blind indexes; remove the report files forgetctl
+    wrote with its personal data under the home.
 
     Refused before retention ends unless ``now_`` with a reason. The evidence (status,
-    hashes, counts, events) stays; the ledger chain still verifies.
+    counts, events) stays; the ledger chain still verifies. Returns the report files
+    removed and those left (outside the home, or changed since written), for the caller
+    to say.
     """
     ledger, keys = ws.ledger, ws.keys
     row = ledger.requests.get(request_id)
@@ -158,7 +169,50 @@ def purge(
                 f"request {request_id}: retention runs until {ends} under policy "
                 f"{policy.name} (use --now --reason to purge earlier)"
             )
-    ledger.requests.purge(request_id, early=now_, reason=reason or "retention ended")
+    keep = policy.keep_suppression_index
+    ledger.requests.purge(
+        request_id, early=now_, reason=reason or "retention ended", drop_indexes=not keep
+    )
     # The key goes only after the commit: if we crashed in between, the ciphertexts are
     # already gone, which is the safe side.
     keys.destroy_request_key(request_id)
+    removed, left = _remove_reports(ws, request_id)
+    if removed or left:
+        ledger.append_event(
+            "request.reports_removed", request_id=request_id, removed=removed, left=left
+        )
+    return {"reports_removed": removed, "reports_left": left}
+
+
+def reports_of(ws: Workspace, request_id: int) -> list[dict]:
+    """The report files forgetctl wrote with this request's personal data in them."""
+    return [
+        e["data"]
+        for e in ws.ledger.events()
+        if e["kind"] == REPORT_WRITTEN
+        and request_id in e["data"].get("requests", [])
+        and e["data"].get("personal_data", True)
+    ]
+
+
+def _remove_reports(ws: Workspace, request_id: int) -> tuple[list[str], list[str]]:
+    """Unlink the request's report files under the home that are still what forgetctl
+    wrote (same sha256); a file outside the home, or changed since, is left and named."""
+    removed, left = [], []
+    root = ws.home.root.resolve()
+    for report in reports_of(ws, request_id):
+        path = Path(report["path"])
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            continue  # already gone
+        if not path.is_relative_to(root):
+            left.append(f"{path} (outside the home)")
+        elif not stat.S_ISREG(st.st_mode):
+            left.append(f"{path} (no longer a regular file)")
+        elif hashlib.sha256(path.read_bytes()).hexdigest() != report.get("sha256"):
+            left.append(f"{path} (changed since forgetctl wrote it)")
+        else:
+            path.unlink()
+            removed.append(str(path))
+    return sorted(set(removed)), sorted(set(left))

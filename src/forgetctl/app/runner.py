@@ -80,7 +80,7 @@ def _pid_alive(pid: int) -> bool:
 @contextmanager
 def run_lock(path: Path) -> Iterator[int | None]:
     """Hold the run lock; yields the pid of a dead previous holder, if there was one."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

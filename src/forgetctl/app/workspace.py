@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from forgetctl.app.home import Home
+from forgetctl.core.errors import NotFound
 from forgetctl.core.policy import Policy, Resolved, resolve
 from forgetctl.store.crypto import Keyring
 from forgetctl.store.ledger import Ledger, open_ledger
@@ -36,6 +37,11 @@ class Workspace:
 
     def policy_of(self, request: int | RequestRow) -> Policy:
         row = self.ledger.requests.get(request) if isinstance(request, int) else request
+        if row["policy"] not in self.policies:
+            raise NotFound(
+                f"request {row['id']}'s policy {row['policy']!r} is not in "
+                f"{self.home.policies_dir} (restore the file, or `forgetctl init`)"
+            )
         return self.policies[row["policy"]]
 
     def resolved(self, version: int | VersionRow) -> Resolved:

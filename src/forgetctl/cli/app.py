@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import sys
+from typing import Any
+
 import typer
 from rich.markup import escape
+from typer import _click as click
 from typer.core import TyperGroup
+from typer.exceptions import Abort
 
 from forgetctl.cli import (
     apply_cmd,
@@ -20,19 +26,60 @@ from forgetctl.cli import (
     run_cmd,
     setup_cmd,
 )
-from forgetctl.core.errors import ForgetctlError
+from forgetctl.core.errors import BadInput, ForgetctlError
+from forgetctl.core.inputs import MAX_ID
+
+
+def _error_line(text: str) -> None:
+    common.err.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
+
+def _usage_message(exc: click.exceptions.ClickException) -> str:
+    """One line for a usage error: the command, what is wrong, where the help is."""
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else "forgetctl"
+    if isinstance(exc, click.exceptions.NoSuchOption) and re.fullmatch(r"-[0-9]+", exc.option_name):
+        # click reads "-1" as an option; for us it is a number where an id belongs.
+        what = f"{exc.option_name} is not an id: ids are whole numbers from 0 to {MAX_ID}"
+    else:
+        what = " ".join(exc.format_message().split())
+    return f"{command}: {what} (see {command} --help)"
 
 
 class _Group(TyperGroup):
-    """Turns every ForgetctlError into one line on stderr and its documented exit code."""
+    """Turns every ForgetctlError into one line on stderr and its documented exit code,
+    and every usage error into one line too, with the bad-input exit code (not Typer's
+    multi-line box)."""
 
     def invoke(self, ctx):  # type: ignore[no-untyped-def]
         try:
             return super().invoke(ctx)
         except ForgetctlError as exc:
-            message = f"[bold red]error:[/] {escape(str(exc))}"
-            common.err.print(message, highlight=False, soft_wrap=True)
+            _error_line(str(exc))
             raise typer.Exit(exc.exit_code) from None
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            if not standalone_mode:
+                raise
+            exc.show()  # a group called bare: its help, as asked for
+            sys.exit(exc.exit_code)
+        except click.exceptions.ClickException as exc:
+            if not standalone_mode:
+                raise
+            _error_line(_usage_message(exc))
+            sys.exit(BadInput.exit_code)
+        except Abort:
+            if not standalone_mode:
+                raise
+            _error_line("aborted")
+            sys.exit(1)
+        if not standalone_mode:
+            return code
+        # Without standalone mode typer returns an Exit's code instead of exiting.
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 app = typer.Typer(

@@ -11,7 +11,9 @@ from forgetctl.cli.progress import training_bar
 def register(app: typer.Typer) -> None:
     @app.command()
     def apply(
-        requests: list[int] = typer.Argument(None, help="Default: every planned request."),
+        requests: list[int] = typer.Argument(
+            None, help="Default: every planned request.", parser=common.id_parser("request id")
+        ),
         json_: bool = common.JsonOpt,
     ) -> None:
         """Unlearn each request on top of production, as a new candidate version."""

@@ -28,7 +28,7 @@ def check_table(results: list[dict], title: str) -> Table:
             ),
             " ".join(f"{k}={_fmt(figures[k])}" for k in keys[:4]),
             _fmt(figures.get("wall_s", "")),
-            "; ".join(r["reasons"])[:200],
+            common.safe("; ".join(r["reasons"])[:200]),
         )
     return table
 
@@ -36,7 +36,9 @@ def check_table(results: list[dict], title: str) -> Table:
 def register(app: typer.Typer) -> None:
     @app.command()
     def verify(
-        version: int = typer.Argument(None, help="Default: the newest candidate."),
+        version: int = typer.Argument(
+            None, help="Default: the newest candidate.", parser=common.id_parser("version")
+        ),
         int4: bool = typer.Option(False, "--int4", help="Also check the int4-quantized model."),
         relearn: bool = typer.Option(False, "--relearn", help="Also run a relearning attack."),
         skip: list[str] = typer.Option(
@@ -67,7 +69,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def promote(
-        version: int = typer.Argument(None, help="Default: the newest candidate."),
+        version: int = typer.Argument(
+            None, help="Default: the newest candidate.", parser=common.id_parser("version")
+        ),
         force: bool = typer.Option(
             False, "--force", help="Promote despite failed, missing or no-signal checks."
         ),
@@ -91,7 +95,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def rollback(
-        to: int = typer.Option(None, "--to", help="Default: production's parent."),
+        to: int = typer.Option(
+            None, "--to", help="Default: production's parent.", parser=common.id_parser("--to")
+        ),
         reason: str = typer.Option("rollback", "--reason"),
     ) -> None:
         """Move production back; its requests return to `received` for the run loop."""

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import typer
 
 from forgetctl.cli import common
 from forgetctl.core.errors import BadInput, LedgerCorrupt
+from forgetctl.core.files import read_text, write_atomic
+from forgetctl.core.inputs import loads_json
 
 app = typer.Typer(help="Read, verify and export the event log.", no_args_is_help=True)
 
 
 @app.command("log")
 def log(
-    request: int = typer.Option(None, "--request", help="Only this request's events."),
+    request: int = typer.Option(
+        None, "--request", help="Only this request's events.", parser=common.id_parser("--request")
+    ),
     json_: bool = common.JsonOpt,
 ) -> None:
     """The events, oldest first."""
@@ -26,8 +29,8 @@ def log(
         return
     columns = ("seq", "time (UTC)", "kind", "request", "version", "data")
     common.print_table("Ledger events", columns, (
-        (str(e["seq"]), e["ts"][:19], e["kind"], str(e["request_id"] or ""),
-         str(e["version_id"] or ""), json.dumps(e["data"], sort_keys=True))
+        (str(e["seq"]), e["ts"][:19], common.safe(e["kind"]), str(e["request_id"] or ""),
+         str(e["version_id"] or ""), common.safe(json.dumps(e["data"], sort_keys=True)))
         for e in events
     ))  # fmt: skip
 
@@ -59,12 +62,12 @@ def verify(
 
 def _anchor(path: Path) -> dict:
     """The head of an export: {seq, hash} and the public key it was signed with."""
+    doc = loads_json(read_text(path), f"--against {path}")
     try:
-        doc = json.loads(path.read_text())
         head = doc["head"]
         seq, head_hash = head["seq"], head["hash"]
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-        raise BadInput(f"--against {path}: not a `ledger export` ({exc})") from None
+    except (KeyError, TypeError):
+        raise BadInput(f"--against {path}: not a `ledger export` (no head seq and hash)") from None
     if type(seq) is not int or seq < 0 or not isinstance(head_hash, str):
         raise BadInput(f"--against {path}: head must have an integer seq and a hash")
     return {"seq": seq, "hash": head_hash, "public_key": doc.get("public_key")}
@@ -84,7 +87,7 @@ def export(out: Path = typer.Option(..., "--out", help="Where to write the JSON.
         "public_key": signed["public_key"],
         "events": ledger.events(),
     }
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
-    os.replace(tmp, out)
-    common.out.print(f"exported {len(doc['events'])} events, head {doc['head']['hash']} to {out}")
+    write_atomic(out, json.dumps(doc, indent=1, sort_keys=True))
+    common.out.print(
+        f"exported {len(doc['events'])} events, head {doc['head']['hash']} to {common.safe(out)}"
+    )

@@ -64,7 +64,9 @@ def _version_arg(value: int | None) -> int:
 @app.command("ask")
 def ask(
     question: str,
-    version: int = typer.Option(None, "--version", help="Default: production."),
+    version: int = typer.Option(
+        None, "--version", help="Default: production.", parser=common.id_parser("--version")
+    ),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
 ) -> None:
     """Print the greedy answer of a version (for people checking by hand)."""
@@ -75,12 +77,14 @@ def ask(
         raise BadInput("the question is empty")
     model, tokenizer = versions.load_version(common.workspace(), _version_arg(version))
     answer = generate(model, tokenizer, [question], max_new_tokens=max_new_tokens)[0]
-    common.out.print(answer, highlight=False)
+    common.out.print(answer, markup=False, highlight=False)
 
 
 @app.command("export")
 def export(
-    version: int = typer.Argument(None, help="Default: production."),
+    version: int = typer.Argument(
+        None, help="Default: production.", parser=common.id_parser("version")
+    ),
     out: Path = typer.Option(..., "--out", help="A new directory for the merged model."),
 ) -> None:
     """Write a version's merged weights as plain safetensors that serve anywhere, with a
@@ -98,4 +102,4 @@ def export(
         set_serving_template(tokenizer)
         save_merged(model, tokenizer, out, {"version": vid})
     ws.ledger.append_event("version.exported", version_id=vid, path=str(out.resolve()))
-    common.out.print(f"version {vid} written to [bold]{out}[/]")
+    common.out.print(f"version {vid} written to [bold]{common.safe(out)}[/]")

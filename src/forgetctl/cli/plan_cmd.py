@@ -8,6 +8,7 @@ from rich.table import Table
 from forgetctl.cli import common
 from forgetctl.cli.progress import status
 from forgetctl.core.errors import BadInput, InvalidState
+from forgetctl.core.inputs import parse_id
 
 
 def _show(request_id: int, json_: bool) -> None:
@@ -34,14 +35,14 @@ def _show(request_id: int, json_: bool) -> None:
         table.add_row(kind, str(n))
     common.out.print(table)
     if probe:
-        common.out.print(f"memorisation probe: {probe}", highlight=False)
+        common.out.print(f"memorisation probe: {probe}", markup=False, highlight=False)
     if dropped:
         why = Table(title="Dropped")
         for col in ("kind", "reason", "figure", "prompt"):
             why.add_column(col)
         for d in dropped:
-            why.add_row(str(d.get("kind")), str(d.get("reason")), str(d.get("figure", "")),
-                        str(d.get("prompt", ""))[:70])  # fmt: skip
+            why.add_row(*(common.safe(str(d.get(k, "")))[:70]
+                          for k in ("kind", "reason", "figure", "prompt")))  # fmt: skip
         common.out.print(why)
 
 
@@ -57,16 +58,15 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         targets = targets or []
         if targets[:1] == ["show"]:
-            if len(targets) != 2 or not targets[1].isdigit():
+            if len(targets) != 2:
                 raise BadInput("usage: forgetctl plan show ID")
-            _show(int(targets[1]), json_)
+            _show(parse_id(targets[1], "request id"), json_)
             return
-        if not all(t.isdigit() for t in targets):
-            raise BadInput("request ids are numbers (or: forgetctl plan show ID)")
+        parsed = [parse_id(t, "request id (or: forgetctl plan show ID)") for t in targets]
         from forgetctl.app.plan_step import plan_request_step
 
         ws = common.workspace()
-        ids = [int(t) for t in targets] or ws.ledger.requests.ids_in_status("received")
+        ids = parsed or ws.ledger.requests.ids_in_status("received")
         results = []
         for request_id in ids:
             with status(f"planning request {request_id}", quiet=json_) as say:
@@ -75,7 +75,8 @@ def register(app: typer.Typer) -> None:
             if not json_:
                 common.out.print(
                     f"request {request_id}: [bold]{outcome['status']}[/] "
-                    f"{outcome.get('counts') or ''} {'; '.join(outcome.get('reasons', []))}",
+                    f"{outcome.get('counts') or ''} "
+                    f"{common.safe('; '.join(outcome.get('reasons', [])))}",
                     highlight=False,
                 )
         if json_:

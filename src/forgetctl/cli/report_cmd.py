@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
@@ -18,7 +17,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(None, "--out", help="Write to a file instead of stdout."),
     ) -> None:
         """What was done for a request, with figures, verdicts, hashes and the chain head."""
-        from forgetctl.app.report import build_report
+        from forgetctl.app.report import build_report, write_report
         from forgetctl.cli.report_render import render
 
         doc = build_report(common.workspace(), target)
@@ -26,8 +25,5 @@ def register(app: typer.Typer) -> None:
         if out is None:
             common.out.print(text, markup=False, highlight=False, soft_wrap=True)
             return
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out)
-        common.err.print(f"report written to {out}")
+        written = write_report(common.workspace(), doc, out, text)
+        common.err.print(f"report written to {common.safe(written)}")

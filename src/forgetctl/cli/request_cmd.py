@@ -9,7 +9,7 @@ import typer
 from forgetctl.app import intake
 from forgetctl.app import requests as rq
 from forgetctl.cli import common
-from forgetctl.core.errors import InvalidState
+from forgetctl.core.errors import BadInput, InvalidState
 from forgetctl.core.lifecycle import OPEN_STATUSES
 
 app = typer.Typer(help="Add, import, list and manage deletion requests.", no_args_is_help=True)
@@ -21,7 +21,7 @@ def add(
     regulation: str = typer.Option(..., "--regulation", help="gdpr, ccpa, default, ..."),
     alias: list[str] = typer.Option([], "--alias", help="Another name of the subject."),
     email: str = typer.Option(None, "--email", help="An identifier of the subject."),
-    records: Path = typer.Option(None, "--records", help="JSONL of {question, answer}|{text}."),
+    records: str = typer.Option(None, "--records", help="JSONL of {question, answer}|{text}."),
     scope: str = typer.Option("entity", "--scope", help="entity (all about them) | records."),
     ref: str = typer.Option(None, "--ref", help="External reference, e.g. DSR-2026-0042."),
     received: str = typer.Option(None, "--received", help="Date received (YYYY-MM-DD)."),
@@ -39,7 +39,7 @@ def add(
             "aliases": alias,
             "identifiers": {"email": email} if email else {},
         },
-        "records": intake.load_records(records) if records else [],
+        "records": _records(records),
         "requester": requester,
         "notes": notes,
     }
@@ -52,13 +52,23 @@ def add(
     if json_:
         common.emit_json({**rq.summary(row), "created": created})
     elif not created:
-        common.out.print(f"request {request_id} ({row['ref']}) already exists; nothing added")
+        common.out.print(
+            f"request {request_id} ({common.safe(row['ref'])}) already exists; nothing added"
+        )
     else:
         extra = f", duplicate of {row['duplicate_of']}" if row["duplicate_of"] else ""
         common.out.print(
-            f"request [bold]{request_id}[/] ({row['ref']}) {row['status']}{extra}; "
+            f"request [bold]{request_id}[/] ({common.safe(row['ref'])}) {row['status']}{extra}; "
             f"policy {row['policy']}, due {row['due']}"
         )
+
+
+def _records(path: str | None) -> list[dict]:
+    if path is None:
+        return []
+    if not path.strip():  # Path("") is ".", which would be read as a directory
+        raise BadInput("--records: the path is empty")
+    return intake.load_records(Path(path))
 
 
 @app.command("import")
@@ -102,14 +112,18 @@ def list_(
         return
     columns = ("id", "ref", "policy", "status", "received", "due", "days left")
     common.print_table("Deletion requests", columns, (
-        (str(r["id"]), r["ref"], r["policy"], r["status"], r["received"], r["due"],
+        (str(r["id"]), common.safe(r["ref"]), common.safe(r["policy"]), r["status"],
+         r["received"], r["due"],
          f"[{_days_style(r)}]{r['days_left'] if r['status'] in OPEN_STATUSES else '-'}[/]")
         for r in rows
     ), right=("id", "days left"))  # fmt: skip
 
 
 @app.command("show")
-def show(request_id: int, json_: bool = common.JsonOpt) -> None:
+def show(
+    request_id: int = typer.Argument(..., parser=common.id_parser("request id")),
+    json_: bool = common.JsonOpt,
+) -> None:
     """One request: its status, deadline, personal data (until purged) and events."""
     ws = common.workspace()
     row = ws.ledger.requests.get(request_id)
@@ -127,24 +141,29 @@ def show(request_id: int, json_: bool = common.JsonOpt) -> None:
         common.emit_json(info)
         return
     p = info["payload"]
-    common.out.print(f"[bold]request {row['id']}[/] {row['ref']}  status [bold]{row['status']}[/]")
     common.out.print(
-        f"policy {row['policy']}  received {row['received']}  due {row['due']} "
+        f"[bold]request {row['id']}[/] {common.safe(row['ref'])}  status [bold]{row['status']}[/]"
+    )
+    common.out.print(
+        f"policy {common.safe(row['policy'])}  received {row['received']}  due {row['due']} "
         f"({info['days_left']} days left)  scope {row['scope']}"
     )
     if p:
         aliases = ", ".join(p["subject"]["aliases"]) or "-"
-        common.out.print(f"subject {p['subject']['name']}  aliases {aliases}")
+        common.out.print(
+            f"subject {common.safe(p['subject']['name'])}  aliases {common.safe(aliases)}"
+        )
         common.out.print(f"records {len(p['records'])}")
     else:
-        common.out.print(info["payload_note"])
+        common.out.print(common.safe(info["payload_note"]))
     for e in info["events"]:
-        common.out.print(f"  #{e['seq']} {e['ts'][:19]} {e['kind']} {e['data']}", highlight=False)
+        line = f"  #{e['seq']} {e['ts'][:19]} {e['kind']} {e['data']}"
+        common.out.print(line, markup=False, highlight=False)
 
 
 @app.command("cancel")
 def cancel(
-    request_id: int,
+    request_id: int = typer.Argument(..., parser=common.id_parser("request id")),
     reason: str = typer.Option(..., "--reason"),
 ) -> None:
     """Cancel an open request."""
@@ -154,7 +173,7 @@ def cancel(
 
 @app.command("extend")
 def extend(
-    request_id: int,
+    request_id: int = typer.Argument(..., parser=common.id_parser("request id")),
     days: int = typer.Option(..., "--days"),
     reason: str = typer.Option(..., "--reason"),
     notified: str = typer.Option(..., "--notified", help="When the subject was told."),
@@ -167,7 +186,7 @@ def extend(
 
 @app.command("approve")
 def approve(
-    request_id: int,
+    request_id: int = typer.Argument(..., parser=common.id_parser("request id")),
     by: str = typer.Option("operator", "--by", help="Who approves (recorded)."),
 ) -> None:
     """Approve a request whose policy requires approval before the run loop acts."""
@@ -177,10 +196,19 @@ def approve(
 
 @app.command("purge")
 def purge(
-    request_id: int,
+    request_id: int = typer.Argument(..., parser=common.id_parser("request id")),
     now: bool = typer.Option(False, "--now", help="Before retention ends (needs --reason)."),
     reason: str = typer.Option(None, "--reason"),
 ) -> None:
     """Crypto-shred a request's personal data; the evidence stays."""
-    rq.purge(common.workspace(), request_id, now_=now, reason=reason)
-    common.out.print(f"request {request_id}: personal data destroyed")
+    done = rq.purge(common.workspace(), request_id, now_=now, reason=reason)
+    removed = len(done["reports_removed"])
+    common.out.print(
+        f"request {request_id}: personal data destroyed"
+        + (f", {removed} report file(s) removed" if removed else "")
+    )
+    for path in done["reports_left"]:
+        common.err.print(
+            f"[bold yellow]warning:[/] report not removed, remove it by hand: {common.safe(path)}",
+            soft_wrap=True,
+        )

@@ -16,7 +16,7 @@ from forgetctl.cli.progress import training_bar
 
 def _logging(home, quiet: bool) -> logging.Logger:
     """Logs go to stderr (unless --quiet) and to HOME/logs/run-<timestamp>.log."""
-    home.logs.mkdir(parents=True, exist_ok=True)
+    home.logs.mkdir(parents=True, exist_ok=True, mode=0o700)  # logs may name subjects
     logger = logging.getLogger("forgetctl.run")
     logger.setLevel(logging.DEBUG)
     logger.handlers.clear()
@@ -74,7 +74,8 @@ def _print_summary(summary) -> None:
             style = {"promoted": "green", "failed": "bold red"}.get(o.end, "")
             table.add_row(
                 str(o.request_id), o.ref, o.start, f"[{style}]{o.end}[/]" if style else o.end,
-                ",".join(o.steps), str(o.version or ""), str(o.seconds), (o.error or "")[:80],
+                ",".join(o.steps), str(o.version or ""), str(o.seconds),
+                common.safe((o.error or "")[:80]),
             )  # fmt: skip
         common.out.print(table)
     for label, rows, style in (
@@ -84,6 +85,6 @@ def _print_summary(summary) -> None:
         for r in rows:
             common.out.print(f"[{style}]{label}[/]: request {r['id']} ({r['ref']}) due {r['due']}")
     for r in summary.skipped:
-        common.out.print(f"waiting: request {r['id']} ({r['ref']}): {r['reason']}")
+        common.out.print(f"waiting: request {r['id']} ({r['ref']}): {common.safe(r['reason'])}")
     if summary.lock_takeover:
         common.out.print(f"took over the lock of dead run pid {summary.lock_takeover}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import typer
@@ -38,7 +37,8 @@ def register(app: typer.Typer) -> None:
 
         Safe to run again. Example: forgetctl init --model smollm2-135m"""
         from forgetctl.app.workspace import Workspace
-        from forgetctl.core.data import check_control_corpus, load_jsonl
+        from forgetctl.core.data import MAX_DATA_BYTES, check_control_corpus, load_jsonl
+        from forgetctl.core.files import read_bounded, write_atomic
 
         h = common.home(home)
         # A bad corpus fails before anything is written.
@@ -49,10 +49,15 @@ def register(app: typer.Typer) -> None:
         created = not h.exists()
         # Opening loads the policies too: a broken policy in the home fails now, not later.
         ledger = Workspace.open(h, create=True).ledger
+        # Checked above with the bounded reader; copied private (records of real people).
         if retain_corpus:
-            shutil.copyfile(retain_corpus, h.root / "retain-corpus.jsonl")
+            write_atomic(
+                h.root / "retain-corpus.jsonl", read_bounded(retain_corpus, MAX_DATA_BYTES)
+            )
         if control_corpus:
-            shutil.copyfile(control_corpus, h.root / "control-corpus.jsonl")
+            write_atomic(
+                h.root / "control-corpus.jsonl", read_bounded(control_corpus, MAX_DATA_BYTES)
+            )
         if model:
             from forgetctl.app import versions
 

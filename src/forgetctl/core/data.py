@@ -12,11 +12,12 @@ The packaged sets, under ``forgetctl/data/``, so that the gate works on a clean 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from forgetctl.core.errors import BadInput, NotFound
+from forgetctl.core.files import read_text
+from forgetctl.core.inputs import loads_json
 
 BUILTIN_DIR = Path(__file__).parents[1] / "data"
 
@@ -25,6 +26,10 @@ BUILTIN_PREFIX = "builtin:"
 
 
 REQUIRED_FIELDS = ("question", "answer")
+
+
+MAX_DATA_BYTES = 512 * 1024 * 1024
+"""Corpora (retain, control, general sets) are larger than request files, but bounded."""
 
 
 def builtin_names() -> list[str]:
@@ -49,7 +54,7 @@ def resolve_data(ref: str | Path) -> Path:
     if text.startswith(BUILTIN_PREFIX):
         return builtin_path(text)
     path = Path(text).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise NotFound(f"no data file at {path}")
     return path
 
@@ -61,14 +66,11 @@ def load_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """
     path = resolve_data(path)
     rows: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise BadInput(f"{path.name}:{lineno}: invalid JSON: {exc.msg}") from None
+    # The bounded reader refuses FIFOs and devices; lines split at "\n" only (U+2028 and
+    # U+0085 are valid inside a JSON string).
+    for lineno, line in enumerate(read_text(path, MAX_DATA_BYTES).split("\n"), 1):
+        if line.strip():
+            row = loads_json(line, f"{path.name}:{lineno}")
             if not isinstance(row, dict):
                 raise BadInput(f"{path.name}:{lineno}: expected a JSON object")
             for field in REQUIRED_FIELDS:

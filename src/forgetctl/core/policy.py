@@ -15,7 +15,8 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from forgetctl.core.errors import BadInput
+from forgetctl.core.errors import BadInput, NotFound
+from forgetctl.core.files import read_text
 
 CheckName = Literal[
     "forget", "retain", "utility", "regression", "membership", "tell", "int4", "relearn"
@@ -194,6 +195,19 @@ class Policy(_Strict):
     retention_days: int = Field(ge=0)
     """How long the encrypted plaintext payload is kept after the request closes."""
     require_approval: bool = False
+    keep_suppression_index: bool = False
+    """Keep the subject's blind indexes (``subject_index``, ``identifier_indexes``: keyed
+    hashes of the name and identifiers) after `request purge`, as a suppression list.
+
+    Off by default: with the home's key the hashes confirm that a purged person was a
+    subject, so purge removes them. The legal reason to keep them: an erasure must last.
+    A controller may keep the minimum needed to recognise the person if their data
+    arrives again (re-ingestion from a backup or a new scrape) and keep it out: the UK
+    ICO's guidance accepts a suppression list for this after erasure and objection to
+    direct marketing (GDPR Art. 17, 21(3)); the CCPA regulations (11 CCR 7022) let a
+    business keep a record of the deletion request to make sure the information stays
+    deleted. Set it only where that is the policy's documented purpose: the hashes are
+    then the one thing kept, and a later request about the same subject is flagged."""
     max_retries: int = Field(2, ge=0)
     method: MethodConfig = MethodConfig()
     plan: PlanConfig = PlanConfig()
@@ -206,11 +220,14 @@ def packaged_policy_dir() -> Path:
 
 def load_policy(path: Path) -> Policy:
     """Parse and validate one policy file; any problem is a one-line BadInput."""
+    text = read_text(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadInput(f"cannot read policy {path}: {exc}") from None
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
+        raise BadInput(f"policy {path.name}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise BadInput(f"policy {path.name}: invalid TOML: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of over 4,300 digits
         raise BadInput(f"policy {path.name}: invalid TOML: {exc}") from None
     data.setdefault("name", path.stem)
     try:
@@ -228,6 +245,11 @@ def load_policies(directory: Path) -> dict[str, Policy]:
 
 def policy_for_regulation(policies: dict[str, Policy], regulation: str) -> Policy:
     """The policy whose regulation (or name) matches, else ``default``."""
+    if not policies:
+        raise NotFound(
+            "the home has no policies (policies/*.toml): "
+            "`forgetctl init` restores the packaged ones"
+        )
     reg = regulation.strip().lower()
     for policy in policies.values():
         if policy.regulation.lower() == reg or policy.name.lower() == reg:

@@ -122,6 +122,14 @@ class Keyring:
     def _request_key_path(self, request_id: int) -> Path:
         return self.dir / "requests" / f"{request_id}.key"
 
+    def request_key_ids(self) -> list[int]:
+        folder = self.dir / "requests"
+        return (
+            [int(p.stem) for p in folder.glob("*.key") if p.stem.isdecimal()]
+            if folder.is_dir()
+            else []
+        )
+
     def has_request_key(self, request_id: int) -> bool:
         return self._request_key_path(request_id).exists()
 

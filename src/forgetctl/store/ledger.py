@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -173,6 +174,9 @@ class Ledger:
             self.conn.execute("COMMIT")
         finally:
             self._depth = 0
+
+    def in_transaction(self) -> bool:
+        return self._depth > 0
 
     def applied_migrations(self) -> list[str]:
         if "migrations" not in self.db.table_names():
@@ -446,6 +450,10 @@ def open_ledger(path: Path, *, create: bool = False, keys: Keyring | None = None
         raise LedgerCorrupt(f"{path} is not a regular file: {RESTORE}")
     if existed and path.stat().st_size == 0:
         raise LedgerCorrupt(f"{path} is empty (truncated?): {RESTORE}")
+    if not existed:
+        # 0600 from the start (SQLite gives its -wal and -shm files the same mode): the
+        # ledger is evidence, and holds the ciphertexts and blind indexes.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     try:
         ledger = Ledger(path, keys)
         if existed:

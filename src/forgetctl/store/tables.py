@@ -126,6 +126,13 @@ class Requests(_Table):
         rows = self.ledger.rows("SELECT id FROM requests WHERE ref = ?", [ref])
         return rows[0]["id"] if rows else None
 
+    def next_id(self) -> int:
+        """The id the next insert gets (rowid: the largest plus one); call it inside the
+        write transaction that inserts."""
+        return self.ledger.conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM requests").fetchone()[
+            0
+        ]
+
     def count(self) -> int:
         return self.ledger.conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
 
@@ -218,19 +225,25 @@ class Requests(_Table):
             )
             self.ledger.wrote("requests", request_id, "attempts", "failed_step")
 
-    def purge(self, request_id: int, early: bool, reason: str) -> None:
-        """Drop the request's and its plan's ciphertexts (the key is destroyed by the caller)."""
+    def purge(self, request_id: int, early: bool, reason: str, drop_indexes: bool = True) -> None:
+        """Drop the request's and its plan's ciphertexts (the key is destroyed by the
+        caller) and, with ``drop_indexes``, the subject's blind indexes ("" matches no
+        keyed hash, so the purged subject is no longer found as a duplicate)."""
         with self.ledger.transaction():
-            self.ledger.db["requests"].update(request_id, {"payload": None, "purged_at": now()})
-            self.ledger.wrote("requests", request_id, "payload", "purged_at")
+            cleared: dict[str, Any] = {"payload": None, "purged_at": now()}
+            if drop_indexes:
+                cleared |= {"subject_index": "", "identifier_indexes": "[]"}
+            self.ledger.db["requests"].update(request_id, cleared)
+            self.ledger.wrote("requests", request_id, *cleared)
             cleared = self.ledger.conn.execute(
                 "UPDATE plans SET payload = NULL WHERE request_id = ?", [request_id]
             )
             if cleared.rowcount:
                 self.ledger.wrote("plans", request_id, "payload")
             self.ledger.append_event(
-                "request.purged", request_id=request_id, early=early, reason=reason
-            )
+                "request.purged", request_id=request_id, early=early, reason=reason,
+                indexes_dropped=drop_indexes,
+            )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- plans
