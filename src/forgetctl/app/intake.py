@@ -201,7 +201,9 @@ def load_request_file(path: Path) -> list[RequestIn]:
         data = loads_json(text, where)
         rows = data.get("requests", [data]) if isinstance(data, dict) else data
         if not isinstance(rows, list):
-            raise BadInput(f"{where}: expected a request object or a list of them")
+            raise BadInput(
+                f"{where}: expected a request object or a list of them, got {json_type(rows)}"
+            )
     if not rows:
         raise BadInput(f"{where}: no requests")
     parsed = [parse_request(row, f"{where} request {i}") for i, row in enumerate(rows, 1)]
