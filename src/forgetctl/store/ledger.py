@@ -65,6 +65,12 @@ GENESIS = "0" * 64
 # The migration from which writes are recorded in events and the head is signed.
 SIGNED = "0004_row_evidence_and_signed_head"
 
+# The migration from which a request's blind indexes are recorded salted (`row_evidence`).
+SALTED = "0005_salted_index_evidence"
+
+# The columns that identify a subject (keyed hashes of the name and identifiers).
+BLIND_INDEXES = ("subject_index", "identifier_indexes")
+
 # The state tables and their keys: every row must be explained by the events.
 STATE_TABLES = {
     "requests": "id",
@@ -89,6 +95,18 @@ def evidence(value: Any) -> Any:
     if isinstance(value, bytes):
         return "sha256:" + hashlib.sha256(value).hexdigest()
     return value
+
+
+def row_evidence(table: str, row: dict, column: str) -> Any:
+    """What an event records of ``row[column]``: :func:`evidence`, except a request's
+    blind indexes, recorded as sha256(salt + value) under the row's own salt. The events
+    are append-only; purge drops the indexes and the salt from the row, and what the
+    events keep then matches no name, even with the home's index key."""
+    value = row[column]
+    salt = row.get("index_salt")
+    if table == "requests" and column in BLIND_INDEXES and salt and value not in ("", "[]"):
+        return "salted:" + hashlib.sha256(salt + str(value).encode()).hexdigest()
+    return evidence(value)
 
 
 def tables_created(upto: list[str]) -> list[str]:
@@ -201,6 +219,9 @@ class Ledger:
                         self.keys.create_missing()
                         self._signed = True
                         self._baseline()
+                    if name == SALTED and self._signed:
+                        for row in self.rows("SELECT id FROM requests"):
+                            self.wrote("requests", row["id"], "index_salt")
                     self.append_event("ledger.migrated", migration=name)
                 applied.append(name)
             if name == upto:
@@ -259,7 +280,7 @@ class Ledger:
         assert self._depth, "a row write must run inside a transaction"
         pk = STATE_TABLES[table]
         [row] = self.rows(f"SELECT * FROM {table} WHERE {pk} = ?", [key])
-        values = {c: evidence(row[c]) for c in (columns or row)}
+        values = {c: row_evidence(table, row, c) for c in (columns or row)}
         self._writes.setdefault(f"{table}/{key}", {}).update(values)
 
     def _sign(self, seq: int, head_hash: str) -> None:
@@ -383,10 +404,12 @@ class Ledger:
 
     def _row_problems(self) -> list[str]:
         """Every state row against the last event that wrote it, one line per difference."""
-        expected: dict[str, tuple[int, dict[str, Any]]] = {}
+        # Per row: the last event that wrote it, and per column the value and its event.
+        expected: dict[str, tuple[int, dict[str, tuple[int, Any]]]] = {}
         for seq, writes in self.conn.execute("SELECT seq, writes FROM events ORDER BY seq"):
             for key, values in json.loads(writes).items():
-                expected[key] = (seq, {**expected.get(key, (0, {}))[1], **values})
+                columns = expected.get(key, (0, {}))[1]
+                expected[key] = (seq, {**columns, **{c: (seq, v) for c, v in values.items()}})
         problems = []
         for table, pk in STATE_TABLES.items():
             for row in self.rows(f"SELECT * FROM {table} ORDER BY {pk}"):
@@ -394,15 +417,16 @@ class Ledger:
                 if key not in expected:
                     problems.append(f"{table} {row[pk]}: a row no event wrote")
                     continue
-                seq, values = expected.pop(key)
-                for column, value in row.items():
-                    value = evidence(value)
+                _, values = expected.pop(key)
+                for column in row:
+                    value = row_evidence(table, row, column)
                     if column not in values:
                         problems.append(f"{table} {row[pk]} {column}: no event wrote it")
-                    elif values[column] != value:
+                    elif values[column][1] != value:
+                        seq, wrote = values[column]
                         problems.append(
                             f"{table} {row[pk]} {column}: {_short(value)}, but event {seq} "
-                            f"wrote {_short(values[column])}"
+                            f"wrote {_short(wrote)}"
                         )
         for key, (seq, _) in expected.items():
             table, row_key = key.split("/", 1)

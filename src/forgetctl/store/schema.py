@@ -121,4 +121,13 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        "0005_salted_index_evidence",
+        [
+            # A random salt per request: events record its blind indexes salted, and purge
+            # drops the salt with the indexes, so the append-only events cannot confirm a
+            # purged subject (rows from before keep their plain evidence: salt NULL).
+            "ALTER TABLE requests ADD COLUMN index_salt BLOB",
+        ],
+    ),
 ]

@@ -11,6 +11,7 @@ decoded here, once, so callers never see them as strings.
 from __future__ import annotations
 
 import json
+import secrets
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -172,6 +173,8 @@ class Requests(_Table):
         ts = now()
         row = {**fields, "status": "received", "created_at": ts, "updated_at": ts}
         row["identifier_indexes"] = json.dumps(row.get("identifier_indexes", []))
+        if "index_salt" in self.ledger.db["requests"].columns_dict:  # not before 0005
+            row["index_salt"] = secrets.token_bytes(32)  # see ledger.row_evidence
         with self.ledger.transaction():
             request_id = self.ledger.db["requests"].insert(row).last_pk
             self.ledger.wrote("requests", request_id)
@@ -232,7 +235,7 @@ class Requests(_Table):
         with self.ledger.transaction():
             cleared: dict[str, Any] = {"payload": None, "purged_at": now()}
             if drop_indexes:
-                cleared |= {"subject_index": "", "identifier_indexes": "[]"}
+                cleared |= {"subject_index": "", "identifier_indexes": "[]", "index_salt": None}
             self.ledger.db["requests"].update(request_id, cleared)
             self.ledger.wrote("requests", request_id, *cleared)
             cleared = self.ledger.conn.execute(
