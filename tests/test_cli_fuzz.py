@@ -199,6 +199,8 @@ def test_policy_check_and_out(home, text, out_kind):
     path = _file(home, "p.toml", text.encode("utf-8", "surrogatepass"))
     run(home, "policy", "check", str(path))
     if out_kind != "none":
-        out = home / "out" / "x.md" if out_kind == "file" else home
+        out = home / "out" / ("x.md" if out_kind == "file" else "a-directory")
+        if out_kind == "dir":
+            out.mkdir(parents=True, exist_ok=True)
         run(home, "report", "1", "--out", str(out))
         assert not [p for p in os.listdir(out.parent) if p.endswith(".tmp")]

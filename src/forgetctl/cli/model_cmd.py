@@ -36,7 +36,7 @@ def pull(
     if json_:
         common.emit_json({"path": str(dest), **manifest})
     else:
-        common.out.print(f"{name} ready at [bold]{dest}[/]")
+        common.out.print(f"{name} ready at [bold]{common.safe(dest)}[/]")
 
 
 @app.command("versions")

@@ -31,13 +31,13 @@ def list_(json_: bool = common.JsonOpt) -> None:
         table.add_column(col)
     for p in policies.values():
         table.add_row(
-            p.name,
-            p.regulation,
+            common.safe(p.name),
+            common.safe(p.regulation),
             f"{p.deadline_days} d",
             f"{p.extension_max_days} d",
             f"{p.retention_days} d",
             "yes" if p.require_approval else "no",
-            p.title,
+            common.safe(p.title),
         )
     common.out.print(table)
 
@@ -59,4 +59,6 @@ def show(name: str, json_: bool = common.JsonOpt) -> None:
 def check(file: Path) -> None:
     """Validate a policy file; exit 2 naming the first problem."""
     policy = load_policy(file)
-    common.out.print(f"[green]{file} is a valid policy[/] ({policy.regulation})")
+    common.out.print(
+        f"[green]{common.safe(file)} is a valid policy[/] ({common.safe(policy.regulation)})"
+    )
