@@ -68,6 +68,8 @@ def site(tmp_path_factory) -> tuple[Path, Path]:
     (work / "bigint.json").write_text('{"regulation": "gdpr", "x": ' + "9" * 5000 + "}")
     (work / "nan.json").write_text('{"regulation": NaN}')
     (work / "unterminated.csv").write_text('subject,regulation\n"Ann Lee,gdpr\nBob Ray,gdpr\n')
+    # as found: the open quote of the last column swallowed the next row into the name
+    (work / "swallowed.csv").write_text('regulation,subject\ngdpr,"Ann Lee\ngdpr,Bob Ray\n')
     (work / "unterminated.json").write_text('{"regulation": "gdpr",\n "subject": {"name": "A')
     (work / "null.json").write_text("[null]")
     (work / "generated-ref.json").write_text(
@@ -136,6 +138,7 @@ REFUSED = [
     ("a ref that looks generated", [*ADD, "Cy Dee", "--ref", "FCTL-20260101-00003"], 2),
     ("a file ref that looks generated", ["request", "import", "generated-ref.json"], 2),
     ("CSV with an unterminated quote", ["request", "import", "unterminated.csv"], 2),
+    ("CSV quote swallowing a row", ["request", "import", "swallowed.csv"], 2),
     # names with no letter, or control characters
     *[
         (f"name {name!r}", [*ADD, name], 2)
