@@ -44,7 +44,7 @@ def test_purge_removes_reports_and_blind_indexes(home, tmp_path):
     keys = Keyring(home / "keys")
     name_index = keys.blind_index("Ann Lee")
     email_index = keys.blind_index("ann@example.org", kind="id:email")
-    in_home, changed = home / "reports" / "r1.md", home / "reports" / "r1-edited.md"
+    in_home, changed = home / "reports" / "ann-lee.md", home / "reports" / "r1-edited.md"
     outside = tmp_path / "r1-outside.md"
     for path in (in_home, changed, outside):
         cli("report", "R-1", "--out", str(path))
@@ -58,6 +58,7 @@ def test_purge_removes_reports_and_blind_indexes(home, tmp_path):
     assert str(changed) in result.stderr and str(outside) in result.stderr
     text = ledger_text(home)
     assert name_index not in text and email_index not in text
+    assert "ann-lee" not in text and "r1-outside" not in text  # report paths are sealed
     cli("ledger", "verify")
     # the same person again is a new request, not a duplicate of the purged one
     add("Ann Lee", "ann@example.org", "R-2")

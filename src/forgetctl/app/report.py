@@ -317,14 +317,21 @@ def build_report(ws: Workspace, target: str) -> dict:
 def write_report(ws: Workspace, doc: dict, out: Path, text: str) -> Path:
     """Write a rendered report to ``out`` (a regular file, atomically, 0600) and record it
     in the ledger with the requests it covers and its sha256, so that `request purge`
-    can find and remove every copy that holds the subject's name."""
+    can find and remove every copy that holds the subject's name.
+
+    The path is recorded sealed under the key of each request whose name the report
+    holds (an operator may name the file after the person, and the events are forever):
+    once that request is purged, the event says only that a report was written."""
     out = write_atomic(out, text)
-    requests = [r["id"] for r in doc["requests"]]
+    where = {"path": str(out.resolve())}
     ws.ledger.append_event(
         REPORT_WRITTEN,
-        requests=requests,
-        path=str(out.resolve()),
+        requests=[r["id"] for r in doc["requests"]],
         sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
-        personal_data=any(r.get("subject") for r in doc["requests"]),
+        sealed_path={
+            str(r["id"]): ws.keys.encrypt(r["id"], where).hex()
+            for r in doc["requests"]
+            if r.get("subject")  # its personal data is in this report
+        },
     )
     return out

@@ -14,8 +14,9 @@ from forgetctl.core.lifecycle import OPEN_STATUSES, REQUEST_STATUSES, require_st
 from forgetctl.core.policy import Policy
 
 REPORT_WRITTEN = "report.written"
-"""The event of a report file written by `forgetctl report --out` (its path, sha256 and
-the requests it covers): purge finds the copies that hold a subject's name by it."""
+"""The event of a report file written by `forgetctl report --out` (its sha256, the
+requests it covers, its path sealed under the key of each request it names): purge finds
+the copies that hold a subject's name by it."""
 
 
 # -- reading -----------------------------------------------------------------------------
@@ -169,6 +170,7 @@ def purge(
                 f"request {request_id}: retention runs until {ends} under policy "
                 f"{policy.name} (use --now --reason to purge earlier)"
             )
+    reports = reports_of(ws, request_id)  # read while the key that seals their paths exists
     keep = policy.keep_suppression_index
     ledger.requests.purge(
         request_id, early=now_, reason=reason or "retention ended", drop_indexes=not keep
@@ -176,31 +178,35 @@ def purge(
     # The key goes only after the commit: if we crashed in between, the ciphertexts are
     # already gone, which is the safe side.
     keys.destroy_request_key(request_id)
-    removed, left = _remove_reports(ws, request_id)
-    if removed or left:
+    removed, left = _remove_reports(ws, reports)
+    if removed or left:  # counts only: a path may name the person
         ledger.append_event(
-            "request.reports_removed", request_id=request_id, removed=removed, left=left
-        )
+            "request.reports_removed", request_id=request_id, removed=len(removed),
+            left=len(left),
+        )  # fmt: skip
     return {"reports_removed": removed, "reports_left": left}
 
 
 def reports_of(ws: Workspace, request_id: int) -> list[dict]:
-    """The report files forgetctl wrote with this request's personal data in them."""
-    return [
-        e["data"]
-        for e in ws.ledger.events()
-        if e["kind"] == REPORT_WRITTEN
-        and request_id in e["data"].get("requests", [])
-        and e["data"].get("personal_data", True)
-    ]
+    """The report files forgetctl wrote with this request's personal data in them
+    ({path, sha256}; none once its key is destroyed)."""
+    if not ws.keys.has_request_key(request_id):
+        return []
+    found = []
+    for event in ws.ledger.events(request_id=None):
+        sealed = event["data"].get("sealed_path", {}) if event["kind"] == REPORT_WRITTEN else {}
+        if str(request_id) in sealed:
+            where = ws.keys.decrypt(request_id, bytes.fromhex(sealed[str(request_id)]))
+            found.append({"path": where["path"], "sha256": event["data"]["sha256"]})
+    return found
 
 
-def _remove_reports(ws: Workspace, request_id: int) -> tuple[list[str], list[str]]:
+def _remove_reports(ws: Workspace, reports: list[dict]) -> tuple[list[str], list[str]]:
     """Unlink the request's report files under the home that are still what forgetctl
     wrote (same sha256); a file outside the home, or changed since, is left and named."""
     removed, left = [], []
     root = ws.home.root.resolve()
-    for report in reports_of(ws, request_id):
+    for report in reports:
         path = Path(report["path"])
         try:
             st = path.lstat()
