@@ -200,7 +200,9 @@ def purge(
     now: bool = typer.Option(False, "--now", help="Before retention ends (needs --reason)."),
     reason: str = typer.Option(None, "--reason"),
 ) -> None:
-    """Crypto-shred a request's personal data; the evidence stays."""
+    """Crypto-shred a request's personal data, drop its blind indexes (unless the policy
+    keeps a suppression list) and remove the reports written for it under the home; the
+    evidence stays."""
     done = rq.purge(common.workspace(), request_id, now_=now, reason=reason)
     removed = len(done["reports_removed"])
     common.out.print(
