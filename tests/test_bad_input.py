@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -81,6 +82,7 @@ def site(tmp_path_factory) -> tuple[Path, Path]:
     (work / "dir.json").mkdir()
     os.mkfifo(work / "fifo.json")
     os.mkfifo(work / "fifo.toml")
+    os.mkfifo(work / "out.fifo")
     (work / "outdir").mkdir()
     return home, work
 
@@ -157,9 +159,12 @@ REFUSED = [
     ],  # fmt: skip
     ("alias of zero-width only", [*ADD, "Ann Lee", "--alias", "\u200b"], 2),
     # --out that is not a regular file
-    ("report --out /dev/full", ["report", "1", "--out", "/dev/full"], 2),
+    # Never a real device here: code that renames over its target would replace the
+    # node (as root, the code before the fix replaced /dev/full). A FIFO is refused by the
+    # same rule (only a regular file is written) and is ours to lose.
+    ("report --out a FIFO", ["report", "1", "--out", "out.fifo"], 2),
     ("report --out a directory", ["report", "1", "--out", "outdir"], 2),
-    ("ledger export --out /dev/null", ["ledger", "export", "--out", "/dev/null"], 2),
+    ("ledger export --out a FIFO", ["ledger", "export", "--out", "out.fifo"], 2),
     ("ledger export --out a directory", ["ledger", "export", "--out", "outdir"], 2),
     # usage errors: one line, the bad-input code
     ("missing option", ["request", "add", "--subject", "x"], 2),
@@ -291,3 +296,25 @@ def test_two_concurrent_adds_of_the_same_ref(tmp_path):
     db = sqlite3.connect(home / "ledger.db")
     assert db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 3
     db.close()
+
+
+def test_out_refuses_a_device_and_leaves_it(tmp_path, monkeypatch):
+    """write_atomic on what lstat says is a character device: refused, the node and its
+    directory untouched (a fake node: a test must never aim at a real one)."""
+    from forgetctl.core.errors import BadInput
+    from forgetctl.core.files import write_atomic
+
+    node = tmp_path / "full"
+    node.write_text("the device")
+    real = os.lstat
+
+    def lstat(path, *args, **kwargs):
+        st = real(path, *args, **kwargs)
+        if Path(path) == node:
+            return os.stat_result((stat.S_IFCHR | 0o666, *tuple(st)[1:]))
+        return st
+
+    monkeypatch.setattr(os, "lstat", lstat)
+    with pytest.raises(BadInput, match="character device"):
+        write_atomic(node, "a report")
+    assert node.read_text() == "the device" and os.listdir(tmp_path) == ["full"]
