@@ -16,6 +16,7 @@ from forgetctl.cli import (
     apply_cmd,
     common,
     demo_cmd,
+    doctor_cmd,
     gate_cmd,
     ledger_cmd,
     model_cmd,
@@ -109,6 +110,7 @@ plan_cmd.register(app)
 apply_cmd.register(app)
 gate_cmd.register(app)
 run_cmd.register(app)
+doctor_cmd.register(app)
 report_cmd.register(app)
 app.add_typer(request_cmd.app, name="request")
 app.add_typer(ledger_cmd.app, name="ledger")
