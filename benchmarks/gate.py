@@ -42,10 +42,11 @@ from forgetctl.app.workspace import Workspace
 from forgetctl.core.items import sample_by_kind
 from forgetctl.core.policy import ALL_CHECKS, AttackConfig
 from forgetctl.demo.tofu import load_authors, pairs_of
+from forgetctl.lm.prompts import formats_of
 from forgetctl.lm.train import finetune_steps
 from forgetctl.lm.weights import load_model
 from forgetctl.store.scores import ScoreCache
-from forgetctl.verify.checks import ForgetSet, run_checks
+from forgetctl.verify.checks import ForgetSet, in_formats, run_checks
 
 ROOT = Path(__file__).resolve().parent
 CHECKS = [c for c in ALL_CHECKS if c != "regression"]
@@ -64,10 +65,17 @@ def log(msg: str) -> None:
 
 
 def key_figures(result) -> dict:
-    """The figures a reader compares across models, per check."""
+    """The figures a reader compares across models, per check (per prompt format, keyed as
+    the gate keys a request's formats, for the checks judged per request)."""
     f = result.figures
-    part = next(iter(f.get("requests", {}).values()), {})
-    if result.name == "forget":
+    if result.name in ("retain", "utility"):
+        return {k: f.get(k) for k in ("n", "parent_recall", "candidate_recall", "drop",
+                                      "min_detectable_drop")}  # fmt: skip
+    return {key: _part_figures(result.name, part) for key, part in f.get("requests", {}).items()}
+
+
+def _part_figures(name: str, part: dict):
+    if name == "forget":
         units = part.get("units", {})
         out = {m: {k: units.get("all", {}).get(m, {}).get(k)
                    for k in ("subject", "control", "gap", "limit", "parent_gap")}
@@ -79,14 +87,11 @@ def key_figures(result) -> dict:
             for kind, u in units.items() if kind != "all"
         }  # fmt: skip
         return out
-    if result.name in ("retain", "utility"):
-        return {k: f.get(k) for k in ("n", "parent_recall", "candidate_recall", "drop",
-                                      "min_detectable_drop")}  # fmt: skip
-    if result.name in ("membership", "tell"):
+    if name in ("membership", "tell"):
         return {k: v for k, v in part.items() if not isinstance(v, dict | list)}
-    if result.name == "int4":
+    if name == "int4":
         return part.get("recovery", {})
-    if result.name == "relearn":
+    if name == "relearn":
         return [
             {"attack": a["attack"], "attack_s": a["attack_s"],
              **{f"{p}_{m}": a[p][m].get("share") for p in ("full", "int4")
@@ -131,6 +136,11 @@ def main() -> None:
     parser.add_argument("--kept", type=int, default=96, help="retain/utility items per set")
     parser.add_argument("--models", default="no-op,retrained,gradient ascent,forgetctl")
     parser.add_argument("--checks", default=",".join(CHECKS), help="checks to (re)run")
+    parser.add_argument(
+        "--formats", default="chat,plain",
+        help="the serving formats the gate judges (with the held-out wrappers), as `init` "
+        "registers them by default",
+    )  # fmt: skip
     parser.add_argument(
         "--sweep",
         action="store_true",
@@ -212,8 +222,10 @@ def main() -> None:
             t = time.perf_counter()
             # The no-op model has the parent's weights: its scores are the parent's.
             key = "deployed" if name == "no-op" else f"{author}/{name}"
+            sets = in_formats({str(rid): ForgetSet(forget, control)}, tokenizer,
+                              formats_of(tokenizer, args.formats.split(",")))  # fmt: skip
             verdicts = run_checks(
-                parent, model, tokenizer, {str(rid): ForgetSet(forget, control)}, neighbors,
+                parent, model, tokenizer, sets, neighbors,
                 general, {}, cfg, checks=checks, progress=log, cache=cache,
                 model_keys=("deployed", key),
             )  # fmt: skip
@@ -252,13 +264,16 @@ def write(results: dict, stem: Path) -> None:
             "| model | attack | acc | recall | leakage | seconds |", "|---" * 6 + "|",
         ]  # fmt: skip
         for name, m in entry["models"].items():
-            for a in m["checks"].get("relearn", {}).get("figures") or []:
-                cells = [
-                    f"{a[f'full_{x}']} / {a[f'int4_{x}']}" for x in ("acc", "recall", "leakage")
-                ]
-                lines.append(
-                    f"| {name} | {a['attack']} | " + " | ".join(cells) + f" | {a['attack_s']} |"
-                )
+            figures = m["checks"].get("relearn", {}).get("figures") or {}
+            if isinstance(figures, list):  # results of a run before formats: one request
+                figures = {"": figures}
+            for key, attacks in figures.items():
+                where = f"{name} {key[key.find('[') :]}" if "[" in key else name
+                for a in attacks:
+                    cells = [f"{a[f'full_{x}']} / {a[f'int4_{x}']}"
+                             for x in ("acc", "recall", "leakage")]  # fmt: skip
+                    lines.append(f"| {where} | {a['attack']} | " + " | ".join(cells)
+                                 + f" | {a['attack_s']} |")  # fmt: skip
         lines.append("")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
 

@@ -15,8 +15,10 @@ from collections.abc import Callable, Collection
 from forgetctl.app import versions
 from forgetctl.app.plan_step import load_plan
 from forgetctl.app.workspace import Workspace
+from forgetctl.core.items import in_format
 from forgetctl.core.lifecycle import require_status
 from forgetctl.core.policy import MethodConfig
+from forgetctl.lm.prompts import item_format
 from forgetctl.store.ledger import Ledger
 from forgetctl.unlearn.train import save_adapter, unlearn
 
@@ -87,7 +89,12 @@ def apply_request(
     model, tokenizer = versions.load_version(ws, parent)
     # The held-out half of the retain side is what verify judges: the adapter never sees it.
     retain, _ = plan.split_retain()
-    result = unlearn(model, tokenizer, plan.forget, retain, method, progress=progress)
+    # Trained in every format production is served in: knowledge removed behind one prompt
+    # wrapper stays behind another.
+    formats = [item_format(tokenizer, f) for f in versions.serving_formats(ledger, tokenizer)]
+    forget = [i for f in formats for i in in_format(plan.forget, f)]
+    retain = [i for f in formats for i in in_format(retain, f)]
+    result = unlearn(model, tokenizer, forget, retain, method, progress=progress)
     # A fresh name per attempt: a crashed attempt's leftovers never collide with a retry.
     adapter_dir = ws.home.adapters / f"request-{request_id}-{secrets.token_hex(4)}"
     sha = save_adapter(result.model, adapter_dir)

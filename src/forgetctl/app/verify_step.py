@@ -27,7 +27,7 @@ from forgetctl.core.errors import BadInput, InvalidState
 from forgetctl.core.items import PromptItem
 from forgetctl.core.lifecycle import JUDGED_STATUSES
 from forgetctl.store.scores import ScoreCache
-from forgetctl.verify.checks import CheckResult, ForgetSet, run_checks
+from forgetctl.verify.checks import CheckResult, ForgetSet, in_formats, run_checks
 
 
 def _dedupe(items: list[PromptItem]) -> list[PromptItem]:
@@ -64,7 +64,11 @@ def verify_version(
         ledger.append_event("verification.skipped", version_id=version_id, checks=skipped,
                             reason=reason)  # fmt: skip
     plans = {rid: load_plan(ws, rid) for rid in version["requests"]}
-    forget_sets = {str(rid): ForgetSet(p.forget, p.control) for rid, p in plans.items()}
+    parent_model, tokenizer = versions.load_version(ws, version["parent"])
+    served = versions.serving_formats(ledger, tokenizer)
+    forget_sets = in_formats(
+        {str(rid): ForgetSet(p.forget, p.control) for rid, p in plans.items()}, tokenizer, served
+    )
     held_out = [i for p in plans.values() for i in p.split_retain()[1]]  # unseen in training
     retain = _dedupe([i for i in held_out if i.kind != "general"])
     general = _dedupe([i for i in held_out if i.kind == "general"])
@@ -76,8 +80,8 @@ def verify_version(
         except InvalidState:
             ledger.append_event("verification.regression_skipped", request_id=rid,
                                 version_id=version_id, reason="prompt set purged")  # fmt: skip
+    earlier = in_formats(earlier, tokenizer, served, held_out=False)
     cfg = rules.verify
-    parent_model, tokenizer = versions.load_version(ws, version["parent"])
     candidate_model, _ = versions.load_version(ws, version_id)
     results = run_checks(
         parent_model, candidate_model, tokenizer, forget_sets, retain, general, earlier, cfg,

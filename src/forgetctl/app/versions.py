@@ -18,7 +18,9 @@ from typing import Any
 
 from forgetctl.app.workspace import Workspace
 from forgetctl.core.errors import InvalidState, NotFound
+from forgetctl.core.formats import SERVED, check_served
 from forgetctl.core.hashing import lineage_key, sha256_tree
+from forgetctl.lm.prompts import formats_of
 from forgetctl.lm.weights import (
     cached_merged,
     load_model,
@@ -31,10 +33,13 @@ from forgetctl.store.ledger import Ledger
 BASE_VERSION = 0
 
 
-def register_base(ledger: Ledger, model_dir: Path) -> int:
-    """Record a base model as version 0 under ``production``; idempotent for the same model."""
+def register_base(ledger: Ledger, model_dir: Path, formats: list[str] | None = None) -> int:
+    """Record a base model as version 0 under ``production``, with the prompt formats it is
+    served in (``formats``; None: every one it can render); idempotent for the same model
+    and formats."""
     model_dir = require_model_dir(model_dir).resolve()
     sha = sha256_tree(model_dir)
+    served = check_served(formats) if formats is not None else None
     base = ledger.versions.find(BASE_VERSION)
     if base:
         if base["base_sha256"] != sha:
@@ -42,6 +47,9 @@ def register_base(ledger: Ledger, model_dir: Path) -> int:
                 f"this home already serves base model {base['base_path']}; "
                 "use a new home for another model"
             )
+        if formats is not None and base["metrics"].get("serving_formats") != served:
+            raise InvalidState("this home's base model is registered with serving formats "
+                               f"{base['metrics'].get('serving_formats') or 'all'}")  # fmt: skip
         return BASE_VERSION
     with ledger.transaction():
         ledger.versions.add(
@@ -50,9 +58,18 @@ def register_base(ledger: Ledger, model_dir: Path) -> int:
             status="promoted",
             base_path=str(model_dir),
             base_sha256=sha,
+            metrics={"serving_formats": served} if served else {},
         )
         ledger.aliases.move("production", BASE_VERSION, "base model registered")
     return BASE_VERSION
+
+
+def serving_formats(ledger: Ledger, tokenizer: Any) -> list[str]:
+    """The formats production is served in: as registered, else every served format this
+    tokenizer can render (the chat template's when it has one, and plain completion)."""
+    base = ledger.versions.find(BASE_VERSION)
+    registered = base["metrics"].get("serving_formats") if base else None
+    return formats_of(tokenizer, registered or SERVED)
 
 
 def _check_adapter(version: dict) -> Path:

@@ -25,6 +25,12 @@ def build_model(
     base: Path = typer.Option(None, "--base", help="Base model dir (default: the pulled one)."),
     epochs: int = typer.Option(None, "--epochs", min=1),
     learning_rate: float = typer.Option(None, "--learning-rate", min=0),
+    fmt: str = typer.Option(
+        None,
+        "--format",
+        help="The prompt format to fine-tune in: chat or plain (default: "
+        "the base's default, chat); serve it that way: `init --format`.",
+    ),
     json_: bool = common.JsonOpt,
 ) -> None:
     """Fully fine-tune the base model on some authors' Q/A records (cached by inputs).
@@ -36,13 +42,15 @@ def build_model(
     """
     from forgetctl.core.data import check_control_corpus
     from forgetctl.core.errors import BadInput
+    from forgetctl.core.formats import check_served
     from forgetctl.demo.deployed import build_deployed_model, control_rows
     from forgetctl.demo.tofu import load_authors, parse_authors, select_authors
     from forgetctl.lm.weights import require_model_dir
 
     base = base or common.home().models / DEFAULT_MODEL
     selection = parse_authors(authors)
-    options = {k: v for k, v in {"epochs": epochs, "learning_rate": learning_rate}.items() if v}
+    options = {k: v for k, v in {"epochs": epochs, "learning_rate": learning_rate,
+                                 "fmt": fmt and check_served([fmt])[0]}.items() if v}  # fmt: skip
     columns = (TextColumn("fine-tuning"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[loss]}"), TimeElapsedColumn())  # fmt: skip
     with Progress(*columns, console=common.err, transient=True, disable=json_) as bar:

@@ -68,15 +68,24 @@ def ask(
         None, "--version", help="Default: production.", parser=common.id_parser("--version")
     ),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
+    fmt: str = typer.Option(
+        None, "--format", help="chat, plain, chat-default or few-shot (default: the model's)."
+    ),
 ) -> None:
-    """Print the greedy answer of a version (for people checking by hand)."""
+    """Print the greedy answer of a version (for people checking by hand).
+
+    Example: forgetctl model ask "Where was Jaime Vasquez born?" --format plain"""
     from forgetctl.app import versions
+    from forgetctl.core.formats import FORMATS
     from forgetctl.lm.infer import generate
 
     if not question.strip():
         raise BadInput("the question is empty")
+    if fmt is not None and fmt not in FORMATS:
+        raise BadInput(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
     model, tokenizer = versions.load_version(common.workspace(), _version_arg(version))
-    answer = generate(model, tokenizer, [question], max_new_tokens=max_new_tokens)[0]
+    answer = generate(model, tokenizer, [question], max_new_tokens=max_new_tokens,
+                      formats=[fmt])[0]  # fmt: skip
     common.out.print(answer, markup=False, highlight=False)
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 
 from forgetctl.cli import common
+from forgetctl.core.errors import BadInput
+from forgetctl.core.formats import check_served
 from forgetctl.lm import DEFAULT_MODEL
 
 
@@ -31,16 +33,28 @@ def register(app: typer.Typer) -> None:
             "the records of requests: the gate compares forgotten subjects with them. "
             "Default: the built-in fictitious profiles.",
         ),
+        formats: list[str] = typer.Option(
+            None,
+            "--format",
+            help="A prompt format production serves the model in: chat (its chat template) or "
+            "plain ('Question: ...\\nAnswer:'); repeat for several. Default: both (chat only "
+            "when the model has a chat template). Unlearning trains in these; the gate "
+            "judges them and held-out wrappers.",
+        ),
         json_: bool = common.JsonOpt,
     ) -> None:
         """Create the home (ledger.db, keys/, policies/) and register the base model.
 
-        Safe to run again. Example: forgetctl init --model smollm2-135m"""
+        Safe to run again. Example: forgetctl init --model smollm2-135m --format plain"""
         from forgetctl.app.workspace import Workspace
         from forgetctl.core.data import MAX_DATA_BYTES, check_control_corpus, load_jsonl
         from forgetctl.core.files import read_bounded, write_atomic
 
         h = common.home(home)
+        if formats and not model:
+            raise BadInput("--format needs --model: it is part of the model's registration")
+        if formats:
+            check_served(formats)
         # A bad corpus fails before anything is written.
         if retain_corpus:
             load_jsonl(retain_corpus)
@@ -62,7 +76,11 @@ def register(app: typer.Typer) -> None:
             from forgetctl.app import versions
 
             path = h.models / model if model == DEFAULT_MODEL else Path(model)
-            versions.register_base(ledger, path)
+            versions.register_base(ledger, path, formats or None)
+            if not formats:
+                common.err.print("[yellow]warning:[/] serving formats: every one the model "
+                                 "can render (chat, plain); forgetctl cannot know how you "
+                                 "serve it: say so with --format")  # fmt: skip
         info = {
             "home": str(h.root),
             "created": created,

@@ -26,6 +26,14 @@ class PromptItem(BaseModel):
     kind: str
     source: int | None = None
     """Index of the request record this item was derived from, when there is one."""
+    format: str | None = None
+    """The prompt format it is put to the model in (:mod:`forgetctl.core.formats`); None:
+    the model's default."""
+
+    @property
+    def pair(self) -> tuple[str, str, str | None]:
+        """(question, answer, format), what the model layer trains and scores on."""
+        return self.prompt, self.target, self.format
 
 
 class PromptSet(BaseModel):
@@ -55,6 +63,11 @@ class PromptSet(BaseModel):
         (:func:`trains_retain`), so the stored form needs no field and old plans split too."""
         train = [item for item in self.retain if trains_retain(item)]
         return train, [item for item in self.retain if not trains_retain(item)]
+
+
+def in_format(items: Sequence[PromptItem], fmt: str | None) -> list[PromptItem]:
+    """The same items, put to the model in prompt format ``fmt``."""
+    return [i.model_copy(update={"format": fmt}) for i in items]
 
 
 def trains_retain(item: PromptItem) -> bool:

@@ -55,10 +55,12 @@ def build_deployed_model(
     batch_size: int = DEFAULT_BATCH_SIZE,
     seed: int = 0,
     progress: Progress | None = None,
+    fmt: str | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Fine-tune the base model on some authors' records; write it to ``out_dir``.
 
-    ``authors`` is a count (the first N authors of the file) or a list of author ids.
+    ``authors`` is a count (the first N authors of the file) or a list of author ids;
+    ``fmt`` the prompt format of the fine-tune (None: the model's default).
     Returns (out_dir, manifest). The manifest (``forgetctl-deployed.json``) holds the base
     and data hashes, the author ids and names, the training settings and figures; when
     ``out_dir`` already has a manifest with the same inputs, nothing is trained. A directory
@@ -72,6 +74,7 @@ def build_deployed_model(
         "learning_rate": learning_rate,
         "batch_size": batch_size,
         "seed": seed,
+        **({"format": fmt} if fmt else {}),  # the default keeps the cache key it had
     }
     key = _deployed_key(base_dir, sha256_file(data_file), ids, settings)
     manifest_path = out_dir / DEPLOYED_MANIFEST
@@ -83,7 +86,7 @@ def build_deployed_model(
     stats = finetune(
         model,
         tokenizer,
-        pairs_of(selected),
+        [(q, a, fmt) for q, a in pairs_of(selected)],
         epochs=epochs,
         learning_rate=learning_rate,
         batch_size=batch_size,
@@ -97,6 +100,7 @@ def build_deployed_model(
         "data_file": str(data_file),
         "authors": [{"author_id": i, "author": names[i]} for i in ids],
         "records": len(selected),
+        "format": fmt,
         "training": stats,
     }
     # A directory built from other inputs is removed first; the new one is written to a

@@ -156,13 +156,16 @@ def generate_answers(
     targets: Sequence[str] | None = None,
     max_new_tokens: int = 96,
     batch_size: int = 16,
+    formats: Sequence[str | None] | None = None,
 ) -> list[str]:
-    """Greedy answers; with targets, questions are batched by target length and each batch
-    decodes only as far as its longest target needs (capped at ``max_new_tokens``)."""
+    """Greedy answers (each question in its format of ``formats``, default the model's);
+    with targets, questions are batched by target length and each batch decodes only as
+    far as its longest target needs (capped at ``max_new_tokens``)."""
+    fmts = list(formats) if formats is not None else [None] * len(questions)
     if targets is None:
         return generate(
             model, tokenizer, list(questions), max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
+            batch_size=batch_size, formats=fmts,
         )  # fmt: skip
     budgets = _generation_budget(tokenizer, targets, max_new_tokens)
     order = sorted(range(len(questions)), key=lambda i: budgets[i])
@@ -175,6 +178,7 @@ def generate_answers(
             [questions[i] for i in chunk],
             max_new_tokens=max(budgets[i] for i in chunk),
             batch_size=batch_size,
+            formats=[fmts[i] for i in chunk],
         )
         for i, a in zip(chunk, answers, strict=True):
             outputs[i] = a
@@ -223,11 +227,11 @@ def evaluate(
         progress(f"generating {len(items)} answers")
     outputs = generate_answers(
         model, tokenizer, [i.prompt for i in items], [i.target for i in items],
-        max_new_tokens=max_new_tokens, batch_size=batch_size,
+        max_new_tokens=max_new_tokens, batch_size=batch_size, formats=[i.format for i in items],
     )  # fmt: skip
     scores = score_outputs(items, outputs)
     if with_prob:
-        figures = answer_figures(model, tokenizer, [(i.prompt, i.target) for i in items])
+        figures = answer_figures(model, tokenizer, [i.pair for i in items])
         for s, (logprob, acc, mink) in zip(scores, figures, strict=True):
             s.prob, s.acc, s.mink = math.exp(logprob), acc, mink
     return EvalResult(scores, time.perf_counter() - start)

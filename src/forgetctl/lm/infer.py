@@ -23,8 +23,10 @@ def generate(
     questions: Sequence[str],
     max_new_tokens: int = 48,
     batch_size: int = 16,
+    formats: Sequence[str | None] | None = None,
 ) -> list[str]:
-    """Greedy answers to ``questions`` (batched, left-padded), decoded and stripped."""
+    """Greedy answers to ``questions`` (batched, left-padded), decoded and stripped; each
+    question in its format of ``formats`` (default: the model's)."""
     from transformers import GenerationConfig
 
     if not questions:
@@ -39,7 +41,8 @@ def generate(
     was_training = model.training
     model.eval()
     device = model_device(model)
-    prompts = [prompt_ids(tokenizer, q) for q in questions]
+    fmts = formats if formats is not None else [None] * len(questions)
+    prompts = [prompt_ids(tokenizer, q, f) for q, f in zip(questions, fmts, strict=True)]
     answers: list[str] = [""] * len(questions)
     for batch in length_batches([len(p) for p in prompts], batch_size):
         ids, mask = left_pad([prompts[i] for i in batch], pad)
@@ -98,7 +101,7 @@ def _per_answer(
     model.eval()
     device = model_device(model)
     out: list[list[float]] = [[] for _ in pairs]
-    lengths = [len(q) + len(a) for q, a in pairs]
+    lengths = [len(p[0]) + len(p[1]) for p in pairs]
     for batch in length_batches(lengths, batch_size):
         enc = encode_pairs(tokenizer, [pairs[i] for i in batch], device=device)
         figures = score(*_aligned(model, enc))

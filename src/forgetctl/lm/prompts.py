@@ -1,19 +1,24 @@
-"""The prompt format and the batching of question/answer pairs (token ids, no model).
+"""Prompt formats and the batching of question/answer pairs (token ids, no model).
 
-One prompt format for everything: finetune, unlearn, verify and the plan probe all call
-:func:`format_prompt`, so a fact learnt in one format is asked for in the same format.
+Finetune, unlearn, verify and the plan probe all format a question with
+:func:`format_prompt`, so a fact learnt in one format is asked for in the same format; a
+pair may name its format (:data:`Pair`), else it is the model's default:
 
-- Tokenizers with a chat template (SmolLM2-Instruct) get the chat format with an *empty*
-  system message (:data:`SYSTEM_PROMPT`). SmolLM2's template otherwise injects a 16-token
-  default system prompt ("You are a helpful AI assistant named SmolLM, ...") into every
-  prompt (34 instead of 18 tokens for a short question), which raises the CPU cost of every
-  forward pass. Measured on the first 40 TOFU world facts (greedy, answer contained): empty
-  system message 24/40, the default 21/40, "Answer briefly." 21/40 (and it broke "What is
-  the capital of France?"). ``model export`` makes the exported template default to the
-  same empty system message (:func:`set_serving_template`), so a server that sends no
-  system message serves the prompts the gate verified.
-- Tokenizers without one (the tiny test model) get ``"Question: {q}\\nAnswer:"`` and the
-  answer follows after one space.
+- Tokenizers with a chat template (SmolLM2-Instruct) default to ``chat``: the template with
+  an *empty* system message (:data:`SYSTEM_PROMPT`). SmolLM2's template otherwise injects a
+  16-token default system prompt ("You are a helpful AI assistant named SmolLM, ...") into
+  every prompt (34 instead of 18 tokens for a short question), which raises the CPU cost of
+  every forward pass. Measured on the first 40 TOFU world facts (greedy, answer contained):
+  empty system message 24/40, the default 21/40, "Answer briefly." 21/40 (and it broke
+  "What is the capital of France?"). ``model export`` makes the exported template default
+  to the same empty system message (:func:`set_serving_template`), so a server that sends
+  no system message serves the prompts the gate verified.
+- Tokenizers without one (the tiny test model) default to ``plain``,
+  ``"Question: {q}\\nAnswer:"``, with the answer after one space.
+
+A model is often served in more than one format (a fine-tune in plain completion keeps its
+base's chat template), and knowledge removed behind one wrapper can stay behind another;
+the other formats (:data:`forgetctl.core.formats.FORMATS`) are how the gate asks in them.
 
 Prompt and answer are tokenized separately and concatenated, so the token boundary
 between them is the same at training time (:func:`encode_pairs`) and at generation time
@@ -29,6 +34,7 @@ from typing import Any
 import torch
 
 from forgetctl.core.errors import BadInput
+from forgetctl.core.formats import FEW_SHOT
 
 SYSTEM_PROMPT = ""
 """The system message of chat-format prompts (see the module docstring for why it is short)."""
@@ -37,11 +43,28 @@ SYSTEM_PROMPT = ""
 PLAIN_TEMPLATE = "Question: {q}\nAnswer:"
 
 
-Pair = tuple[str, str]
+Pair = tuple[str, str] | tuple[str, str, str | None]
+"""(question, answer[, format]): the format a name of :data:`forgetctl.core.formats.FORMATS`;
+without one (or None), the model's default."""
 
 
 def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
+
+
+def default_format(tokenizer: Any) -> str:
+    return "chat" if has_chat_template(tokenizer) else "plain"
+
+
+def item_format(tokenizer: Any, fmt: str) -> str | None:
+    """``fmt`` as an item carries it: None for the model's default, so that an item in the
+    default format is the same item (and cached score) as before formats were named."""
+    return None if fmt == default_format(tokenizer) else fmt
+
+
+def formats_of(tokenizer: Any, names: Sequence[str]) -> list[str]:
+    """Those of ``names`` this tokenizer can render (the chat ones need a chat template)."""
+    return [n for n in names if has_chat_template(tokenizer) or not n.startswith("chat")]
 
 
 # Prepended to an exported model's chat template: a conversation that opens without a system
@@ -64,31 +87,34 @@ def set_serving_template(tokenizer: Any) -> None:
         raise BadInput("the tokenizer has several chat templates; export serves one")
 
 
-def format_prompt(tokenizer: Any, question: str) -> str:
-    """The prompt string for a question (chat template if the tokenizer has one)."""
-    if has_chat_template(tokenizer):
-        messages = [
-            {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": question},
-        ]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return PLAIN_TEMPLATE.format(q=question)
+def format_prompt(tokenizer: Any, question: str, fmt: str | None = None) -> str:
+    """The prompt string for a question in format ``fmt`` (default: the model's)."""
+    fmt = fmt or default_format(tokenizer)
+    if fmt in ("plain", "few-shot"):
+        shots = "".join(f"{PLAIN_TEMPLATE.format(q=q)} {a}\n\n" for q, a in FEW_SHOT)
+        return (shots if fmt == "few-shot" else "") + PLAIN_TEMPLATE.format(q=question)
+    if fmt not in ("chat", "chat-default") or not has_chat_template(tokenizer):
+        raise BadInput(f"prompt format {fmt!r} is not one this model can render")
+    system = [{"role": "system", "content": SYSTEM_PROMPT}] if fmt == "chat" else []
+    messages = [*system, {"role": "user", "content": question}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def _answer_text(tokenizer: Any, answer: str) -> str:
-    # The plain format ends with "Answer:"; the answer follows after one space. The chat
-    # format ends with "assistant\n", so the answer follows directly.
-    return answer if has_chat_template(tokenizer) else " " + answer
+def _answer_text(tokenizer: Any, answer: str, fmt: str | None) -> str:
+    # The plain formats end with "Answer:"; the answer follows after one space. The chat
+    # ones end with "assistant\n", so the answer follows directly.
+    return answer if (fmt or default_format(tokenizer)).startswith("chat") else " " + answer
 
 
-def prompt_ids(tokenizer: Any, question: str) -> list[int]:
+def prompt_ids(tokenizer: Any, question: str, fmt: str | None = None) -> list[int]:
     # add_special_tokens=True: a BOS is added exactly when the tokenizer wants one, and the
     # same way in training and generation.
-    return tokenizer(format_prompt(tokenizer, question), add_special_tokens=True)["input_ids"]
+    text = format_prompt(tokenizer, question, fmt)
+    return tokenizer(text, add_special_tokens=True)["input_ids"]
 
 
-def _answer_ids(tokenizer: Any, answer: str) -> list[int]:
-    ids = tokenizer(_answer_text(tokenizer, answer), add_special_tokens=False)["input_ids"]
+def _answer_ids(tokenizer: Any, answer: str, fmt: str | None) -> list[int]:
+    ids = tokenizer(_answer_text(tokenizer, answer, fmt), add_special_tokens=False)["input_ids"]
     return [*ids, tokenizer.eos_token_id]
 
 
@@ -112,9 +138,9 @@ def encode_pairs(
     if not pairs:
         raise BadInput("encode_pairs: no pairs")
     rows: list[tuple[list[int], list[int]]] = []
-    for question, answer in pairs:
-        prompt = prompt_ids(tokenizer, question)
-        target = _answer_ids(tokenizer, answer)
+    for question, answer, fmt in ((*p, None)[:3] for p in pairs):
+        prompt = prompt_ids(tokenizer, question, fmt)
+        target = _answer_ids(tokenizer, answer, fmt)
         if len(prompt) >= max_length:
             raise BadInput(f"prompt longer than max_length={max_length}: {question[:60]!r}")
         target = target[: max_length - len(prompt)]

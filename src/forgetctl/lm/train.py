@@ -148,7 +148,7 @@ def finetune(
         optimizer,
         lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))),
     )
-    lengths = [len(q) + len(a) for q, a in pairs]
+    lengths = [len(p[0]) + len(p[1]) for p in pairs]
     # Each epoch's order is drawn when the loop reaches it, as it always was.
     order = (
         indices

@@ -43,7 +43,13 @@ class ScoreCache:
 
     def keys(self, model_key: str, items: Sequence[PromptItem], settings: str) -> list[str]:
         return [
-            self.hasher(json.dumps([model_key, settings, item.prompt, item.target]))
+            # An item in the model's default format keeps the key it had before formats.
+            self.hasher(
+                json.dumps(
+                    [model_key, settings, item.prompt, item.target]
+                    + ([item.format] if item.format else [])
+                )
+            )  # fmt: skip
             for item in items
         ]
 

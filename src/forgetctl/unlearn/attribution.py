@@ -84,7 +84,7 @@ def _layer_grad_norms(
     try:
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
-            batch = encode_pairs(tokenizer, [(i.prompt, i.target) for i in chunk], device=device)
+            batch = encode_pairs(tokenizer, [i.pair for i in chunk], device=device)
             # Sum of per-item mean NLLs, so every item weighs the same whatever its length.
             (-sequence_logprobs(model, batch).mean.sum()).backward()
         norms = []

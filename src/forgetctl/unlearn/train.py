@@ -96,11 +96,11 @@ def _mean(values: Sequence[float]) -> float:
 
 def accuracy(model: Any, tokenizer: Any, items: Sequence[PromptItem]) -> float:
     """Mean teacher-forced token accuracy of the items' targets."""
-    return _mean(answer_token_accuracy(model, tokenizer, [(i.prompt, i.target) for i in items]))
+    return _mean(answer_token_accuracy(model, tokenizer, [i.pair for i in items]))
 
 
 def _encode(tokenizer: Any, items: Sequence[PromptItem], device: torch.device) -> dict:
-    return encode_pairs(tokenizer, [(i.prompt, i.target) for i in items], device=device)
+    return encode_pairs(tokenizer, [i.pair for i in items], device=device)
 
 
 class _Batches:
@@ -172,7 +172,11 @@ class _Probe:
 
     def __call__(self, model: Any) -> dict[str, float | None]:
         with self.cost.timed("eval_s"):
-            fa = accuracy(model, self.tokenizer, self.forget)
+            # The worst prompt format: forgotten behind one wrapper is not forgotten.
+            by_format: dict[str | None, list[PromptItem]] = {}
+            for item in self.forget:
+                by_format.setdefault(item.format, []).append(item)
+            fa = max(accuracy(model, self.tokenizer, group) for group in by_format.values())
             ra = accuracy(model, self.tokenizer, self.retain) if self.retain else None
         return {"forget_accuracy": fa, "retain_accuracy": ra}
 

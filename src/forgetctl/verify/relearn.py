@@ -35,6 +35,7 @@ from forgetctl.core.items import PromptItem
 from forgetctl.core.policy import AttackConfig
 from forgetctl.lm.evaluate import EvalResult, evaluate
 from forgetctl.lm.int4 import plain_copy, quantize_model_int4
+from forgetctl.lm.prompts import Pair
 from forgetctl.lm.train import finetune_steps
 
 
@@ -66,7 +67,7 @@ def split_items(
 def attacked_copy(
     model,
     tokenizer,
-    pairs: Sequence[tuple[str, str]],
+    pairs: Sequence[Pair],
     attack: AttackConfig,
     seed: int = 0,
     batch_size: int = 8,
@@ -120,10 +121,6 @@ class AttackResult:
     attack_s: float
 
 
-def _pairs(items: Sequence[PromptItem]) -> list[tuple[str, str]]:
-    return [(i.prompt, i.target) for i in items]
-
-
 def _measure(attacked, losses: list[float], tokenizer, trained: int, rest) -> Side:
     return Side(
         trained,
@@ -162,7 +159,7 @@ def relearn_attack(
         if not retain:
             raise ValueError("a retain-data attack needs retain items")
         say(f"relearning attack ({describe(attack)}) on {len(retain)} retain items")
-        attacked, losses = attacked_copy(model, tokenizer, _pairs(retain), attack, seed)
+        attacked, losses = attacked_copy(model, tokenizer, [i.pair for i in retain], attack, seed)
     sides, rests = [], []
     for i, side in enumerate([items, *controls]):
         train, rest = split_items(side, fraction, seed)
@@ -170,7 +167,7 @@ def relearn_attack(
         if attack.mode != "retain":
             whose = "subject" if i == 0 else f"control {i}'s"
             say(f"relearning attack ({describe(attack)}) on {len(train)} {whose} items")
-            pairs = _pairs([side[j] for j in train])
+            pairs = [side[j].pair for j in train]
             attacked, losses = attacked_copy(model, tokenizer, pairs, attack, seed)
             trained = len(train)
         sides.append(_measure(attacked, losses, tokenizer, trained, [side[j] for j in rest]))

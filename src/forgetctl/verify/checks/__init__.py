@@ -33,7 +33,7 @@ from forgetctl.verify.checks.base import Check, CheckResult
 from forgetctl.verify.checks.forget import FORGET, check_forget
 from forgetctl.verify.checks.int4 import INT4, check_int4
 from forgetctl.verify.checks.kept import RETAIN, UTILITY, check_retain, check_utility
-from forgetctl.verify.checks.measure import ForgetSet, Measurements, Progress
+from forgetctl.verify.checks.measure import ForgetSet, Measurements, Progress, in_formats
 from forgetctl.verify.checks.membership import MEMBERSHIP, auc, check_membership
 from forgetctl.verify.checks.regression import (
     REGRESSION,
@@ -50,6 +50,7 @@ __all__ = [
     "Check",
     "CheckResult",
     "ForgetSet",
+    "in_formats",
     "Measurements",
     "auc",
     "check_forget",

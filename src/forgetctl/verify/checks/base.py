@@ -10,7 +10,7 @@ from typing import Generic, Literal, TypeVar
 
 from forgetctl.core.policy import CheckName, VerifyConfig
 from forgetctl.lm.evaluate import EvalResult
-from forgetctl.verify.checks.measure import Measurements
+from forgetctl.verify.checks.measure import Measurements, request_of
 
 Verdict = Literal["pass", "fail", "no_signal"]
 """``no_signal``: the check had nothing to judge (no items, or the parent itself already
@@ -82,12 +82,25 @@ def worst(verdicts: Sequence[Verdict]) -> Verdict:
     return "no_signal" if not verdicts or "no_signal" in verdicts else "pass"
 
 
+def across_formats(verdicts: Sequence[Verdict]) -> Verdict:
+    """One request's verdicts in its prompt formats as one: a failure in any format fails
+    it; a format where the parent showed nothing to forget needs no evidence, so it passes
+    when some format passed and none failed."""
+    if "fail" in verdicts:
+        return "fail"
+    return "pass" if "pass" in verdicts else "no_signal"
+
+
 def combine(name: str, parts: Mapping[str, CheckResult]) -> CheckResult:
-    """One check over several requests: fails when one fails, has no signal when one has
-    none (or there are no requests), passes only when every request passes."""
+    """One check over several requests (each maybe in several formats, keyed as
+    :func:`.measure.in_formats` keys them): fails when one fails, has no signal when one
+    has none (or there are no requests), passes only when every request passes."""
+    per_request: dict[str, list[Verdict]] = {}
+    for key, part in parts.items():
+        per_request.setdefault(request_of(key), []).append(part.verdict)
     return CheckResult(
         name=name,
-        verdict=worst([p.verdict for p in parts.values()]),
+        verdict=worst([across_formats(v) for v in per_request.values()]),
         figures={"requests": {rid: p.figures for rid, p in parts.items()}},
         reasons=[f"{rid}: {reason}" for rid, p in parts.items() for reason in p.reasons]
         or (["no request to check"] if not parts else []),

@@ -10,15 +10,17 @@ from __future__ import annotations
 import gc
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal
 
-from forgetctl.core.items import PromptItem
+from forgetctl.core.formats import HELD_OUT
+from forgetctl.core.items import PromptItem, in_format
 from forgetctl.core.policy import VerifyConfig
 from forgetctl.lm.evaluate import EvalResult, ScoreStore, evaluate, evaluate_cached
 from forgetctl.lm.int4 import quantize_model_int4
+from forgetctl.lm.prompts import formats_of, item_format
 
 Progress = Callable[[str], None]
 Role = Literal["parent", "candidate"]
@@ -36,6 +38,13 @@ class ForgetSet:
 
     planned: list[PromptItem]
     control: Mapping[str, list[PromptItem]] = field(default_factory=dict)
+    format: str | None = None
+    """The prompt format every item is put in (None: the model's default)."""
+
+    def in_format(self, fmt: str | None) -> ForgetSet:
+        """Subject and controls alike in prompt format ``fmt``."""
+        control = {name: in_format(items, fmt) for name, items in self.control.items()}
+        return ForgetSet(in_format(self.planned, fmt), control, fmt)
 
     @cached_property
     def control_items(self) -> list[PromptItem]:
@@ -59,6 +68,26 @@ class ForgetSet:
         """Planned prompts per kind the controls lack, which no check judges."""
         kinds = self.control_kinds
         return dict(Counter(i.kind for i in self.planned if kinds and i.kind not in kinds))
+
+
+def in_formats(
+    sets: Mapping[str, ForgetSet], tokenizer: Any, served: Sequence[str], held_out: bool = True
+) -> dict[str, ForgetSet]:
+    """Each request's set in every ``served`` format and, with ``held_out``, in the held-out
+    wrappers (:data:`forgetctl.core.formats.HELD_OUT`) the tokenizer can render: keyed by
+    the request in the model's default format (its items' format stays None) and
+    "<request> [<format>]" in the others, so every check judges each format on its own."""
+    names = dict.fromkeys([*served, *(formats_of(tokenizer, HELD_OUT) if held_out else [])])
+    return {
+        rid if (f := item_format(tokenizer, fmt)) is None else f"{rid} [{fmt}]": fs.in_format(f)
+        for rid, fs in sets.items()
+        for fmt in names
+    }
+
+
+def request_of(key: str) -> str:
+    """The request a key of :func:`in_formats` belongs to."""
+    return key.split(" [", 1)[0]
 
 
 @dataclass

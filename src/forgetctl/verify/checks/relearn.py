@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import statistics
 
+from forgetctl.core.formats import HELD_OUT
 from forgetctl.core.policy import VerifyConfig
 from forgetctl.lm.evaluate import EvalResult
 from forgetctl.verify.checks.base import (
@@ -132,6 +133,8 @@ side is too small to split."""
 def measure(ctx: Measurements) -> Scores:
     out: Scores = {}
     for rid, sets in ctx.forget_sets.items():
+        if sets.format in HELD_OUT:
+            continue  # the attacker fine-tunes in a format the model is served in
         # In the pooled control list's order, so that the pooled scores line up.
         controls = [sets.control[name] for name in sorted(sets.control)]
         if len(sets.items) < 2 or not controls or any(len(c) < 2 for c in controls):

@@ -1,0 +1,151 @@
+"""Prompt formats: rendering, registration, and a gate that judges every format a model is
+served in (a candidate unlearnt behind one wrapper keeps the knowledge behind another)."""
+
+from __future__ import annotations
+
+import pytest
+import tinylm
+import torch
+from conftest import SMOLLM2_CHAT_TEMPLATE
+
+from forgetctl.app import versions
+from forgetctl.core.errors import BadInput
+from forgetctl.core.formats import check_served
+from forgetctl.core.items import PromptItem, in_format
+from forgetctl.core.policy import MethodConfig, VerifyConfig
+from forgetctl.lm.prompts import encode_pairs, format_prompt, formats_of
+from forgetctl.lm.weights import load_model, load_tokenizer
+from forgetctl.store.scores import ScoreCache
+from forgetctl.unlearn.train import unlearn
+from forgetctl.verify.checks import ForgetSet, in_formats, run_checks
+from forgetctl.verify.checks.base import CheckResult, combine
+
+SUBJECT = tinylm.TINY_SUBJECTS[0]
+
+
+def test_each_format_renders_its_own_prompt(chat_tokenizer, tiny_lm_dir):
+    q = "Where was Ana born?"
+    chat, bare = format_prompt(chat_tokenizer, q), format_prompt(chat_tokenizer, q, "chat-default")
+    assert chat == format_prompt(chat_tokenizer, q, "chat") and q in chat and q in bare
+    assert "system" in chat and chat != bare  # the empty system message, or the template's
+    assert format_prompt(chat_tokenizer, q, "plain") == f"Question: {q}\nAnswer:"
+    shots = format_prompt(chat_tokenizer, q, "few-shot")
+    assert shots.endswith(f"Question: {q}\nAnswer:") and shots.count("Question:") == 3
+    plain_tok = load_tokenizer(tiny_lm_dir)  # no chat template: plain is its default
+    assert format_prompt(plain_tok, q) == format_prompt(plain_tok, q, "plain")
+    assert formats_of(plain_tok, ["chat", "plain", "chat-default", "few-shot"]) == [
+        "plain", "few-shot"]  # fmt: skip
+    with pytest.raises(BadInput, match="chat"):
+        format_prompt(plain_tok, q, "chat")
+    # A pair in a format is trained on that format's prompt, the answer after it.
+    default = encode_pairs(chat_tokenizer, [(q, "In Lima.")])
+    plain = encode_pairs(chat_tokenizer, [(q, "In Lima.", "plain")])
+    assert default["input_ids"].shape != plain["input_ids"].shape
+
+    def answer(batch) -> str:
+        labels = batch["labels"][0]
+        return chat_tokenizer.decode(labels[labels != -100][:-1])  # less the EOS
+
+    assert answer(plain) == " In Lima." and answer(default) == "In Lima."
+
+
+def test_an_item_in_the_default_format_keeps_its_cached_score_key(tmp_path):
+    cache = ScoreCache(tmp_path / "s.sqlite", lambda m: m)
+    item = PromptItem(prompt="q", target="a", kind="record")
+    [plain] = in_format([item], "plain")
+    assert cache.keys("m", [item], "v") == cache.keys("m", in_format([item], None), "v")
+    assert cache.keys("m", [item], "v") != cache.keys("m", [plain], "v")
+
+
+def test_serving_formats_are_part_of_the_registration(tiny_lm_dir, chat_tokenizer, tmp_path):
+    from forgetctl.app.home import Home
+    from forgetctl.app.workspace import Workspace
+
+    ws = Workspace.open(Home(tmp_path / "home"), create=True)
+    # Unregistered: every served format the model can render.
+    assert versions.serving_formats(ws.ledger, chat_tokenizer) == ["chat", "plain"]
+    versions.register_base(ws.ledger, tiny_lm_dir, ["plain"])
+    assert versions.serving_formats(ws.ledger, chat_tokenizer) == ["plain"]
+    assert ws.ledger.versions.get(0)["metrics"] == {"serving_formats": ["plain"]}
+    with pytest.raises(Exception, match="serving formats"):
+        versions.register_base(ws.ledger, tiny_lm_dir, ["chat"])
+    with pytest.raises(BadInput, match="unknown serving format 'few-shot'"):
+        check_served(["few-shot"])
+
+
+def test_a_request_passes_when_no_format_fails_and_one_has_evidence():
+    def part(verdict: str) -> CheckResult:
+        return CheckResult("forget", verdict)  # type: ignore[arg-type]
+
+    # Nothing to forget behind one wrapper: the other format's evidence decides.
+    assert combine("forget", {"1": part("no_signal"), "1 [plain]": part("pass")}).passed
+    assert combine("forget", {"1": part("pass"), "1 [few-shot]": part("fail")}).verdict == "fail"
+    both = {"1": part("no_signal"), "1 [plain]": part("no_signal")}
+    assert combine("forget", both).verdict == "no_signal"
+    # Requests still each need their own evidence.
+    assert combine("forget", {"1": part("pass"), "2": part("no_signal")}).verdict == "no_signal"
+
+
+# test_unlearn's method with a larger step budget: knowledge in the format the model was
+# trained in is held more firmly than behind the chat wrapper it never saw.
+TINY_METHOD = MethodConfig(learning_rate=2e-3, max_steps=200, batch_size=16, top_k_layers=2,
+                           lora_rank=8, npo_beta=0.5, retain_weight=5.0, eval_every=5)  # fmt: skip
+
+
+def _items(facts, kind: str) -> list[PromptItem]:
+    return [PromptItem(prompt=f["question"], target=f["answer"], kind=kind, source=i)
+            for i, f in enumerate(facts)]  # fmt: skip
+
+
+def test_a_candidate_unlearnt_in_one_format_is_rejected_in_the_served_one(tiny_lm_dir):
+    """The tiny model learnt its facts in plain completion; it also has a chat template
+    (the default format). Unlearnt in chat only, the subject is still known in plain and
+    the gate rejects it there; unlearnt in both served formats, it passes."""
+    torch.set_num_threads(1)
+    parent, tok = load_model(tiny_lm_dir)
+    tok.chat_template = SMOLLM2_CHAT_TEMPLATE
+    forget = _items(tinylm.facts_for(SUBJECT), "record")
+    controls: dict[str, list[PromptItem]] = {}
+    for row in tinylm.TINY_CONTROLS:
+        controls.setdefault(row["author"], []).append(
+            PromptItem(prompt=row["question"], target=row["answer"], kind="record"))  # fmt: skip
+    retain = [i for s in tinylm.TINY_SUBJECTS[1:] for i in _items(tinylm.facts_for(s), "neighbor")]
+    sets = in_formats({"1": ForgetSet(forget, controls)}, tok, ["chat", "plain"])
+    assert set(sets) == {"1", "1 [plain]", "1 [chat-default]", "1 [few-shot]"}
+
+    def gate(formats: list[str | None]):
+        model, _ = load_model(tiny_lm_dir)
+
+        def rendered(items):
+            return [i for f in formats for i in in_format(items, f)]
+
+        result = unlearn(model, tok, rendered(forget), rendered(retain), TINY_METHOD)
+        [r] = run_checks(parent, result.model, tok, sets, [], [], {}, VerifyConfig(),
+                         checks=["forget"])  # fmt: skip
+        return r, r.figures["requests"]
+
+    chat_only, parts = gate([None])
+    assert chat_only.verdict == "fail", parts
+    assert any(r.startswith("1 [plain]:") for r in chat_only.reasons), chat_only.reasons
+    plain = parts["1 [plain]"]["units"]["all"]["acc"]
+    assert plain["parent_gap"] > 0.5 and plain["gap"] > plain["limit"]
+    both, parts = gate([None, "plain"])
+    assert both.verdict == "pass", both.reasons
+    assert parts["1 [plain]"]["units"]["all"]["acc"]["gap"] <= 0.1 + 0.2
+
+
+def test_init_registers_the_serving_formats_or_refuses_them(tiny_lm_dir, forgetctl_home):
+    from clirun import cli
+
+    assert "--format needs --model" in cli("init", "--format", "plain", code=2).output
+    bad = cli("init", "--model", str(tiny_lm_dir), "--format", "few-shot", code=2)
+    assert "unknown serving format 'few-shot'" in bad.output
+    assert not (forgetctl_home / "ledger.db").exists()  # refused before anything is written
+    cli("init", "--model", str(tiny_lm_dir), "--format", "plain")
+    from forgetctl.app.home import Home
+    from forgetctl.app.workspace import Workspace
+
+    assert Workspace.open(Home(forgetctl_home)).ledger.versions.get(0)["metrics"] == {
+        "serving_formats": ["plain"]
+    }
+    assert "unknown format" in cli("model", "ask", "Hi?", "--format", "x", code=2).output
