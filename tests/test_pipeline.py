@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -391,3 +392,38 @@ def test_kill9_at_random_moments_then_resume(tiny_home, tmp_path, seed):
     referenced = {v["adapter_path"] for v in json.loads(cli("model", "versions", "--json").stdout)}
     assert {str(p) for p in (tiny_home / "adapters").iterdir()} <= referenced
     print(f"seed {seed}: {kills} kills landed, ends {ends}")
+
+
+def _hold_lock(path: str, log: str, start) -> str:  # a process of the test below
+    from forgetctl.app.runner import Locked, run_lock
+
+    start.wait()
+    try:
+        with run_lock(Path(path)):
+            begin = time.monotonic()
+            time.sleep(0.3)
+            with open(log, "a") as f:
+                f.write(f"{begin} {time.monotonic()}\n")
+        return "held"
+    except Locked:
+        return "locked"
+
+
+def test_concurrent_runs_never_hold_the_lock_together(tmp_path):
+    """Six processes race for the run lock at once: whoever holds it is alone (the lock is
+    the kernel's, not a file check), and the others are told it is held."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")  # the workers use no torch: forking is safe and fast
+    start = ctx.Manager().Event()
+    log = tmp_path / "held.txt"
+    with ctx.Pool(6) as pool:
+        waits = [pool.apply_async(_hold_lock, (str(tmp_path / "run.lock"), str(log), start))
+                 for _ in range(6)]  # fmt: skip
+        time.sleep(1.0)  # every worker is waiting on the event
+        start.set()
+        outcomes = [w.get(timeout=60) for w in waits]
+    assert "held" in outcomes and "locked" in outcomes
+    spans = sorted(tuple(map(float, line.split())) for line in log.read_text().splitlines())
+    assert len(spans) == outcomes.count("held")
+    assert all(a_end <= b_begin for (_, a_end), (b_begin, _) in pairwise(spans))
