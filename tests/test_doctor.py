@@ -44,3 +44,23 @@ def test_each_damage_is_named_with_its_fix(forgetctl_home):
     assert "backup" in findings(5)["ledger"]["fix"]
     assert (forgetctl_home / "ledger.db").read_bytes() == b"junk" * 10  # not rebuilt
     (forgetctl_home / "ledger.db").write_bytes(before)
+
+
+def test_a_junk_ledger_is_refused_even_with_its_wal_beside_it(forgetctl_home):
+    """SQLite reads pages from a -wal file left beside the database: overwritten while a
+    connection still held the WAL, the junk file would serve the old ledger unnoticed."""
+    import sqlite3
+
+    cli("init")
+    path = forgetctl_home / "ledger.db"
+    holder = sqlite3.connect(path)  # keeps the -wal file (and its pages) alive
+    holder.execute("PRAGMA journal_mode=WAL")
+    holder.execute("CREATE TABLE IF NOT EXISTS scratch (x)")  # a frame in the WAL
+    holder.commit()
+    try:
+        assert (forgetctl_home / "ledger.db-wal").exists()
+        path.write_bytes(b"junk" * 10)
+        assert "not an SQLite database" in cli("ledger", "verify", code=5).stderr
+        assert "backup" in findings(5)["ledger"]["fix"]
+    finally:
+        holder.close()

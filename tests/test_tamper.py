@@ -265,7 +265,7 @@ def test_a_junk_ledger_is_refused(home):
     for extra in home.glob("ledger.db-*"):
         extra.unlink()
     (home / "ledger.db").write_bytes(b"not a database at all" * 100)
-    _refused(home, "is not a readable SQLite ledger")
+    _refused(home, "is not an SQLite database")
 
 
 @pytest.mark.parametrize("key", ["blind-index.key", "ledger-head.key"])

@@ -16,7 +16,7 @@ from forgetctl.core.errors import ForgetctlError
 from forgetctl.core.files import PRIVATE_DIR, PRIVATE_FILE
 from forgetctl.store import schema
 from forgetctl.store.crypto import Keyring
-from forgetctl.store.ledger import Ledger
+from forgetctl.store.ledger import Ledger, file_problem
 
 RESTORE = (
     "restore ledger.db and keys/ from the same backup (taken together: a ledger with "
@@ -47,9 +47,8 @@ def diagnose(home: Home) -> list[Finding]:
         had_keys = home.keys.is_dir() and any(home.keys.glob("*.key"))
         fix = RESTORE if had_keys else "run `forgetctl init`"
         return [*found, Finding("ledger", False, f"{path} is missing", fix)]
-    if not path.is_file() or path.stat().st_size == 0:
-        what = "empty" if path.is_file() else "not a regular file"
-        return [*found, Finding("ledger", False, f"{path} is {what}", RESTORE)]
+    if problem := file_problem(path):
+        return [*found, Finding("ledger", False, f"{path} {problem}", RESTORE)]
     found.append(_mode("ledger file", path, PRIVATE_FILE))
     keys = Keyring(home.keys)
     try:

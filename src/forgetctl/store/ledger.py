@@ -461,6 +461,20 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def file_problem(path: Path) -> str | None:
+    """Why an existing ledger file cannot be used, found before SQLite opens it (None: it
+    can). The header is read from the file itself: SQLite would take a junk file's pages
+    from a -wal file left beside it and serve the old ledger as if nothing had happened."""
+    if not path.is_file():
+        return "is not a regular file"
+    if path.stat().st_size == 0:
+        return "is empty (truncated?)"
+    with path.open("rb") as f:
+        if f.read(16) != b"SQLite format 3\x00":
+            return "is not an SQLite database (overwritten?)"
+    return None
+
+
 def open_ledger(path: Path, *, create: bool = False, keys: Keyring | None = None) -> Ledger:
     """Open the ledger at ``path``; ``create``: create it if there is no file (only then).
 
@@ -470,10 +484,8 @@ def open_ledger(path: Path, *, create: bool = False, keys: Keyring | None = None
     existed = path.exists() or path.is_symlink()
     if not existed and not create:
         raise NotFound(f"no ledger at {path} (run `forgetctl init`)")
-    if existed and not path.is_file():
-        raise LedgerCorrupt(f"{path} is not a regular file: {RESTORE}")
-    if existed and path.stat().st_size == 0:
-        raise LedgerCorrupt(f"{path} is empty (truncated?): {RESTORE}")
+    if existed and (problem := file_problem(path)):
+        raise LedgerCorrupt(f"{path} {problem}: {RESTORE}")
     if not existed:
         # 0600 from the start (SQLite gives its -wal and -shm files the same mode): the
         # ledger is evidence, and holds the ciphertexts and blind indexes.
