@@ -24,6 +24,30 @@ sys.path.insert(0, str(Path(__file__).parent))
 import tinylm  # noqa: E402
 
 from forgetctl.core.errors import ModelMissing  # noqa: E402
+from forgetctl.core.items import PromptItem  # noqa: E402
+from forgetctl.core.policy import MethodConfig  # noqa: E402
+
+# Tuned for the tiny model (4 layers, hidden 64): it needs a larger learning rate than a
+# real model, and its subjects share answer templates, so the retain term weighs more.
+TINY_METHOD = MethodConfig(
+    learning_rate=2e-3,
+    max_steps=60,
+    batch_size=16,
+    top_k_layers=2,
+    lora_rank=8,
+    npo_beta=0.5,
+    retain_weight=5.0,
+    eval_every=5,
+)
+
+
+def fact_items(facts, kind: str, question: str = "question") -> list[PromptItem]:
+    """Tiny-world facts as prompt items, each its own source record."""
+    return [
+        PromptItem(prompt=f[question], target=f["answer"], kind=kind, source=i)
+        for i, f in enumerate(facts)
+    ]
+
 
 # One thread: the tiny model is far too small to gain from intra-op parallelism, and on a
 # shared 2-core machine a second thread makes it many times slower (spinning on contention).

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import tinylm
 import torch
-from conftest import SMOLLM2_CHAT_TEMPLATE
+from conftest import SMOLLM2_CHAT_TEMPLATE, TINY_METHOD, fact_items
 
 from forgetctl.app import versions
 from forgetctl.core.errors import BadInput
 from forgetctl.core.formats import check_served
-from forgetctl.core.items import PromptItem, in_format
-from forgetctl.core.policy import MethodConfig, VerifyConfig
+from forgetctl.core.items import PromptItem, in_each_format, in_format
+from forgetctl.core.policy import VerifyConfig
 from forgetctl.lm.prompts import encode_pairs, format_prompt, formats_of
 from forgetctl.lm.weights import load_model, load_tokenizer
 from forgetctl.store.scores import ScoreCache
@@ -86,15 +86,9 @@ def test_a_request_passes_when_no_format_fails_and_one_has_evidence():
     assert combine("forget", {"1": part("pass"), "2": part("no_signal")}).verdict == "no_signal"
 
 
-# test_unlearn's method with a larger step budget: knowledge in the format the model was
+# A larger step budget than the tiny method's: knowledge in the format the model was
 # trained in is held more firmly than behind the chat wrapper it never saw.
-TINY_METHOD = MethodConfig(learning_rate=2e-3, max_steps=200, batch_size=16, top_k_layers=2,
-                           lora_rank=8, npo_beta=0.5, retain_weight=5.0, eval_every=5)  # fmt: skip
-
-
-def _items(facts, kind: str) -> list[PromptItem]:
-    return [PromptItem(prompt=f["question"], target=f["answer"], kind=kind, source=i)
-            for i, f in enumerate(facts)]  # fmt: skip
+METHOD = TINY_METHOD.model_copy(update={"max_steps": 200})
 
 
 def test_a_candidate_unlearnt_in_one_format_is_rejected_in_the_served_one(tiny_lm_dir):
@@ -104,22 +98,22 @@ def test_a_candidate_unlearnt_in_one_format_is_rejected_in_the_served_one(tiny_l
     torch.set_num_threads(1)
     parent, tok = load_model(tiny_lm_dir)
     tok.chat_template = SMOLLM2_CHAT_TEMPLATE
-    forget = _items(tinylm.facts_for(SUBJECT), "record")
+    forget = fact_items(tinylm.facts_for(SUBJECT), "record")
     controls: dict[str, list[PromptItem]] = {}
     for row in tinylm.TINY_CONTROLS:
         controls.setdefault(row["author"], []).append(
             PromptItem(prompt=row["question"], target=row["answer"], kind="record"))  # fmt: skip
-    retain = [i for s in tinylm.TINY_SUBJECTS[1:] for i in _items(tinylm.facts_for(s), "neighbor")]
+    retain = [
+        i for s in tinylm.TINY_SUBJECTS[1:] for i in fact_items(tinylm.facts_for(s), "neighbor")
+    ]
     sets = in_formats({"1": ForgetSet(forget, controls)}, tok, ["chat", "plain"])
     assert set(sets) == {"1", "1 [plain]", "1 [chat-default]", "1 [few-shot]"}
 
     def gate(formats: list[str | None]):
         model, _ = load_model(tiny_lm_dir)
 
-        def rendered(items):
-            return [i for f in formats for i in in_format(items, f)]
-
-        result = unlearn(model, tok, rendered(forget), rendered(retain), TINY_METHOD)
+        result = unlearn(model, tok, in_each_format(forget, formats),
+                         in_each_format(retain, formats), METHOD)  # fmt: skip
         [r] = run_checks(parent, result.model, tok, sets, [], [], {}, VerifyConfig(),
                          checks=["forget"])  # fmt: skip
         return r, r.figures["requests"]

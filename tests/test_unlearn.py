@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import TINY_METHOD, fact_items
 from tinylm import TINY_FACTS, TINY_GENERAL, TINY_SUBJECTS, facts_for
 
 from forgetctl.app.apply_step import escalate
@@ -31,19 +32,6 @@ from forgetctl.unlearn.train import accuracy, lora_model, save_adapter, unlearn
 
 SUBJECT = TINY_SUBJECTS[0]
 
-# Tuned for the tiny model (4 layers, hidden 64): it needs a larger learning rate than a
-# real model, and its subjects share answer templates, so the retain term weighs more.
-TINY_METHOD = MethodConfig(
-    learning_rate=2e-3,
-    max_steps=60,
-    batch_size=16,
-    top_k_layers=2,
-    lora_rank=8,
-    npo_beta=0.5,
-    retain_weight=5.0,
-    eval_every=5,
-)
-
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
@@ -55,15 +43,8 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _items(facts, kind: str, question: str = "question") -> list[PromptItem]:
-    return [
-        PromptItem(prompt=f[question], target=f["answer"], kind=kind, source=i)
-        for i, f in enumerate(facts)
-    ]
-
-
-FORGET = _items(facts_for(SUBJECT), "record")
-PARAPHRASES = _items(facts_for(SUBJECT), "paraphrase", "paraphrased_question")
+FORGET = fact_items(facts_for(SUBJECT), "record")
+PARAPHRASES = fact_items(facts_for(SUBJECT), "paraphrase", "paraphrased_question")
 OTHERS = [
     PromptItem(prompt=f["question"], target=f["answer"], kind="neighbor")
     for f in TINY_FACTS

@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection
 from forgetctl.app import versions
 from forgetctl.app.plan_step import load_plan
 from forgetctl.app.workspace import Workspace
-from forgetctl.core.items import in_format
+from forgetctl.core.items import in_each_format
 from forgetctl.core.lifecycle import require_status
 from forgetctl.core.policy import MethodConfig
 from forgetctl.lm.prompts import item_format
@@ -92,9 +92,8 @@ def apply_request(
     # Trained in every format production is served in: knowledge removed behind one prompt
     # wrapper stays behind another.
     formats = [item_format(tokenizer, f) for f in versions.serving_formats(ledger, tokenizer)]
-    forget = [i for f in formats for i in in_format(plan.forget, f)]
-    retain = [i for f in formats for i in in_format(retain, f)]
-    result = unlearn(model, tokenizer, forget, retain, method, progress=progress)
+    result = unlearn(model, tokenizer, in_each_format(plan.forget, formats),
+                     in_each_format(retain, formats), method, progress=progress)  # fmt: skip
     # A fresh name per attempt: a crashed attempt's leftovers never collide with a retry.
     adapter_dir = ws.home.adapters / f"request-{request_id}-{secrets.token_hex(4)}"
     sha = save_adapter(result.model, adapter_dir)

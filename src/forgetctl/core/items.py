@@ -70,6 +70,11 @@ def in_format(items: Sequence[PromptItem], fmt: str | None) -> list[PromptItem]:
     return [i.model_copy(update={"format": fmt}) for i in items]
 
 
+def in_each_format(items: Sequence[PromptItem], fmts: Sequence[str | None]) -> list[PromptItem]:
+    """Every item in every format of ``fmts`` (format by format)."""
+    return [i for fmt in fmts for i in in_format(items, fmt)]
+
+
 def trains_retain(item: PromptItem) -> bool:
     """Whether a retain item is on the training side: the first byte of the sha256 of its
     prompt and target is under 128. A function of the item alone, so an item stays on its
