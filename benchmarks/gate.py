@@ -156,6 +156,10 @@ def main() -> None:
     deployed = Path(args.deployed)
     manifest = json.loads((deployed / "forgetctl-deployed.json").read_text())
     deployed_ids = {a["author_id"] for a in manifest["authors"]}
+    # Neighbours are people both models learned: an author the retrained model lacks (every
+    # author of its batch, not only --forget) is no knowledge it could keep.
+    retrained_manifest = json.loads((Path(args.retrained) / "forgetctl-deployed.json").read_text())
+    kept_ids = deployed_ids & {a["author_id"] for a in retrained_manifest["authors"]}
     control_ids = set(range(lo, hi + 1))
     if control_ids & deployed_ids:
         parser.error("control authors must not be in the deployed model")
@@ -165,7 +169,7 @@ def main() -> None:
     ws = Workspace.open(home, create=True)
     versions.register_base(ws.ledger, deployed)
     (home.root / "retain-corpus.jsonl").write_text(
-        "".join(json.dumps(r) + "\n" for r in rows if r["author_id"] in deployed_ids)
+        "".join(json.dumps(r) + "\n" for r in rows if r["author_id"] in kept_ids)
     )
     (home.root / "control-corpus.jsonl").write_text(
         "".join(json.dumps(r) + "\n" for r in rows if r["author_id"] in control_ids)
@@ -182,6 +186,7 @@ def main() -> None:
         "command": " ".join(sys.argv), "commit": commit,
         "machine": f"{platform.machine()} {platform.processor()} {torch.get_num_threads()} threads",
         "deployed": str(deployed), "retrained": args.retrained, "sweep": args.sweep,
+        "retain_authors": sorted(kept_ids),
     })  # fmt: skip
     wanted = [m.strip() for m in args.models.split(",")]
     for author in forget_ids:
