@@ -206,6 +206,19 @@ def test_run_promotes_unverified_only_when_the_policy_allows_it_and_says_so(tiny
     assert moved["unverified"] is True and moved["not_run"] == list(ALL_CHECKS)
 
 
+def test_rows_of_another_open_request_are_not_neighbors(tiny_home, tmp_path):
+    first, second = tinylm.TINY_SUBJECTS[0], tinylm.TINY_SUBJECTS[1]
+    add(tiny_home, first, "O-1", tmp_path)  # received, not yet planned: still to forget
+    add(tiny_home, second, "O-2", tmp_path)
+    cli("plan", "2")
+    neighbors = [i for i in load_plan(Workspace.open(Home(tiny_home)), 2).retain
+                 if i.kind == "neighbor"]  # fmt: skip
+    assert neighbors
+    assert not [i for i in neighbors if first in i.prompt + i.target]
+    others = set(tinylm.TINY_SUBJECTS[2:])
+    assert [i for i in neighbors if any(name in i.prompt + i.target for name in others)]
+
+
 def test_forgotten_subject_rows_are_not_neighbors_of_the_next_request(tiny_home, tmp_path):
     first, second = tinylm.TINY_SUBJECTS[0], tinylm.TINY_SUBJECTS[1]
     add(tiny_home, first, "N-1", tmp_path)

@@ -14,7 +14,7 @@ from forgetctl.app.workspace import Workspace
 from forgetctl.core.data import BUILTIN_PREFIX, load_jsonl
 from forgetctl.core.errors import InvalidState, NotFound
 from forgetctl.core.items import PromptSet
-from forgetctl.core.lifecycle import require_status
+from forgetctl.core.lifecycle import OPEN_STATUSES, require_status
 from forgetctl.core.policy import Policy
 from forgetctl.plan.planner import plan_request
 
@@ -87,13 +87,19 @@ def plan_request_step(
         ledger.requests.mark_duplicate(request_id, earlier, reason=why)
         return {"status": "duplicate", "reasons": [f"already forgotten by request {earlier}"]}
 
+    # A forgotten subject's own training rows are not knowledge to keep: as neighbors they
+    # anchor the parent's noise on them and, in attribution, their large retain loss masks
+    # the layers the earlier adapter changed (measured on the demo's second request: 10 of
+    # 73 neighbors were the first subject's). Nor are those of another open request, to be
+    # forgotten in the same batch: this adapter would hold on to what the next one removes.
+    leaving = set(forgotten) | {
+        r["subject_index"] for r in ledger.requests.all()
+        if r["status"] in OPEN_STATUSES and r["id"] != request_id
+    }  # fmt: skip
+
     def kept(record: dict) -> bool:
-        # A forgotten subject's own training rows are not knowledge to keep: as neighbors
-        # they anchor the parent's noise on them and, in attribution, their large retain
-        # loss masks the layers the earlier adapter changed (measured on the demo's second
-        # request: 10 of 73 neighbors were the first subject's).
         author = record.get("author")
-        return not (author and keys.blind_index(str(author)) in forgotten)
+        return not (author and keys.blind_index(str(author)) in leaving)
 
     data = payload(ws, request_id)
     corpus = retain_corpus_path(ws.home, policy)
