@@ -70,7 +70,7 @@ def key_figures(result) -> dict:
     f = result.figures
     if result.name in ("retain", "utility"):
         return {k: f.get(k) for k in ("n", "parent_recall", "candidate_recall", "drop",
-                                      "min_detectable_drop")}  # fmt: skip
+                                      "drop_bound", "min_detectable_drop")}  # fmt: skip
     return {key: _part_figures(result.name, part) for key, part in f.get("requests", {}).items()}
 
 

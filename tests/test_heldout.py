@@ -226,3 +226,20 @@ def test_basic_facts_are_tofu_shaped_and_new():
         assert row["answer"].lower() in row["original_answer"].lower() or row["answer"].isdigit()
     questions = [r["question"].lower() for r in _general_rows()]
     assert len(set(questions)) == len(questions)  # no question of another general set again
+
+
+def test_a_drop_the_items_cannot_bound_under_the_limit_has_no_signal():
+    cfg = VerifyConfig()  # max drop 0.05
+    # One answer of 40 lost: a drop of 0.025, within the limit, but 40 items cannot bound
+    # it under 0.05 (one more loss would be over).
+    parent, lost_one = [1.0] * 40, [1.0] * 39 + [0.0]
+    few = check_utility(_scores(lost_one), _scores(parent), cfg)
+    assert few.verdict == "no_signal" and few.figures["drop"] == 0.025
+    assert few.figures["drop_bound"] > cfg.max_utility_drop
+    assert "cannot show it" in few.reasons[0]
+    # The same share in 1,600 items bounds it.
+    many = check_utility(_scores(lost_one * 40), _scores(parent * 40), cfg)
+    assert many.passed and many.figures["drop_bound"] <= cfg.max_utility_drop
+    # A drop over the limit fails.
+    over = check_utility(_scores([1.0] * 30 + [0.0] * 10), _scores(parent), cfg)
+    assert over.verdict == "fail"

@@ -333,7 +333,9 @@ def test_retain_with_no_items_has_no_signal():
     gone = EvalResult(score_outputs(items, ["I cannot say."]))
     back = EvalResult(score_outputs(items, ["Alpha Beta won the Gold Prize."]))
     assert check_retain(gone, back, cfg).verdict == "fail"  # recall dropped by 1.0
-    assert check_retain(back, back, cfg).verdict == "pass"
+    assert check_retain(back, back, cfg).verdict == "no_signal"  # one item bounds nothing
+    kept = EvalResult(score_outputs(items * 3, ["Alpha Beta won the Gold Prize."] * 3))
+    assert check_retain(kept, kept, cfg).verdict == "pass"
 
 
 def test_the_registry_has_every_policy_check_in_run_order():

@@ -90,12 +90,13 @@ def _versus_rows(where: str, figures: dict) -> list[dict]:
 
 
 def _drop_rows(where: str, figures: dict) -> list[dict]:
-    """Knowledge kept (``check_drop``): the drop against its limit, and the check's
-    resolution at its size."""
+    """Knowledge kept (``check_drop``): the drop and its upper bound against the limit, and
+    the check's resolution at its size."""
     mdd = figures.get("min_detectable_drop")
     values = {"n": figures.get("n"), "parent recall": figures.get("parent_recall"),
               "candidate recall": figures.get("candidate_recall"), "drop": figures.get("drop"),
-              "limit": figures.get("max_drop"), "min detectable drop": mdd}  # fmt: skip
+              "drop bound": figures.get("drop_bound"), "limit": figures.get("max_drop"),
+              "min detectable drop": mdd}  # fmt: skip
     note = (
         f"the check can detect a drop of {mdd:.3f} at this size ({figures.get('n')} items)"
         if mdd is not None

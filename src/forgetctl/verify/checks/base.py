@@ -107,6 +107,14 @@ def combine(name: str, parts: Mapping[str, CheckResult]) -> CheckResult:
     )
 
 
+Z_95 = 1.645
+"""One-sided 95% normal quantile, the gate's one allowance for sampling: a forget gap fails
+only when it exceeds its limit by more than this many standard errors (two people the model
+never saw, each measured on a few dozen prompts, are not told apart by noise); a drop in
+kept knowledge passes only when it is this many under its limit (a few dozen items do not
+vouch for a drop they cannot see)."""
+
+
 def check_drop(
     name: str,
     candidate_eval: EvalResult,
@@ -114,11 +122,14 @@ def check_drop(
     max_drop: float,
     kinds: Sequence[str] | None,
 ) -> CheckResult:
-    """Knowledge kept: the drop in recall, parent minus candidate, is at most ``max_drop``.
+    """Knowledge kept: the drop in recall, parent minus candidate, is at most ``max_drop``,
+    and these items show it: the drop plus ``Z_95`` standard errors of the paired per-item
+    difference (``drop_bound``) is within the limit too. A drop within the limit that the
+    items cannot bound under it is ``no_signal``: too few items to vouch for it.
 
     ``min_detectable_drop`` is the check's resolution at its size: the smallest true drop
-    this many items detect with 80% power at 5% two-sided, 2.8 standard errors of the
-    paired per-item recall difference (None under two items)."""
+    this many items detect with 80% power at 5% two-sided, 2.8 standard errors (None under
+    two items)."""
     cand = candidate_eval.only(kinds) if kinds is not None else candidate_eval
     par = parent_eval.only(kinds) if kinds is not None else parent_eval
     c, p = cand.mean("recall"), par.mean("recall")
@@ -127,30 +138,34 @@ def check_drop(
         return CheckResult(name, "no_signal", figures, [f"no {name} items to compare"])
     drop = p - c
     diffs = [a.recall - b.recall for a, b in zip(par.items, cand.items, strict=True)]
-    var = sum((d - drop) ** 2 for d in diffs) / (len(diffs) - 1) if len(diffs) > 1 else None
+    n = len(diffs)
+    se = (sum((d - drop) ** 2 for d in diffs) / (n - 1) / n) ** 0.5 if n > 1 else None
+    bound = drop + Z_95 * se if se is not None else None
     figures.update(
         parent_recall=rounded(p),
         candidate_recall=rounded(c),
         drop=rounded(drop),
-        min_detectable_drop=rounded(2.8 * (var / len(diffs)) ** 0.5) if var is not None else None,
+        drop_bound=rounded(bound),
+        min_detectable_drop=rounded(2.8 * se) if se is not None else None,
         relative=rounded(c / p) if p > 0 else None,
         parent_prob=rounded(par.mean("prob")),
         candidate_prob=rounded(cand.mean("prob")),
     )
-    reasons = [] if drop <= max_drop else [f"recall drop {drop:.3f} > max {max_drop:.3f}"]
-    return CheckResult(name, verdict_of(reasons, True), figures, reasons)
+    if drop > max_drop:
+        return CheckResult(name, "fail", figures, [f"recall drop {drop:.3f} > max {max_drop:.3f}"])
+    if bound is None or bound > max_drop:
+        shown = "one item bounds nothing" if bound is None else f"bound {bound:.3f}"
+        return CheckResult(name, "no_signal", figures, [
+            f"recall drop {drop:.3f} is within {max_drop:.3f}, but {n} {name} items cannot show "
+            f"it ({shown}, drop + {Z_95} x se): judge on more items"
+        ])  # fmt: skip
+    return CheckResult(name, "pass", figures, [])
 
 
 GAPS = (("acc", "max_forget_gap"), ("recall", "max_forget_gap"), ("leakage", "max_leakage_gap"))
 """What the subject is compared with the controls on, and the limit of each gap: teacher-forced
 token accuracy (what the model still predicts, which a derailed greedy answer hides), answer
 recall (what it says) and key-fact leakage (what it gives away)."""
-
-
-Z_95 = 1.645
-"""One-sided 95% normal quantile: a gap fails only when it exceeds its limit by more than
-this many standard errors, so that two people the model never saw, each measured on a few
-dozen prompts, are not told apart by sampling noise."""
 
 
 def _values(ev: EvalResult, metric: str) -> list[float]:
