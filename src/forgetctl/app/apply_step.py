@@ -73,13 +73,15 @@ def apply_request(
     *,
     attempt: int = 0,
     progress: Callable[[int, int, dict], None] | None = None,
+    method: MethodConfig | None = None,
 ) -> int:
-    """Unlearn a planned request; returns the new candidate version's id."""
+    """Unlearn a planned request; returns the new candidate version's id. ``method``
+    replaces the policy's (escalated) method: the benchmark's comparison of methods."""
     ledger = ws.ledger
     row = ledger.requests.get(request_id)
     require_status(row, {"planned"}, "apply")
     failed = failed_checks(ledger, request_id) if attempt else set()
-    method = escalate(ws.policy_of(row).method, attempt, failed)
+    method = method or escalate(ws.policy_of(row).method, attempt, failed)
     plan = load_plan(ws, request_id)
     parent = ledger.aliases.get("production")
     ledger.append_event(
@@ -87,13 +89,15 @@ def apply_request(
         earlier_failures=sorted(failed), method=method.model_dump(),
     )  # fmt: skip
     model, tokenizer = versions.load_version(ws, parent)
+    pretrained = versions.load_pretrained(ws)
     # The held-out half of the retain side is what verify judges: the adapter never sees it.
     retain, _ = plan.split_retain()
     # Trained in every format production is served in: knowledge removed behind one prompt
     # wrapper stays behind another.
     formats = [item_format(tokenizer, f) for f in versions.serving_formats(ledger, tokenizer)]
     result = unlearn(model, tokenizer, in_each_format(plan.forget, formats),
-                     in_each_format(retain, formats), method, progress=progress)  # fmt: skip
+                     in_each_format(retain, formats), method, progress=progress,
+                     pretrained=pretrained)  # fmt: skip
     # A fresh name per attempt: a crashed attempt's leftovers never collide with a retry.
     adapter_dir = ws.home.adapters / f"request-{request_id}-{secrets.token_hex(4)}"
     sha = save_adapter(result.model, adapter_dir)

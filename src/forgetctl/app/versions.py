@@ -12,12 +12,13 @@ are :mod:`forgetctl.app.promote`'s.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from forgetctl.app.workspace import Workspace
-from forgetctl.core.errors import InvalidState, NotFound
+from forgetctl.core.errors import BadInput, InvalidState, NotFound
 from forgetctl.core.formats import SERVED, check_served
 from forgetctl.core.hashing import lineage_key, sha256_tree
 from forgetctl.lm.prompts import formats_of
@@ -33,13 +34,20 @@ from forgetctl.store.ledger import Ledger
 BASE_VERSION = 0
 
 
-def register_base(ledger: Ledger, model_dir: Path, formats: list[str] | None = None) -> int:
+def register_base(
+    ledger: Ledger,
+    model_dir: Path,
+    formats: list[str] | None = None,
+    pretrained: Path | None = None,
+) -> int:
     """Record a base model as version 0 under ``production``, with the prompt formats it is
-    served in (``formats``; None: every one it can render); idempotent for the same model
-    and formats."""
+    served in (``formats``; None: every one it can render) and the public model it was
+    fine-tuned from (``pretrained``: what unlearning may reset and distil towards, since it
+    never saw the fine-tune data); idempotent for the same model, formats and pretrained."""
     model_dir = require_model_dir(model_dir).resolve()
     sha = sha256_tree(model_dir)
     served = check_served(formats) if formats is not None else None
+    pre = pretrained_entry(model_dir, pretrained) if pretrained is not None else None
     base = ledger.versions.find(BASE_VERSION)
     if base:
         if base["base_sha256"] != sha:
@@ -50,7 +58,14 @@ def register_base(ledger: Ledger, model_dir: Path, formats: list[str] | None = N
         if formats is not None and base["metrics"].get("serving_formats") != served:
             raise InvalidState("this home's base model is registered with serving formats "
                                f"{base['metrics'].get('serving_formats') or 'all'}")  # fmt: skip
+        if pre is not None and base["metrics"].get("pretrained") != pre:
+            raise InvalidState("this home's base model is registered with pretrained base "
+                               f"{(base['metrics'].get('pretrained') or {}).get('path', 'none')}; "
+                               "use a new home for another")  # fmt: skip
         return BASE_VERSION
+    metrics: dict[str, Any] = {"serving_formats": served} if served else {}
+    if pre is not None:
+        metrics["pretrained"] = pre
     with ledger.transaction():
         ledger.versions.add(
             id=BASE_VERSION,
@@ -58,10 +73,44 @@ def register_base(ledger: Ledger, model_dir: Path, formats: list[str] | None = N
             status="promoted",
             base_path=str(model_dir),
             base_sha256=sha,
-            metrics={"serving_formats": served} if served else {},
+            metrics=metrics,
         )
         ledger.aliases.move("production", BASE_VERSION, "base model registered")
     return BASE_VERSION
+
+
+_SAME_SHAPE = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers",
+               "intermediate_size", "num_attention_heads", "num_key_value_heads")  # fmt: skip
+"""The config fields a pretrained base must share with the model: unlearning compares their
+predictions token by token and moves weights of one towards the other's."""
+
+
+def pretrained_entry(model_dir: Path, pretrained: Path) -> dict[str, str]:
+    """How ``pretrained`` is registered as the base ``model_dir`` was fine-tuned from (its
+    path and hash); :class:`BadInput` when it cannot be (not a model, itself, another shape
+    or tokenizer)."""
+    model_dir = require_model_dir(model_dir).resolve()
+    pretrained = require_model_dir(pretrained).resolve()
+    if pretrained == model_dir:
+        raise BadInput("--base is the model the deployed one was fine-tuned from, not itself")
+    configs = [json.loads((d / "config.json").read_text()) for d in (model_dir, pretrained)]
+    differ = [k for k in _SAME_SHAPE if configs[0].get(k) != configs[1].get(k)]
+    if differ or load_tokenizer(model_dir).get_vocab() != load_tokenizer(pretrained).get_vocab():
+        raise BadInput(f"{pretrained} is not the base of {model_dir}: "
+                       f"{', '.join(differ) or 'the tokenizer'} differ")  # fmt: skip
+    return {"path": str(pretrained), "sha256": sha256_tree(pretrained)}
+
+
+def load_pretrained(ws: Workspace) -> Any | None:
+    """The registered pretrained base (its files checked against the registration), or None."""
+    base = ws.ledger.versions.find(BASE_VERSION)
+    entry = base["metrics"].get("pretrained") if base else None
+    if entry is None:
+        return None
+    path = require_model_dir(entry["path"])
+    if sha256_tree(path) != entry["sha256"]:
+        raise InvalidState(f"the pretrained base at {path} changed since it was registered")
+    return load_model(path)[0]
 
 
 def serving_formats(ledger: Ledger, tokenizer: Any) -> list[str]:

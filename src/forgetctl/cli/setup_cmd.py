@@ -21,6 +21,13 @@ def register(app: typer.Typer) -> None:
             "--model",
             help="Register the base model: smollm2-135m (pulled) or a local HF model directory.",
         ),
+        base: str = typer.Option(
+            None,
+            "--base",
+            help="The public model the deployed one was fine-tuned from: smollm2-135m (pulled) "
+            "or a local HF model directory. It never saw the fine-tune data, so unlearning "
+            "can train towards it (objective distill) and reset weights to it.",
+        ),
         retain_corpus: Path = typer.Option(
             None,
             "--retain-corpus",
@@ -45,7 +52,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Create the home (ledger.db, keys/, policies/) and register the base model.
 
-        Safe to run again. Example: forgetctl init --model smollm2-135m --format plain"""
+        Safe to run again. Example: forgetctl init --model ./deployed --base smollm2-135m
+        --format chat"""
         from forgetctl.app.workspace import Workspace
         from forgetctl.core.data import MAX_DATA_BYTES, check_control_corpus, load_jsonl
         from forgetctl.core.files import read_bounded, write_atomic
@@ -53,6 +61,17 @@ def register(app: typer.Typer) -> None:
         h = common.home(home)
         if formats and not model:
             raise BadInput("--format needs --model: it is part of the model's registration")
+        if base and not model:
+            raise BadInput("--base needs --model: it is part of the model's registration")
+
+        def model_path(name: str) -> Path:
+            return h.models / name if name == DEFAULT_MODEL else Path(name)
+
+        if model:
+            from forgetctl.app import versions  # torch: only when a model is registered
+        pretrained = model_path(base) if base else None
+        if pretrained is not None:
+            versions.pretrained_entry(model_path(model), pretrained)  # refused before writing
         if formats:
             check_served(formats)
         # A bad corpus fails before anything is written.
@@ -73,10 +92,7 @@ def register(app: typer.Typer) -> None:
                 h.root / "control-corpus.jsonl", read_bounded(control_corpus, MAX_DATA_BYTES)
             )
         if model:
-            from forgetctl.app import versions
-
-            path = h.models / model if model == DEFAULT_MODEL else Path(model)
-            versions.register_base(ledger, path, formats or None)
+            versions.register_base(ledger, model_path(model), formats or None, pretrained)
             if not formats:
                 common.err.print("[yellow]warning:[/] serving formats: every one the model "
                                  "can render (chat, plain); forgetctl cannot know how you "
@@ -87,6 +103,7 @@ def register(app: typer.Typer) -> None:
             "migrations": ledger.applied_migrations(),
             "head": ledger.head(),
             "production": ledger.aliases.get("production") if model else None,
+            "pretrained_base": str(pretrained) if model and base else None,
         }
         if json_:
             common.emit_json(info)

@@ -34,7 +34,9 @@ class _Strict(BaseModel):
 class MethodConfig(_Strict):
     """How one request is unlearned (one LoRA adapter)."""
 
-    objective: Literal["npo", "grad_diff", "grad_ascent"] = "npo"
+    objective: Literal["npo", "grad_diff", "grad_ascent", "distill"] = "npo"
+    """The forget term (``unlearn.objectives``); ``distill`` needs a registered pretrained
+    base (``forgetctl init --base``)."""
     retain_term: Literal["nll", "kl"] = "kl"
     learning_rate: float = Field(1e-3, gt=0)
     """LoRA on a few layers needs a high rate: on SmolLM2-135M, 2e-4 had forget recall
@@ -50,6 +52,15 @@ class MethodConfig(_Strict):
     at weight 1 it hardly competes: on the demo's second request the neighbors' recall fell
     by over 0.3 in 10 steps at weight 1 (forget recall 0.27) and held at 30 (0.40)."""
     consistency_weight: float = Field(0.1, ge=0)
+    reset_strength: float = Field(0.0, ge=0, le=1)
+    """Start the adapter this share of the way from the parent's weights back to the
+    registered pretrained base's on the chosen layers (as far as ``lora_rank`` allows),
+    then train: the reset removes what the fine-tune stored there, the retain term repairs
+    what must stay (UNDO's damage-then-repair, adapted to a fine-tune). 0: no reset."""
+    target_margin: float = Field(0.02, ge=0, le=1)
+    """With a pretrained base registered, training also stops once the forget accuracy is
+    within this of the base's on the same sample (the base never saw the data: its level is
+    what forgotten means, and distilling towards it approaches it only from above)."""
     int4_aware: bool = False
     sam: bool = False
     """Robust training (int4-aware, sharpness-aware) costs 1.8x per step and forgets more

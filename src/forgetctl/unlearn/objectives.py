@@ -14,6 +14,14 @@ Forget terms (``MethodConfig.objective``, registered by name in :data:`FORGET_OB
   running away like gradient ascent (no collapse into gibberish on everything else).
 - ``grad_diff``: gradient ascent on the forget set plus the retain term (Liu et al. 2022).
 - ``grad_ascent``: the negated answer NLL alone (the baseline; the retain term is not used).
+- ``distill``: a fluent target instead of an unbounded push down. The token-level
+  KL(pi_pre || pi_theta) at the answer positions, where ``pi_pre`` is the registered
+  pretrained base the deployed model was fine-tuned from (it never saw the fine-tune data):
+  the subject's prompts are trained towards what a model that never knew the subject
+  predicts there, not away from the answer. NPO lowers the answer's likelihood without a
+  floor, and derails the first tokens into degenerate text while the rest of the answer
+  stays predicted; matching a never-saw model's whole distribution at every position
+  removes the answer's tokens without inventing a tell.
 
 Retain terms (``MethodConfig.retain_term``, in :data:`RETAIN_TERMS`): ``nll`` on the
 retain/neighbor answers, or ``kl``, the token-level KL(pi_ref || pi_theta) over the
@@ -81,13 +89,20 @@ def answer_token_logp(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def sequence_logprobs(model, batch: dict[str, torch.Tensor]) -> SeqLogprobs:
     """Answer log-likelihood of each item in ``batch`` (differentiable)."""
+    return _answer_logprobs(model, batch)[1]
+
+
+def _answer_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, SeqLogprobs]:
+    """(the per-token log-softmax of :func:`answer_token_logp`, the per-item sums and means
+    of the answer tokens' log-probs), from one forward pass."""
     logits, rows = _answer_logits(model, batch)
+    token_logp = torch.log_softmax(logits.float(), dim=-1)
     labels = batch["labels"][:, 1:][batch["labels"][:, 1:] != -100]
-    picked = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.unsqueeze(-1))
+    picked = token_logp.gather(-1, labels.unsqueeze(-1))
     n = batch["labels"].shape[0]
     total = picked.new_zeros(n).index_add(0, rows, picked.squeeze(-1))
     count = torch.bincount(rows, minlength=n).clamp(min=1)
-    return SeqLogprobs(total=total, mean=total / count)
+    return token_logp, SeqLogprobs(total=total, mean=total / count)
 
 
 def npo_loss(policy: torch.Tensor, reference: torch.Tensor, beta: float) -> torch.Tensor:
@@ -104,8 +119,9 @@ def nll_loss(mean_logprob: torch.Tensor) -> torch.Tensor:
     return -mean_logprob.mean()
 
 
-def kl_retain_loss(policy_logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Mean over answer tokens of KL(ref || policy) over the vocabulary."""
+def token_kl(policy_logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Mean over answer tokens of KL(ref || policy) over the vocabulary (the kl retain term
+    towards the parent, the distill forget term towards the pretrained base)."""
     return (ref_logp.exp() * (ref_logp - policy_logp)).sum(-1).mean()
 
 
@@ -131,26 +147,49 @@ def consistency_loss(delta: torch.Tensor, groups: Sequence[Sequence[int]]) -> to
     return torch.stack(terms).mean() if terms else delta.new_zeros(())
 
 
-ForgetObjective = Callable[[SeqLogprobs, SeqLogprobs | None, float], torch.Tensor]
-"""(policy log-likelihoods, reference ones or None, beta) -> the forget term of a batch."""
+@dataclass
+class ForgetInputs:
+    """What a forget objective may use for one batch: the policy's answer log-probs (per
+    token over the vocabulary, and per item), the parent's per-item ones, and the
+    pretrained base's per-token log-probs (the ``distill`` target), with NPO's beta."""
+
+    token_logp: torch.Tensor
+    policy: SeqLogprobs
+    reference: SeqLogprobs | None
+    target_logp: torch.Tensor | None
+    beta: float
 
 
-def _npo(policy: SeqLogprobs, reference: SeqLogprobs | None, beta: float) -> torch.Tensor:
-    if reference is None:
+ForgetObjective = Callable[[ForgetInputs], torch.Tensor]
+"""The forget term of a batch."""
+
+
+def _npo(x: ForgetInputs) -> torch.Tensor:
+    if x.reference is None:
         raise ValueError("npo needs reference log-likelihoods")
-    return npo_loss(policy.total, reference.total, beta)
+    return npo_loss(x.policy.total, x.reference.total, x.beta)
 
 
-def _ascent(policy: SeqLogprobs, reference: SeqLogprobs | None, beta: float) -> torch.Tensor:
-    return ascent_loss(policy.mean)
+def _ascent(x: ForgetInputs) -> torch.Tensor:
+    return ascent_loss(x.policy.mean)
+
+
+def _distill(x: ForgetInputs) -> torch.Tensor:
+    if x.target_logp is None:
+        raise ValueError("distill needs the pretrained base's log-probs")
+    return token_kl(x.token_logp, x.target_logp)
 
 
 FORGET_OBJECTIVES: dict[str, ForgetObjective] = {
     "npo": _npo,
     "grad_diff": _ascent,  # the retain term is added by the training loop
     "grad_ascent": _ascent,
+    "distill": _distill,
 }
 """The forget term of each ``MethodConfig.objective``."""
+
+NEEDS_PRETRAINED = frozenset({"distill"})
+"""The objectives whose target is the registered pretrained base."""
 
 RetainTerm = Callable[[object, dict[str, torch.Tensor], torch.Tensor | None], torch.Tensor]
 """(model, batch, the parent's log-softmax or None) -> the retain term of a batch."""
@@ -163,7 +202,7 @@ def _nll(model, batch: dict[str, torch.Tensor], ref_logp: torch.Tensor | None) -
 def _kl(model, batch: dict[str, torch.Tensor], ref_logp: torch.Tensor | None) -> torch.Tensor:
     if ref_logp is None:
         raise ValueError("the kl retain term needs reference log-probs")
-    return kl_retain_loss(answer_token_logp(model, batch), ref_logp)
+    return token_kl(answer_token_logp(model, batch), ref_logp)
 
 
 RETAIN_TERMS: dict[str, RetainTerm] = {"nll": _nll, "kl": _kl}
@@ -185,17 +224,20 @@ def forget_terms(
     objective: str,
     beta: float,
     consistency_weight: float,
+    target_logp: torch.Tensor | None = None,
 ) -> ForgetTerms:
     """The forget-side loss of one batch: objective term + weighted consistency term.
 
     ``reference`` (the parent's log-likelihoods of the same batch) is needed by NPO and by
     the consistency term; it may be None for gradient ascent without consistency.
+    ``target_logp`` (the pretrained base's :func:`answer_token_logp` of the batch) is the
+    ``distill`` target.
     """
     term = FORGET_OBJECTIVES.get(objective)
     if term is None:
         raise ValueError(f"unknown objective {objective!r}")
-    policy = sequence_logprobs(model, batch)
-    forget = term(policy, reference, beta)
+    token_logp, policy = _answer_logprobs(model, batch)
+    forget = term(ForgetInputs(token_logp, policy, reference, target_logp, beta))
     consistency = policy.mean.new_zeros(())
     if consistency_weight > 0 and reference is not None:
         consistency = consistency_loss(policy.mean - reference.mean, consistency_groups(items))

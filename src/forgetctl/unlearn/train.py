@@ -31,6 +31,14 @@ judges by answers.
 The parent (the reference of NPO and of the KL retain term) is the same model with the
 adapter disabled; its forget log-likelihoods are computed once before training.
 
+With a *pretrained base* (the public model the deployed one was fine-tuned from, registered
+by ``forgetctl init --base``) the unlearning has a model that never saw the fine-tune data:
+its forget accuracy on the probe sample is the level to stop at (plus
+``MethodConfig.target_margin``, when that is above ``target_accuracy``), the ``distill``
+objective trains towards its predictions, and ``reset_strength`` starts the adapter part of
+the way back to its weights (:func:`reset_toward`: the reset, then the training repairs
+what the retain side needs).
+
 :func:`save_adapter` writes the adapter atomically and returns its sha256.
 """
 
@@ -58,6 +66,7 @@ from forgetctl.lm.prompts import encode_pairs
 from forgetctl.lm.train import Figures, train_loop
 from forgetctl.unlearn.attribution import layer_linear_names, rank_layers, select_layers
 from forgetctl.unlearn.objectives import (
+    NEEDS_PRETRAINED,
     ForgetTerms,
     SeqLogprobs,
     answer_token_logp,
@@ -65,7 +74,7 @@ from forgetctl.unlearn.objectives import (
     retain_term,
     sequence_logprobs,
 )
-from forgetctl.unlearn.robust import int4_aware, sam_perturbation
+from forgetctl.unlearn.robust import int4_aware, lora_linear_layers, sam_perturbation
 
 Progress = Callable[[int, int, dict[str, float]], None]
 """Called after every optimiser step with (step, max_steps, losses and latest accuracies)."""
@@ -172,13 +181,16 @@ class _Probe:
 
     def __call__(self, model: Any) -> dict[str, float | None]:
         with self.cost.timed("eval_s"):
-            # The worst prompt format: forgotten behind one wrapper is not forgotten.
-            by_format: dict[str | None, list[PromptItem]] = {}
-            for item in self.forget:
-                by_format.setdefault(item.format, []).append(item)
-            fa = max(accuracy(model, self.tokenizer, group) for group in by_format.values())
+            fa = self.forget_accuracy(model)
             ra = accuracy(model, self.tokenizer, self.retain) if self.retain else None
         return {"forget_accuracy": fa, "retain_accuracy": ra}
+
+    def forget_accuracy(self, model: Any) -> float:
+        # The worst prompt format: forgotten behind one wrapper is not forgotten.
+        by_format: dict[str | None, list[PromptItem]] = {}
+        for item in self.forget:
+            by_format.setdefault(item.format, []).append(item)
+        return max(accuracy(model, self.tokenizer, group) for group in by_format.values())
 
 
 def _probe(
@@ -229,6 +241,31 @@ def lora_model(model: Any, layers: Sequence[int], rank: int, alpha: float) -> An
     return get_peft_model(model, config)
 
 
+@torch.no_grad()
+def reset_toward(peft_model: Any, pretrained: Any, strength: float) -> float:
+    """Start the adapter ``strength`` of the way from the parent's weights back to the
+    pretrained base's, as far as its rank allows: each LoRA Linear's update
+    ``scaling * B @ A`` is set to the best rank-r approximation (truncated SVD) of
+    ``strength * (W_pretrained - W_parent)``. Returns the share of the reset's squared
+    Frobenius norm that the rank captures (1.0: the reset is exact)."""
+    pre = dict(pretrained.named_modules())
+    names = {module: name for name, module in peft_model.named_modules()}
+    kept = total = 0.0
+    for module in lora_linear_layers(peft_model):
+        name = names[module]
+        base = module.get_base_layer().weight
+        target = pre[name.removeprefix("base_model.model.")].weight
+        delta = strength * (target.float() - base.float())
+        u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+        adapter = module.active_adapters[0]
+        rank, scaling = module.r[adapter], module.scaling[adapter]
+        root = (s[:rank] / scaling).sqrt()
+        module.lora_B[adapter].weight.copy_(u[:, :rank] * root)
+        module.lora_A[adapter].weight.copy_(root[:, None] * vh[:rank])
+        kept, total = kept + float(s[:rank].pow(2).sum()), total + float(s.pow(2).sum())
+    return kept / total if total else 1.0
+
+
 class _UnlearnLoss:
     """One step's loss, back-propagated: the forget terms (their gradient taken again at the
     SAM-perturbed point when asked), then the weighted retain term, all computed through NF4
@@ -245,8 +282,10 @@ class _UnlearnLoss:
         method: MethodConfig,
         params: list[torch.nn.Parameter],
         optimizer: torch.optim.Optimizer,
+        pretrained: Any | None,
     ) -> None:
         self.model, self.tokenizer, self.device = peft_model, tokenizer, model_device(peft_model)
+        self.pretrained = pretrained if method.objective in NEEDS_PRETRAINED else None
         self.forget, self.retain, self.retain_batches = forget, retain, retain_batches
         self.reference, self.method = reference, method
         self.params, self.optimizer = params, optimizer
@@ -258,15 +297,19 @@ class _UnlearnLoss:
     def __call__(self, idx: list[int]) -> Figures:
         method = self.method
         batch = _encode(self.tokenizer, [self.forget[i] for i in idx], self.device)
+        target = None
+        if self.pretrained is not None:
+            with torch.no_grad():
+                target = answer_token_logp(self.pretrained, batch)
         with int4_aware(self.model, method.int4_aware):
-            terms = self._forget_terms(idx, batch)
+            terms = self._forget_terms(idx, batch, target)
             terms.loss.backward()
             if method.sam and method.sam_rho > 0:
                 # The forget gradient again, at the worst point within rho (see robust.py).
                 with sam_perturbation(self.params, method.sam_rho) as moved:
                     if moved:
                         self.optimizer.zero_grad(set_to_none=True)
-                        self._forget_terms(idx, batch).loss.backward()
+                        self._forget_terms(idx, batch, target).loss.backward()
             retain_value = self._retain_backward() if self.use_retain else 0.0
         weight = method.retain_weight * self.retain_scale
         return {
@@ -276,7 +319,9 @@ class _UnlearnLoss:
             "retain": retain_value,
         }
 
-    def _forget_terms(self, idx: list[int], batch: dict[str, torch.Tensor]) -> ForgetTerms:
+    def _forget_terms(
+        self, idx: list[int], batch: dict[str, torch.Tensor], target: torch.Tensor | None
+    ) -> ForgetTerms:
         ref = SeqLogprobs(total=self.reference.total[idx], mean=self.reference.mean[idx])
         return forget_terms(
             self.model,
@@ -286,6 +331,7 @@ class _UnlearnLoss:
             self.method.objective,
             self.method.npo_beta,
             self.method.consistency_weight,
+            target,
         )
 
     def _retain_backward(self) -> float:
@@ -320,8 +366,10 @@ class _RetainGuard:
         params: list[torch.nn.Parameter],
         optimizer: torch.optim.Optimizer,
         loss: _UnlearnLoss,
+        target: float,
     ) -> None:
         self.model, self.probe, self.before, self.method = peft_model, probe, before, method
+        self.target = target
         self.params, self.optimizer, self.loss = params, optimizer, loss
         self.lr = method.learning_rate
         self.good = self._snapshot()
@@ -329,7 +377,7 @@ class _RetainGuard:
         self.evals: list[dict[str, Any]] = []
         self.trips = 0
         self.latest = {"forget_accuracy": before["forget_accuracy"]}
-        at_target = before["forget_accuracy"] <= method.target_accuracy
+        at_target = before["forget_accuracy"] <= target
         self.stop_reason = "target_accuracy" if at_target else "max_steps"
 
     def __call__(self, step: int, figures: Figures) -> bool:
@@ -342,7 +390,7 @@ class _RetainGuard:
             self._back_off()
         else:
             self.good, self.good_eval = self._snapshot(), {"step": step, **scores}
-            if scores["forget_accuracy"] <= self.method.target_accuracy:
+            if scores["forget_accuracy"] <= self.target:
                 self.stop_reason = "target_accuracy"
         return self.stop_reason != "max_steps"
 
@@ -389,15 +437,23 @@ def unlearn(
     retain: list[PromptItem],
     method: MethodConfig,
     progress: Progress | None = None,
+    pretrained: Any | None = None,
 ) -> UnlearnResult:
     """Train one LoRA adapter that makes ``model`` forget ``forget`` and keep ``retain``.
 
     ``model`` is wrapped in place (peft injects the LoRA layers into it); the returned
     result's ``model`` is the peft model with the adapter active, ready for
-    :func:`save_adapter` or ``merge_and_unload``.
+    :func:`save_adapter` or ``merge_and_unload``. ``pretrained`` is the registered
+    pretrained base (same tokenizer), needed by ``distill`` and ``reset_strength``.
     """
     if not forget:
         raise BadInput("unlearn: the forget set is empty")
+    if pretrained is None and (method.objective in NEEDS_PRETRAINED or method.reset_strength):
+        raise BadInput(
+            f"the method (objective {method.objective}, reset_strength {method.reset_strength}) "
+            "needs the pretrained base the model was fine-tuned from: register it with "
+            "`forgetctl init --base`"
+        )
     cost = _Cost()
     torch.manual_seed(method.seed)
     rng = random.Random(method.seed)
@@ -405,6 +461,12 @@ def unlearn(
 
     probe = _probe(tokenizer, forget, retain, method, cost)
     before = probe(model)  # the parent's accuracies
+    target, pretrained_accuracy = method.target_accuracy, None
+    if pretrained is not None:
+        # Forgotten means: predicted no better than by a model that never saw the data.
+        with cost.timed("eval_s"):
+            pretrained_accuracy = probe.forget_accuracy(pretrained)
+        target = max(target, pretrained_accuracy + method.target_margin)
     with cost.timed("rank_s"):
         ranking = rank_layers(model, tokenizer, forget, retain, seed=method.seed)
         layers = select_layers(ranking, method.top_k_layers)
@@ -413,14 +475,18 @@ def unlearn(
 
     peft_model = lora_model(model, layers, method.lora_rank, method.lora_alpha)
     peft_model.eval()
+    reset_captured = None
+    if method.reset_strength:
+        reset_captured = reset_toward(peft_model, pretrained, method.reset_strength)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=method.learning_rate, weight_decay=0.0)
     forget_batches = _Batches(len(forget), method.batch_size, random.Random(rng.random()))
     retain_batches = _Batches(max(1, len(retain)), method.batch_size, random.Random(rng.random()))
     loss = _UnlearnLoss(
-        peft_model, tokenizer, forget, retain, retain_batches, reference, method, params, optimizer
-    )
-    guard = _RetainGuard(peft_model, probe, before, method, params, optimizer, loss)
+        peft_model, tokenizer, forget, retain, retain_batches, reference, method, params,
+        optimizer, pretrained,
+    )  # fmt: skip
+    guard = _RetainGuard(peft_model, probe, before, method, params, optimizer, loss, target)
     history: list[dict[str, float]] = []
 
     def report(step: int, losses: Figures) -> None:
@@ -443,6 +509,8 @@ def unlearn(
     for p in peft_model.parameters():
         p.requires_grad_(False)
     stats = _stats(method, steps, guard, cost, history, ranking, layers, params, forget, retain)
+    stats |= {"target_forget_accuracy": target, "reset_captured": reset_captured,
+              "pretrained_forget_accuracy": pretrained_accuracy}  # fmt: skip
     return UnlearnResult(model=peft_model, stats=stats)
 
 
