@@ -11,6 +11,10 @@ the deployed model, with control subjects drawn from authors the deployed model 
 - **gradient ascent**: the deployed model after full-model gradient ascent on the author's
   records (no retain term): it must fail (forgetting by damage shows as a tell or a drop).
 - **forgetctl**: the candidate `forgetctl apply` trains on the plan (first attempt).
+  ``forgetctl:key=value,...`` is a candidate trained with those fields of the policy's
+  ``MethodConfig`` replaced (``--models "forgetctl:objective=distill,reset_strength=0.5"``),
+  to compare methods; ``--base DIR`` registers the pretrained base the deployed model was
+  fine-tuned from (what ``distill`` and ``reset_strength`` need).
 
 Every model is judged by the same gate (``verify.checks.run_checks``, every check but
 regression, the gdpr policy's thresholds) against the deployed model as parent. On a CPU
@@ -40,7 +44,7 @@ from forgetctl.app.intake import add_request, parse_request
 from forgetctl.app.plan_step import load_plan, plan_request_step
 from forgetctl.app.workspace import Workspace
 from forgetctl.core.items import sample_by_kind
-from forgetctl.core.policy import ALL_CHECKS, AttackConfig
+from forgetctl.core.policy import ALL_CHECKS, AttackConfig, MethodConfig
 from forgetctl.demo.tofu import load_authors, pairs_of
 from forgetctl.lm.prompts import formats_of
 from forgetctl.lm.train import finetune_steps
@@ -104,9 +108,37 @@ def _part_figures(name: str, part: dict):
     return {}
 
 
+def method_of(ws: Workspace, rid: int, name: str) -> MethodConfig:
+    """The policy's method with the overrides of a ``forgetctl:key=value,...`` model name."""
+    method = ws.policy_of(ws.ledger.requests.get(rid)).method
+    _, _, spec = name.partition(":")
+    overrides = dict(kv.split("=", 1) for kv in spec.split(",") if kv)
+    return MethodConfig.model_validate({**method.model_dump(), **overrides})
+
+
+def candidate(ws: Workspace, rid: int, name: str) -> dict:
+    """The version of candidate ``name`` for request ``rid``: trained now unless an earlier
+    run trained one with the same method. The request goes back to planned, so that the
+    next method is applied to the same plan."""
+    method = method_of(ws, rid, name)
+    for version in ws.ledger.versions.of_request(rid):
+        if version["metrics"].get("method") == method.model_dump():
+            return version
+    vid = apply_request(ws, rid, method=method)
+    ws.ledger.requests.set_status(rid, "planned")
+    return ws.ledger.versions.get(vid)
+
+
+APPLY_FIGURES = ("wall_s", "steps", "stop_reason", "forget_accuracy_before",
+                 "forget_accuracy_after", "pretrained_forget_accuracy", "target_forget_accuracy",
+                 "retain_accuracy_before", "retain_accuracy_after", "reset_captured",
+                 "trainable_params", "layers", "guard_trips")  # fmt: skip
+
+
 def build(name: str, ws: Workspace, rid: int, deployed: Path, retrained: str, records: list):
-    """The model ``name`` for request ``rid``, and the seconds it took to make."""
-    t = time.perf_counter()
+    """The model ``name`` for request ``rid``, the seconds it took to make, and for a
+    forgetctl candidate its apply figures (with the adapter's size on disk)."""
+    t, info = time.perf_counter(), {}
     if name == "no-op":
         model = load_model(deployed)[0]
     elif name == "retrained":
@@ -114,13 +146,15 @@ def build(name: str, ws: Workspace, rid: int, deployed: Path, retrained: str, re
     elif name == "gradient ascent":
         model, tokenizer = load_model(deployed)
         finetune_steps(model, tokenizer, pairs_of(records), 40, learning_rate=1e-5, ascent=True)
-    elif name == "forgetctl":  # the first candidate, trained now unless an earlier run did
-        built = ws.ledger.versions.of_request(rid)
-        vid = built[-1]["id"] if built else apply_request(ws, rid)
-        model = versions.load_version(ws, vid)[0]
+    elif name.split(":")[0] == "forgetctl":
+        version = candidate(ws, rid, name)
+        model = versions.load_version(ws, version["id"])[0]
+        info = {k: version["metrics"].get(k) for k in APPLY_FIGURES}
+        files = Path(version["adapter_path"]).rglob("*")
+        info["adapter_bytes"] = sum(f.stat().st_size for f in files if f.is_file())
     else:
         raise SystemExit(f"unknown model {name!r}")
-    return model, time.perf_counter() - t
+    return model, time.perf_counter() - t, info
 
 
 def main() -> None:
@@ -146,6 +180,7 @@ def main() -> None:
         action="store_true",
         help="run only the relearning check, with every attack of SWEEP",
     )
+    parser.add_argument("--base", help="the pretrained model the deployed one was tuned from")
     parser.add_argument("--work", default=str(ROOT / ".work" / "gate"))
     parser.add_argument("--out", default=str(ROOT / "results"))
     args = parser.parse_args()
@@ -167,7 +202,9 @@ def main() -> None:
     home = Home(work / "home")
     home.create_dirs()
     ws = Workspace.open(home, create=True)
-    versions.register_base(ws.ledger, deployed)
+    # Served in the formats the gate judges: apply trains in those.
+    formats = args.formats.split(",")
+    versions.register_base(ws.ledger, deployed, formats, pretrained=args.base and Path(args.base))
     (home.root / "retain-corpus.jsonl").write_text(
         "".join(json.dumps(r) + "\n" for r in rows if r["author_id"] in kept_ids)
     )
@@ -222,13 +259,13 @@ def main() -> None:
 
         for name in wanted:
             log(f"author {author}: building {name}")
-            model, build_s = build(name, ws, rid, deployed, args.retrained, mine)
+            model, build_s, info = build(name, ws, rid, deployed, args.retrained, mine)
             log(f"author {author}: gate on {name}")
             t = time.perf_counter()
             # The no-op model has the parent's weights: its scores are the parent's.
             key = "deployed" if name == "no-op" else f"{author}/{name}"
             sets = in_formats({str(rid): ForgetSet(forget, control)}, tokenizer,
-                              formats_of(tokenizer, args.formats.split(",")))  # fmt: skip
+                              formats_of(tokenizer, formats))  # fmt: skip
             verdicts = run_checks(
                 parent, model, tokenizer, sets, neighbors,
                 general, {}, cfg, checks=checks, progress=log, cache=cache,
@@ -236,6 +273,8 @@ def main() -> None:
             )  # fmt: skip
             row = entry["models"].setdefault(name, {"checks": {}})
             row.update(build_s=round(build_s, 1), gate_s=round(time.perf_counter() - t, 1))
+            if info:
+                row["apply"] = info
             row["checks"].update({
                 r.name: {"verdict": r.verdict, "wall_s": r.figures.get("wall_s"),
                          "figures": key_figures(r), "reasons": r.reasons, "commit": commit[:10]}
