@@ -11,8 +11,8 @@ the deployed model, with control subjects drawn from authors the deployed model 
 - **gradient ascent**: the deployed model after full-model gradient ascent on the author's
   records (no retain term): it must fail (forgetting by damage shows as a tell or a drop).
 - **forgetctl**: the candidate `forgetctl apply` trains on the plan (first attempt).
-  ``forgetctl:key=value,...`` is a candidate trained with those fields of the policy's
-  ``MethodConfig`` replaced (``--models "forgetctl:objective=distill,reset_strength=0.5"``),
+  ``forgetctl:key=value:...`` is a candidate trained with those fields of the policy's
+  ``MethodConfig`` replaced (``--models forgetctl:objective=distill:reset_strength=0.5``),
   to compare methods; ``--base DIR`` registers the pretrained base the deployed model was
   fine-tuned from (what ``distill`` and ``reset_strength`` need).
 
@@ -109,10 +109,10 @@ def _part_figures(name: str, part: dict):
 
 
 def method_of(ws: Workspace, rid: int, name: str) -> MethodConfig:
-    """The policy's method with the overrides of a ``forgetctl:key=value,...`` model name."""
+    """The policy's method with the overrides of a ``forgetctl:key=value:...`` model name
+    (``,`` separates the models of ``--models``)."""
     method = ws.policy_of(ws.ledger.requests.get(rid)).method
-    _, _, spec = name.partition(":")
-    overrides = dict(kv.split("=", 1) for kv in spec.split(",") if kv)
+    overrides = dict(kv.split("=", 1) for kv in name.split(":")[1:])
     return MethodConfig.model_validate({**method.model_dump(), **overrides})
 
 
