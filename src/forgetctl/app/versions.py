@@ -47,7 +47,10 @@ def register_base(
     model_dir = require_model_dir(model_dir).resolve()
     sha = sha256_tree(model_dir)
     served = check_served(formats) if formats is not None else None
-    pre = pretrained_entry(model_dir, pretrained) if pretrained is not None else None
+    pre = None
+    if pretrained is not None:
+        pretrained = check_pretrained(model_dir, pretrained)
+        pre = {"path": str(pretrained), "sha256": sha256_tree(pretrained)}
     base = ledger.versions.find(BASE_VERSION)
     if base:
         if base["base_sha256"] != sha:
@@ -85,10 +88,9 @@ _SAME_SHAPE = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers",
 predictions token by token and moves weights of one towards the other's."""
 
 
-def pretrained_entry(model_dir: Path, pretrained: Path) -> dict[str, str]:
-    """How ``pretrained`` is registered as the base ``model_dir`` was fine-tuned from (its
-    path and hash); :class:`BadInput` when it cannot be (not a model, itself, another shape
-    or tokenizer)."""
+def check_pretrained(model_dir: Path, pretrained: Path) -> Path:
+    """``pretrained`` resolved, when it can be the base ``model_dir`` was fine-tuned from;
+    :class:`BadInput` when it cannot (not a model, itself, another shape or tokenizer)."""
     model_dir = require_model_dir(model_dir).resolve()
     pretrained = require_model_dir(pretrained).resolve()
     if pretrained == model_dir:
@@ -98,7 +100,7 @@ def pretrained_entry(model_dir: Path, pretrained: Path) -> dict[str, str]:
     if differ or load_tokenizer(model_dir).get_vocab() != load_tokenizer(pretrained).get_vocab():
         raise BadInput(f"{pretrained} is not the base of {model_dir}: "
                        f"{', '.join(differ) or 'the tokenizer'} differ")  # fmt: skip
-    return {"path": str(pretrained), "sha256": sha256_tree(pretrained)}
+    return pretrained
 
 
 def load_pretrained(ws: Workspace) -> Any | None:

@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
             from forgetctl.app import versions  # torch: only when a model is registered
         pretrained = model_path(base) if base else None
         if pretrained is not None:
-            versions.pretrained_entry(model_path(model), pretrained)  # refused before writing
+            versions.check_pretrained(model_path(model), pretrained)  # refused before writing
         if formats:
             check_served(formats)
         # A bad corpus fails before anything is written.
