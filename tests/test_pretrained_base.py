@@ -148,3 +148,20 @@ def test_reset_moves_the_chosen_layers_towards_the_base(tiny_lm, never_saw_dir, 
         assert captured == pytest.approx(1.0)
     else:
         assert 0 < captured < 1
+
+
+def test_after_a_reset_the_figures_are_those_of_the_adapter_kept(tiny_lm, never_saw_dir):
+    """The guard falls back to the reset point; apply must report that point's figures (a
+    benchmark run reported the parent's while the adapter kept had lost half its retain)."""
+    model, tokenizer = tiny_lm
+    pretrained = load_model(never_saw_dir)[0]
+    method = TINY_METHOD.model_copy(
+        update={"reset_strength": 1.0, "learning_rate": 1e-9, "max_steps": 1, "eval_every": 1,
+                "top_k_layers": 8, "lora_rank": 64, "lora_alpha": 64.0}
+    )  # fmt: skip
+    result = unlearn(model, tokenizer, FORGET, RETAIN, method, pretrained=pretrained)
+    stats = result.stats
+    assert stats["evals"][0]["step"] == 0
+    kept = accuracy(result.model, tokenizer, FORGET)
+    assert stats["forget_accuracy_before"] - kept > 0.1, "the reset should move the forget set"
+    assert stats["forget_accuracy_after"] == pytest.approx(kept, abs=1e-6)

@@ -380,6 +380,14 @@ class _RetainGuard:
         at_target = before["forget_accuracy"] <= target
         self.stop_reason = "target_accuracy" if at_target else "max_steps"
 
+    def start_moved(self) -> None:
+        """Score the starting point when a reset moved it away from the parent: the guard
+        falls back to it, and what it reports must be its own figures, not the parent's."""
+        scores = self.probe(self.model)
+        self.evals.append({"step": 0, **scores, "lr": self.lr})
+        self.good_eval = {"step": 0, **scores}
+        self.latest = {k: v for k, v in scores.items() if v is not None}
+
     def __call__(self, step: int, figures: Figures) -> bool:
         if step % self.method.eval_every and step != self.method.max_steps:
             return False
@@ -487,6 +495,8 @@ def unlearn(
         optimizer, pretrained,
     )  # fmt: skip
     guard = _RetainGuard(peft_model, probe, before, method, params, optimizer, loss, target)
+    if method.reset_strength:
+        guard.start_moved()
     history: list[dict[str, float]] = []
 
     def report(step: int, losses: Figures) -> None:
