@@ -114,7 +114,7 @@ REFUSED = [
     ("apply big", ["apply", BIG], 2),
     ("model export big", ["model", "export", BIG, "--out", "m"], 2),
     ("model ask --version big", ["model", "ask", "q", "--version", BIG], 2),
-    ("show superscript digit", ["request", "show", "\u00b2"], 2),
+    ("show superscript digit (a ref no request has)", ["request", "show", "\u00b2"], 3),
     # JSON depth and number size
     ("JSON nested 100,000 deep", ["request", "import", "deep.json"], 2),
     ("JSONL nested 100,000 deep", ["request", "import", "deep.jsonl"], 2),
@@ -231,9 +231,9 @@ def test_accepted_inputs_print_literally(site):
         cwd=work,
     )
     assert added.returncode == 0, added.stderr  # fmt: skip
-    shown = forgetctl(home, "request", "show", "MARKUP-1", cwd=work)
-    assert shown.returncode == 2  # ids are numbers: a ref is not one (one line)
     rid = added.stdout.split()[1]
+    by_ref = forgetctl(home, "request", "show", "MARKUP-1", cwd=work)
+    assert by_ref.returncode == 0 and f"request {rid}" in by_ref.stdout, by_ref.stderr
     shown = forgetctl(home, "request", "show", rid, cwd=work)
     assert shown.returncode == 0, shown.stderr
     assert "Ann [/] [bold]Lee[/bold]" in shown.stdout and "[red]x" in shown.stdout

@@ -181,7 +181,7 @@ def test_rejected_request_fails_then_forced_promotion_report_rollback(tiny_home,
     # A second run has nothing to do.
     assert json.loads(cli("run", "--json").stdout)["outcomes"] == []
 
-    cli("rollback")
+    cli("rollback", "--yes")
     assert statuses() == {"DSR-1": "received"}
     con = sqlite3.connect(tiny_home / "ledger.db")
     history = [r[0] for r in con.execute("SELECT version_id FROM alias_history ORDER BY id")]

@@ -17,9 +17,9 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
-from forgetctl.app.requests import REPORT_WRITTEN, payload, summary
+from forgetctl.app.requests import REPORT_WRITTEN, payload, resolve, summary
 from forgetctl.app.workspace import Workspace
-from forgetctl.core.errors import InvalidState, NotFound
+from forgetctl.core.errors import InvalidState
 from forgetctl.core.files import write_atomic
 from forgetctl.core.inputs import parse_id
 from forgetctl.core.policy import ALL_CHECKS, VerifyConfig
@@ -296,14 +296,7 @@ def build_report(ws: Workspace, target: str) -> dict:
         version = version_section(ws, parse_id(target[1:], "version"))
         request_ids = version["requests"]
     else:
-        if target.isascii() and target.isdigit():
-            request_id = parse_id(target, "request id")
-        else:
-            found = ledger.requests.id_of_ref(target)
-            if found is None:
-                raise NotFound(f"no request or version {target!r} (versions are v<N>)")
-            request_id = found
-        ledger.requests.get(request_id)
+        request_id = resolve(ws, target)
         ids = _versions_of(ledger, request_id)
         version = version_section(ws, ids[-1]) if ids else None
         request_ids = [request_id]

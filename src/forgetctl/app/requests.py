@@ -9,7 +9,8 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from forgetctl.app.workspace import Workspace
-from forgetctl.core.errors import BadInput, InvalidState
+from forgetctl.core.errors import BadInput, InvalidState, NotFound
+from forgetctl.core.inputs import parse_id
 from forgetctl.core.lifecycle import OPEN_STATUSES, REQUEST_STATUSES, require_status
 from forgetctl.core.policy import Policy
 
@@ -20,6 +21,20 @@ the copies that hold a subject's name by it."""
 
 
 # -- reading -----------------------------------------------------------------------------
+def resolve(ws: Workspace, target: str) -> int:
+    """The id of the request ``target`` names: its id (digits) or its ref."""
+    target = target.strip()
+    if target.isascii() and target.isdigit():
+        request_id = parse_id(target, "request id")
+    else:
+        found = ws.ledger.requests.id_of_ref(target)
+        if found is None:
+            raise NotFound(f"no request with id or ref {target!r}")
+        request_id = found
+    ws.ledger.requests.get(request_id)  # NotFound for an unknown id
+    return request_id
+
+
 def deadline(received: date, policy: Policy, extended_days: int = 0) -> date:
     return received + timedelta(days=policy.deadline_days + extended_days)
 

@@ -9,9 +9,10 @@ from typing import Any
 import typer
 from rich.markup import escape
 from typer import _click as click
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 from typer.exceptions import Abort
 
+from forgetctl import __version__
 from forgetctl.cli import (
     apply_cmd,
     common,
@@ -45,6 +46,17 @@ def _usage_message(exc: click.exceptions.ClickException) -> str:
     else:
         what = " ".join(exc.format_message().split())
     return f"{command}: {what} (see {command} --help)"
+
+
+_display_type = TyperOption.display_type_rich
+
+
+def _no_type_on_flags(self: TyperOption, ctx: click.Context) -> str | None:
+    # Typer 0.29 labels a flag "<bool>" in the help, as if it took a value.
+    return None if self.is_flag else _display_type(self, ctx)
+
+
+TyperOption.display_type_rich = _no_type_on_flags  # type: ignore[method-assign]
 
 
 class _Group(TyperGroup):
@@ -88,12 +100,25 @@ app = typer.Typer(
     help="Make a deployed language model forget a data subject, and prove it.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        common.out.print(f"forgetctl {__version__}", highlight=False)
+        raise typer.Exit()
 
 
 @app.callback()
 def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        help="Print the version and exit.",
+        is_eager=True,
+        callback=_print_version,
+    ),  # fmt: skip
     home: str = typer.Option(
         None,
         "--home",

@@ -16,7 +16,9 @@ def register(app: typer.Typer) -> None:
         ),
         json_: bool = common.JsonOpt,
     ) -> None:
-        """Unlearn each request on top of production, as a new candidate version."""
+        """Unlearn each request on top of production, as a new candidate version.
+
+        Example: forgetctl apply 2"""
         from forgetctl.app.apply_step import apply_request
 
         ws = common.workspace()

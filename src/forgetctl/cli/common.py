@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections.abc import Collection, Iterable, Sequence
@@ -36,10 +37,19 @@ def safe(value: Any) -> str:
     return escape(str(value))
 
 
+PIPED_WIDTH = 400
+
+
 class _SafeConsole(Console):
     """Every string it renders, markup or not, in tables too, has its control characters
     escaped first: nothing from a name, a reason or a file reaches the terminal raw (Rich
     itself passes ESC through). Its own styling is added after, so it is kept."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not self.is_terminal and "COLUMNS" not in os.environ:
+            # Piped or redirected: Rich would cut tables to 80 columns ("DSR-2026-00…").
+            self.width = PIPED_WIDTH
 
     def render_str(self, text: str, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
         return super().render_str(terminal_safe(text), *args, **kwargs)
@@ -49,6 +59,7 @@ out = _SafeConsole()
 err = _SafeConsole(stderr=True)
 
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout.")
+RequestArg = typer.Argument(..., metavar="REQUEST", help="The request's id or its ref.")
 
 
 def id_parser(what: str):  # type: ignore[no-untyped-def]

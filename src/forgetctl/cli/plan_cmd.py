@@ -50,7 +50,8 @@ def register(app: typer.Typer) -> None:
     @app.command(
         "plan",
         help="Filter and expand requests into prompt sets: `plan [REQUEST...]` (default: "
-        "every received request), or `plan show ID` for counts and what was dropped.",
+        "every received request), or `plan show ID` for counts and what was dropped.\n\n"
+        "Example: forgetctl plan 2 && forgetctl plan show 2",
     )
     def plan(
         targets: list[str] = typer.Argument(None, metavar="[REQUEST...] | show ID"),

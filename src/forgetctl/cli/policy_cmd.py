@@ -21,7 +21,9 @@ def _policies():
 
 @app.command("list")
 def list_(json_: bool = common.JsonOpt) -> None:
-    """The policies in the home (or the packaged ones before `init`)."""
+    """The policies in the home (or the packaged ones before `init`).
+
+    Example: forgetctl policy list"""
     policies = _policies()
     if json_:
         common.emit_json([p.model_dump() for p in policies.values()])
@@ -44,7 +46,9 @@ def list_(json_: bool = common.JsonOpt) -> None:
 
 @app.command("show")
 def show(name: str, json_: bool = common.JsonOpt) -> None:
-    """One policy in full."""
+    """One policy in full.
+
+    Example: forgetctl policy show gdpr"""
     policies = _policies()
     if name not in policies:
         raise NotFound(f"no policy {name!r} (have: {', '.join(policies)})")
@@ -56,9 +60,14 @@ def show(name: str, json_: bool = common.JsonOpt) -> None:
 
 
 @app.command("check")
-def check(file: Path) -> None:
-    """Validate a policy file; exit 2 naming the first problem."""
+def check(file: Path, json_: bool = common.JsonOpt) -> None:
+    """Validate a policy file; exit 2 naming the first problem.
+
+    Example: forgetctl policy check policies/gdpr.toml"""
     policy = load_policy(file)
+    if json_:
+        common.emit_json({"path": str(file), "valid": True, "regulation": policy.regulation})
+        return
     common.out.print(
         f"[green]{common.safe(file)} is a valid policy[/] ({common.safe(policy.regulation)})"
     )

@@ -16,7 +16,9 @@ def register(app: typer.Typer) -> None:
         fmt: str = typer.Option("md", "--format", help="md, html or json."),
         out: Path = typer.Option(None, "--out", help="Write to a file instead of stdout."),
     ) -> None:
-        """What was done for a request, with figures, verdicts, hashes and the chain head."""
+        """What was done for a request, with figures, verdicts, hashes and the chain head.
+
+        Example: forgetctl report DSR-2026-0042 --format html --out report.html"""
         from forgetctl.app.report import build_report, write_report
         from forgetctl.cli.report_render import render
 

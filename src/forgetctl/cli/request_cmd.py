@@ -8,6 +8,7 @@ import typer
 
 from forgetctl.app import intake
 from forgetctl.app import requests as rq
+from forgetctl.app.workspace import Workspace
 from forgetctl.cli import common
 from forgetctl.core.errors import BadInput, InvalidState
 from forgetctl.core.lifecycle import OPEN_STATUSES
@@ -29,7 +30,10 @@ def add(
     notes: str = typer.Option(None, "--notes"),
     json_: bool = common.JsonOpt,
 ) -> None:
-    """Record one deletion request; its deadline comes from the regulation's policy."""
+    """Record one deletion request; its deadline comes from the regulation's policy.
+
+    Example: forgetctl request add --subject 'Jaime Vasquez' --regulation gdpr
+    --ref DSR-2026-0042 --records records.jsonl"""
     data = {
         "ref": ref,
         "regulation": regulation,
@@ -76,7 +80,9 @@ def import_(
     file: Path = typer.Argument(..., help="JSON, JSONL or CSV file of requests."),
     json_: bool = common.JsonOpt,
 ) -> None:
-    """Import many requests: all or nothing; refs already in the ledger are skipped."""
+    """Import many requests: all or nothing; refs already in the ledger are skipped.
+
+    Example: forgetctl request import examples/batch/requests.jsonl"""
     reqs = intake.load_request_file(file)
     results = intake.import_requests(common.workspace(), reqs)
     created = [rid for rid, new in results if new]
@@ -102,7 +108,9 @@ def list_(
     overdue: bool = typer.Option(False, "--overdue", help="Only open requests past due."),
     json_: bool = common.JsonOpt,
 ) -> None:
-    """Requests by deadline, with days left."""
+    """Requests by deadline, with days left.
+
+    Example: forgetctl request list --overdue"""
     ws = common.workspace()
     rows = [
         rq.summary(r, ws.policies.get(r["policy"])) for r in rq.list_requests(ws, status, overdue)
@@ -121,11 +129,14 @@ def list_(
 
 @app.command("show")
 def show(
-    request_id: int = typer.Argument(..., parser=common.id_parser("request id")),
+    target: str = common.RequestArg,
     json_: bool = common.JsonOpt,
 ) -> None:
-    """One request: its status, deadline, personal data (until purged) and events."""
+    """One request: its status, deadline, personal data (until purged) and events.
+
+    Example: forgetctl request show DSR-2026-0042 --json"""
     ws = common.workspace()
+    request_id = rq.resolve(ws, target)
     row = ws.ledger.requests.get(request_id)
     info = rq.summary(row, ws.policy_of(row))
     try:
@@ -163,47 +174,70 @@ def show(
 
 @app.command("cancel")
 def cancel(
-    request_id: int = typer.Argument(..., parser=common.id_parser("request id")),
-    reason: str = typer.Option(..., "--reason"),
+    target: str = common.RequestArg,
+    reason: str = typer.Option(..., "--reason", help="Why (recorded in the ledger)."),
+    json_: bool = common.JsonOpt,
 ) -> None:
-    """Cancel an open request."""
-    rq.cancel(common.workspace(), request_id, reason)
-    common.out.print(f"request {request_id} cancelled")
+    """Cancel an open request.
+
+    Example: forgetctl request cancel 3 --reason 'withdrawn by the subject'"""
+    ws = common.workspace()
+    request_id = rq.resolve(ws, target)
+    rq.cancel(ws, request_id, reason)
+    _changed(ws, request_id, json_, f"request {request_id} cancelled")
 
 
 @app.command("extend")
 def extend(
-    request_id: int = typer.Argument(..., parser=common.id_parser("request id")),
-    days: int = typer.Option(..., "--days"),
-    reason: str = typer.Option(..., "--reason"),
+    target: str = common.RequestArg,
+    days: int = typer.Option(..., "--days", help="Days added to the deadline."),
+    reason: str = typer.Option(..., "--reason", help="Why (recorded in the ledger)."),
     notified: str = typer.Option(..., "--notified", help="When the subject was told."),
+    json_: bool = common.JsonOpt,
 ) -> None:
-    """Extend the deadline (GDPR Art. 12(3): at most two more months)."""
+    """Extend the deadline (GDPR Art. 12(3): at most two more months).
+
+    Example: forgetctl request extend 3 --days 30 --reason 'complex' --notified 2026-12-01"""
     notified_on = common.parse_date(notified, "--notified")
-    due = rq.extend(common.workspace(), request_id, days, reason, notified_on)
-    common.out.print(f"request {request_id} now due {due}")
+    ws = common.workspace()
+    request_id = rq.resolve(ws, target)
+    due = rq.extend(ws, request_id, days, reason, notified_on)
+    _changed(ws, request_id, json_, f"request {request_id} now due {due}")
 
 
 @app.command("approve")
 def approve(
-    request_id: int = typer.Argument(..., parser=common.id_parser("request id")),
+    target: str = common.RequestArg,
     by: str = typer.Option("operator", "--by", help="Who approves (recorded)."),
+    json_: bool = common.JsonOpt,
 ) -> None:
-    """Approve a request whose policy requires approval before the run loop acts."""
-    rq.approve(common.workspace(), request_id, by)
-    common.out.print(f"request {request_id} approved")
+    """Approve a request whose policy requires approval before the run loop acts.
+
+    Example: forgetctl request approve 3 --by 'DPO J. Smith'"""
+    ws = common.workspace()
+    request_id = rq.resolve(ws, target)
+    rq.approve(ws, request_id, by)
+    _changed(ws, request_id, json_, f"request {request_id} approved")
 
 
 @app.command("purge")
 def purge(
-    request_id: int = typer.Argument(..., parser=common.id_parser("request id")),
+    target: str = common.RequestArg,
     now: bool = typer.Option(False, "--now", help="Before retention ends (needs --reason)."),
-    reason: str = typer.Option(None, "--reason"),
+    reason: str = typer.Option(None, "--reason", help="Why now (recorded in the ledger)."),
+    json_: bool = common.JsonOpt,
 ) -> None:
     """Crypto-shred a request's personal data, drop its blind indexes (unless the policy
     keeps a suppression list) and remove the reports written for it under the home; the
-    evidence stays."""
-    done = rq.purge(common.workspace(), request_id, now_=now, reason=reason)
+    evidence stays.
+
+    Example: forgetctl request purge 3 --now --reason 'subject asked for immediate erasure'"""
+    ws = common.workspace()
+    request_id = rq.resolve(ws, target)
+    done = rq.purge(ws, request_id, now_=now, reason=reason)
+    if json_:
+        common.emit_json({**rq.summary(ws.ledger.requests.get(request_id)), **done})
+        return
     removed = len(done["reports_removed"])
     common.out.print(
         f"request {request_id}: personal data destroyed"
@@ -214,3 +248,12 @@ def purge(
             f"[bold yellow]warning:[/] report not removed, remove it by hand: {common.safe(path)}",
             soft_wrap=True,
         )
+
+
+def _changed(ws: Workspace, request_id: int, json_: bool, line: str) -> None:
+    """After a change by hand: the request as it is now (``--json``), else ``line``."""
+    if json_:
+        row = ws.ledger.requests.get(request_id)
+        common.emit_json(rq.summary(row, ws.policy_of(row)))
+    else:
+        common.out.print(line)

@@ -44,6 +44,8 @@ def register(app: typer.Typer) -> None:
 
         Exit codes: 0 done; 8 another run holds the lock; 10 done but requests are
         overdue; 11 done but some requests failed.
+
+        Example: forgetctl run --max-requests 5 --quiet
         """
         from forgetctl.app import runner as pipeline
 
