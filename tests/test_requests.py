@@ -232,7 +232,11 @@ def test_cancel_extend_approve(home):
     assert due == (date.today() + timedelta(days=50)).isoformat()
     # Art. 12(3): at most two more months in total.
     cli("request", "extend", "1", "--days", "31", "--reason", "more", "--notified", today, code=4)
-    cli("request", "approve", "1", "--by", "dpo")
+    # GDPR's policy needs no approval: saying "approved" would record a decision nobody needed.
+    refused = cli("request", "approve", "1", "--by", "dpo", code=4)
+    assert "needs no approval" in refused.output
+    cli("request", "add", "--subject", "Bo", "--regulation", "default")  # approval required
+    assert json.loads(cli("request", "approve", "2", "--by", "dpo", "--json").stdout)["id"] == 2
     cli("request", "cancel", "1", "--reason", "withdrawn")
     assert json.loads(cli("request", "show", "1", "--json").stdout)["status"] == "cancelled"
     cli("request", "cancel", "1", "--reason", "again", code=4)

@@ -141,6 +141,10 @@ def approve(ws: Workspace, request_id: int, approver: str) -> None:
         require_status(row, OPEN_STATUSES, "approve")
         if row["approved_at"]:
             raise InvalidState(f"request {request_id} is already approved")
+        if not ws.policy_of(row).require_approval:
+            raise InvalidState(
+                f"request {request_id}: policy {row['policy']} needs no approval (nothing done)"
+            )
         ledger.requests.approve(request_id, approver)
 
 

@@ -164,6 +164,8 @@ def show(
         common.out.print(
             f"subject {common.safe(p['subject']['name'])}  aliases {common.safe(aliases)}"
         )
+        for kind, value in sorted(p["subject"].get("identifiers", {}).items()):
+            common.out.print(f"{common.safe(kind)} {common.safe(value)}")
         common.out.print(f"records {len(p['records'])}")
     else:
         common.out.print(common.safe(info["payload_note"]))
