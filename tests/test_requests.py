@@ -357,3 +357,22 @@ def test_fuzzed_request_files_never_crash_never_write(home, tmp_path, doc, suffi
     if result.exit_code != 0:
         assert result.exit_code == 2 and "Traceback" not in result.output
         assert state(home) == before
+
+
+def test_retry_reopens_a_failed_request_at_its_failed_step(home):
+    cli("request", "add", "--subject", "Ann Lee", "--regulation", "gdpr", "--ref", "R-1")
+    cli("request", "retry", "R-1", "--reason", "too early", code=4)  # only a failed one
+    # No model registered: every attempt fails at plan, until the retries are spent.
+    cli("run", "--quiet", code=11)
+    row = json.loads(cli("request", "show", "R-1", "--json").stdout)
+    assert row["status"] == "failed"
+    reopened = json.loads(
+        cli("request", "retry", "R-1", "--reason", "model registered", "--json").stdout
+    )
+    assert reopened["status"] == "received"  # planning failed: it is planned again
+    con = sqlite3.connect(home / "ledger.db")
+    assert con.execute("SELECT attempts, failed_step FROM requests").fetchone() == (0, None)
+    events = json.loads(cli("ledger", "log", "--request", "1", "--json").stdout)
+    assert events[-1]["data"]["reason"] == "model registered"
+    assert events[-1]["data"]["retried_step"] == "plan"
+    cli("ledger", "verify")  # the reset attempts are explained by the event

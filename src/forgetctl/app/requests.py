@@ -148,6 +148,22 @@ def approve(ws: Workspace, request_id: int, approver: str) -> None:
         ledger.requests.approve(request_id, approver)
 
 
+def retry(ws: Workspace, request_id: int, reason: str) -> str:
+    """Reopen a ``failed`` request at the step that failed, with its attempts reset: the
+    plan step again when planning failed, else from its plan (a new adapter). Returns the
+    status it is back in."""
+    if not reason.strip():
+        raise BadInput("--reason is empty")
+    ledger = ws.ledger
+    with ledger.transaction():
+        row = ledger.requests.get(request_id)
+        require_status(row, {"failed"}, "retry")
+        planned = row["failed_step"] != "plan" and ledger.plans.get(request_id) is not None
+        status = "planned" if planned else "received"
+        ledger.requests.reopen(request_id, status, reason=reason, retried_step=row["failed_step"])
+    return status
+
+
 def retention_ends(row: dict, policy: Policy) -> date:
     """Personal data may be kept until this date: the request's close plus retention."""
     closed = date.fromisoformat(row["updated_at"][:10])

@@ -189,6 +189,22 @@ def cancel(
     _changed(ws, request_id, json_, f"request {request_id} cancelled")
 
 
+@app.command("retry")
+def retry(
+    target: str = common.RequestArg,
+    reason: str = typer.Option(..., "--reason", help="Why (recorded in the ledger)."),
+    json_: bool = common.JsonOpt,
+) -> None:
+    """Reopen a failed request at the step that failed, with its retries restored; the
+    next `run` takes it on.
+
+    Example: forgetctl request retry 3 --reason 'model registered, was missing'"""
+    ws = common.workspace()
+    request_id = rq.resolve(ws, target)
+    status = rq.retry(ws, request_id, reason)
+    _changed(ws, request_id, json_, f"request {request_id} reopened: {status}")
+
+
 @app.command("extend")
 def extend(
     target: str = common.RequestArg,

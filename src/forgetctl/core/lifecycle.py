@@ -13,6 +13,7 @@ Requests::
         +--> not_present | duplicate | rejected     (the plan step's verdicts)
     any open status -> cancelled | failed           (by hand; retries used up)
     planned | applied | failed -> promoted          (a forced promotion)
+    failed -> received | planned                    (`request retry`: at its failed step)
 
 Versions::
 
@@ -56,7 +57,7 @@ REQUEST_MOVES: Mapping[str, frozenset[str]] = {
     "not_present": frozenset(),
     "duplicate": frozenset(),
     "rejected": frozenset(),
-    "failed": frozenset({"promoted"}),
+    "failed": frozenset({"promoted", "received", "planned"}),
     "cancelled": frozenset(),
 }
 """Allowed moves. ``planned``/``applied``/``failed`` -> ``promoted`` is a forced promotion

@@ -228,6 +228,13 @@ class Requests(_Table):
             )
             self.ledger.wrote("requests", request_id, "attempts", "failed_step")
 
+    def reopen(self, request_id: int, status: str, **data: Any) -> None:
+        """A failed request back to ``status`` with its attempts reset (`request retry`)."""
+        with self.ledger.transaction():
+            self.ledger.db["requests"].update(request_id, {"attempts": 0, "failed_step": None})
+            self.ledger.wrote("requests", request_id, "attempts", "failed_step")
+            self.set_status(request_id, status, **data)
+
     def purge(self, request_id: int, early: bool, reason: str, drop_indexes: bool = True) -> None:
         """Drop the request's and its plan's ciphertexts (the key is destroyed by the
         caller) and, with ``drop_indexes``, the subject's blind indexes ("" matches no
