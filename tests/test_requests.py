@@ -376,3 +376,17 @@ def test_retry_reopens_a_failed_request_at_its_failed_step(home):
     assert events[-1]["data"]["reason"] == "model registered"
     assert events[-1]["data"]["retried_step"] == "plan"
     cli("ledger", "verify")  # the reset attempts are explained by the event
+
+
+def test_cancelling_an_original_hands_its_duplicates_on(home):
+    for ref in ("O-1", "D-2", "D-3"):
+        cli("request", "add", "--subject", "Ann Lee", "--regulation", "gdpr", "--ref", ref)
+
+    def row(ref):
+        return json.loads(cli("request", "show", ref, "--json").stdout)
+
+    assert [row(r)["status"] for r in ("D-2", "D-3")] == ["duplicate", "duplicate"]
+    cli("request", "cancel", "O-1", "--reason", "sent by mistake")
+    assert row("D-2")["status"] == "received" and row("D-2")["duplicate_of"] is None
+    assert row("D-3")["status"] == "duplicate" and row("D-3")["duplicate_of"] == 2
+    cli("ledger", "verify")  # every changed row is explained by an event

@@ -93,12 +93,20 @@ def list_requests(ws: Workspace, status: str | None = None, overdue: bool = Fals
 
 # -- life cycle --------------------------------------------------------------------------
 def cancel(ws: Workspace, request_id: int, reason: str) -> None:
+    """Cancel an open request; the first of its duplicates becomes the original."""
     if not reason.strip():
         raise BadInput("a reason is required")
     ledger = ws.ledger
     with ledger.transaction():
         require_status(ledger.requests.get(request_id), OPEN_STATUSES, "cancel")
         ledger.requests.set_status(request_id, "cancelled", reason=reason)
+        # Its duplicates would otherwise wait for an original that will never be done.
+        first, *rest = ledger.requests.duplicates_of(request_id) or [None]
+        if first is not None:
+            why = f"original {request_id} cancelled"
+            ledger.requests.hand_on(first, None, reason=why)
+            for other in rest:
+                ledger.requests.hand_on(other, first, reason=why)
 
 
 def extend(

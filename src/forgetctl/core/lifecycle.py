@@ -14,6 +14,7 @@ Requests::
     any open status -> cancelled | failed           (by hand; retries used up)
     planned | applied | failed -> promoted          (a forced promotion)
     failed -> received | planned                    (`request retry`: at its failed step)
+    duplicate -> received                           (its original was cancelled)
 
 Versions::
 
@@ -55,7 +56,7 @@ REQUEST_MOVES: Mapping[str, frozenset[str]] = {
     "verified": frozenset({"promoted", "planned", *_CLOSE_BY_HAND}),
     "promoted": frozenset({"received"}),
     "not_present": frozenset(),
-    "duplicate": frozenset(),
+    "duplicate": frozenset({"received"}),
     "rejected": frozenset(),
     "failed": frozenset({"promoted", "received", "planned"}),
     "cancelled": frozenset(),

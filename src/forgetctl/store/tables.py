@@ -203,6 +203,23 @@ class Requests(_Table):
             self.ledger.wrote("requests", request_id, "duplicate_of")
             self.set_status(request_id, "duplicate", duplicate_of=of, **data)
 
+    def duplicates_of(self, request_id: int) -> list[int]:
+        sql = "SELECT id FROM requests WHERE duplicate_of = ? AND status = 'duplicate' ORDER BY id"
+        return [r["id"] for r in self.ledger.rows(sql, [request_id])]
+
+    def hand_on(self, request_id: int, of: int | None, **data: Any) -> None:
+        """A duplicate whose original was cancelled: the original itself (``of`` None, back
+        to ``received``), or a duplicate of the one that now is."""
+        with self.ledger.transaction():
+            self.ledger.db["requests"].update(request_id, {"duplicate_of": of})
+            self.ledger.wrote("requests", request_id, "duplicate_of")
+            if of is None:
+                self.set_status(request_id, "received", **data)
+            else:
+                self.ledger.append_event(
+                    "request.duplicate_of", request_id=request_id, duplicate_of=of, **data
+                )
+
     def extend(self, request_id: int, total_days: int, due: str, **event: Any) -> None:
         with self.ledger.transaction():
             self.ledger.db["requests"].update(
