@@ -390,3 +390,20 @@ def test_cancelling_an_original_hands_its_duplicates_on(home):
     assert row("D-2")["status"] == "received" and row("D-2")["duplicate_of"] is None
     assert row("D-3")["status"] == "duplicate" and row("D-3")["duplicate_of"] == 2
     cli("ledger", "verify")  # every changed row is explained by an event
+
+
+def test_a_broken_policy_file_stops_only_its_own_requests(home):
+    cli("request", "add", "--subject", "Ann Lee", "--regulation", "gdpr", "--ref", "G-1")
+    cli("request", "add", "--subject", "Bo Ray", "--regulation", "ccpa", "--ref", "C-1")
+    (home / "policies" / "gdpr.toml").write_text("deadline_days = 'soon'\n")
+    listed = json.loads(cli("request", "list", "--json").stdout)
+    assert sorted(r["ref"] for r in listed) == ["C-1", "G-1"]  # the list still works
+    assert "policy gdpr" in cli("request", "show", "G-1", code=4).output
+    refused = cli("request", "add", "--subject", "Cy Dee", "--regulation", "gdpr", code=4)
+    assert "other regulations are unaffected" in refused.output
+    cli("request", "add", "--subject", "Cy Dee", "--regulation", "ccpa")
+    # The run skips G-1 and says why, without spending its attempts; C-1 is taken on.
+    summary = json.loads(cli("run", "--json", "--dry-run").stdout)
+    assert [s["ref"] for s in summary["skipped"]] == ["G-1"]
+    assert "gdpr" in summary["skipped"][0]["reason"]
+    assert 2 in [o["request_id"] for o in summary["outcomes"]]

@@ -67,8 +67,9 @@ class Home:
             raise NotFound(f"no forgetctl home at {self.root} (run `forgetctl init`)")
         return self
 
-    def policies(self) -> dict[str, Policy]:
-        return load_policies(self.policies_dir)
+    def policies(self, broken: dict[str, str] | None = None) -> dict[str, Policy]:
+        """The home's policies; with ``broken``, files that do not load are listed there."""
+        return load_policies(self.policies_dir, broken)
 
     def create_dirs(self) -> None:
         # 0700: the home holds the ledger, the keys, corpora of personal data and reports;

@@ -217,7 +217,7 @@ def load_request_file(path: Path) -> list[RequestIn]:
 def add_request(ws: Workspace, req: RequestIn) -> tuple[int, bool]:
     """Record a request; returns (id, created). An existing ref returns (its id, False)."""
     ledger, keys = ws.ledger, ws.keys
-    policy = policy_for_regulation(ws.policies, req.regulation)
+    policy = policy_for_regulation(ws.policies, req.regulation, ws.broken_policies)
     subject_index = keys.blind_index(req.subject.name)
     identifier_indexes = sorted(
         keys.blind_index(value, kind=f"id:{kind}")
@@ -281,6 +281,6 @@ def _no_orphan_keys(ws: Workspace) -> Iterator[None]:
 def import_requests(ws: Workspace, reqs: list[RequestIn]) -> list[tuple[int, bool]]:
     """All or nothing: every request of a file is recorded in one transaction."""
     for req in reqs:  # fail on an unknown regulation before writing anything
-        policy_for_regulation(ws.policies, req.regulation)
+        policy_for_regulation(ws.policies, req.regulation, ws.broken_policies)
     with _no_orphan_keys(ws), ws.ledger.transaction():
         return [add_request(ws, req) for req in reqs]

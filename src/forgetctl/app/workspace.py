@@ -6,10 +6,10 @@ command and passes it to the steps, the run loop and the report.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from forgetctl.app.home import Home
-from forgetctl.core.errors import NotFound
+from forgetctl.core.errors import InvalidState, NotFound
 from forgetctl.core.policy import Policy, Resolved, resolve
 from forgetctl.store.crypto import Keyring
 from forgetctl.store.ledger import Ledger, open_ledger
@@ -22,6 +22,8 @@ class Workspace:
     ledger: Ledger
     keys: Keyring
     policies: dict[str, Policy]
+    broken_policies: dict[str, str] = field(default_factory=dict)
+    """Policy files that do not load (name: the problem): only their own requests stop."""
 
     @classmethod
     def open(cls, home: Home, *, create: bool = False) -> Workspace:
@@ -33,10 +35,13 @@ class Workspace:
         keys = Keyring(home.keys)
         # Refuses a damaged ledger or key; creates one only when there is no ledger.db.
         ledger = open_ledger(home.ledger_path, create=create, keys=keys)
-        return cls(home, ledger, keys, home.policies())
+        broken: dict[str, str] = {}
+        return cls(home, ledger, keys, home.policies(broken), broken)
 
     def policy_of(self, request: int | RequestRow) -> Policy:
         row = self.ledger.requests.get(request) if isinstance(request, int) else request
+        if (problem := self.broken_policies.get(row["policy"])) is not None:
+            raise InvalidState(f"request {row['id']}: {problem} (fix the file)")
         if row["policy"] not in self.policies:
             raise NotFound(
                 f"request {row['id']}'s policy {row['policy']!r} is not in "

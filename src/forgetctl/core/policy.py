@@ -15,7 +15,7 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from forgetctl.core.errors import BadInput, NotFound
+from forgetctl.core.errors import BadInput, InvalidState, NotFound
 from forgetctl.core.files import read_text
 
 CheckName = Literal[
@@ -249,13 +249,27 @@ def load_policy(path: Path) -> Policy:
         raise BadInput(f"policy {path.name}: {where}: {err['msg']}") from None
 
 
-def load_policies(directory: Path) -> dict[str, Policy]:
-    """All policies in a directory, keyed by name."""
-    return {p.stem: load_policy(p) for p in sorted(directory.glob("*.toml"))}
+def load_policies(directory: Path, broken: dict[str, str] | None = None) -> dict[str, Policy]:
+    """All policies in a directory, keyed by name. With ``broken``, a file that does not
+    load is recorded there (name: the problem) instead of failing every other policy."""
+    policies = {}
+    for path in sorted(directory.glob("*.toml")):
+        try:
+            policies[path.stem] = load_policy(path)
+        except BadInput as exc:
+            if broken is None:
+                raise
+            broken[path.stem] = str(exc)
+    return policies
 
 
-def policy_for_regulation(policies: dict[str, Policy], regulation: str) -> Policy:
-    """The policy whose regulation (or name) matches, else ``default``."""
+def policy_for_regulation(
+    policies: dict[str, Policy], regulation: str, broken: dict[str, str] | None = None
+) -> Policy:
+    """The policy whose regulation (or name) matches; a ``broken`` one of that name is
+    named as such."""
+    if (problem := (broken or {}).get(regulation.strip().lower())) is not None:
+        raise InvalidState(f"{problem} (fix the file; other regulations are unaffected)")
     if not policies:
         raise NotFound(
             "the home has no policies (policies/*.toml): "
