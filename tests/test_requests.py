@@ -12,6 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from forgetctl.app.home import Home
+from forgetctl.app.workspace import Workspace
 from forgetctl.cli.app import app
 
 runner = CliRunner()
@@ -362,10 +364,12 @@ def test_fuzzed_request_files_never_crash_never_write(home, tmp_path, doc, suffi
 def test_retry_reopens_a_failed_request_at_its_failed_step(home):
     cli("request", "add", "--subject", "Ann Lee", "--regulation", "gdpr", "--ref", "R-1")
     cli("request", "retry", "R-1", "--reason", "too early", code=4)  # only a failed one
-    # No model registered: every attempt fails at plan, until the retries are spent.
-    cli("run", "--quiet", code=11)
-    row = json.loads(cli("request", "show", "R-1", "--json").stdout)
-    assert row["status"] == "failed"
+    # No model registered: the run refuses before the request spends an attempt.
+    assert "no alias 'production'" in cli("run", "--quiet", code=3).output
+    assert json.loads(cli("request", "show", "R-1", "--json").stdout)["status"] == "received"
+    ledger = Workspace.open(Home(home)).ledger  # a plan that failed for good
+    ledger.requests.record_failure(1, "plan", 3)
+    ledger.requests.set_status(1, "failed", step="plan", error="probe failed", attempts=3)
     reopened = json.loads(
         cli("request", "retry", "R-1", "--reason", "model registered", "--json").stdout
     )

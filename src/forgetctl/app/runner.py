@@ -222,6 +222,8 @@ class Runner:
             try:
                 outcome.steps.append(self._step(row))
             except (ForgetctlError, RuntimeError, OSError, ValueError) as exc:
+                if "out of memory" in str(exc).lower():
+                    raise  # the machine's limit, not the request's: the next run resumes it
                 # A step that fails (a refused promotion, a missing file, a torch error)
                 # costs the request one attempt; the run goes on with the others.
                 step = NEXT_STEP[row["status"]]
@@ -277,6 +279,9 @@ def run(
             summary_.cleaned = clean_leftovers(ws)
             summary_.purged = purge_expired(ws)
             if ready:
+                # No registered model is the home's problem, not the requests': refused
+                # before any of them spends an attempt (NotFound, one line, exit 3).
+                ledger.aliases.get("production")
                 ledger.append_event("run.started", requests=[r["id"] for r in ready])
             for row in ready:
                 summary_.outcomes.append(runner.drive(row["id"]))
