@@ -59,6 +59,7 @@ out = _SafeConsole()
 err = _SafeConsole(stderr=True)
 
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout.")
+ReasonOpt = typer.Option(..., "--reason", help="Why (recorded in the ledger).")
 RequestArg = typer.Argument(..., metavar="REQUEST", help="The request's id or its ref.")
 
 

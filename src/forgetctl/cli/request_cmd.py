@@ -177,7 +177,7 @@ def show(
 @app.command("cancel")
 def cancel(
     target: str = common.RequestArg,
-    reason: str = typer.Option(..., "--reason", help="Why (recorded in the ledger)."),
+    reason: str = common.ReasonOpt,
     json_: bool = common.JsonOpt,
 ) -> None:
     """Cancel an open request.
@@ -192,7 +192,7 @@ def cancel(
 @app.command("retry")
 def retry(
     target: str = common.RequestArg,
-    reason: str = typer.Option(..., "--reason", help="Why (recorded in the ledger)."),
+    reason: str = common.ReasonOpt,
     json_: bool = common.JsonOpt,
 ) -> None:
     """Reopen a failed request at the step that failed, with its retries restored; the
@@ -209,7 +209,7 @@ def retry(
 def extend(
     target: str = common.RequestArg,
     days: int = typer.Option(..., "--days", help="Days added to the deadline."),
-    reason: str = typer.Option(..., "--reason", help="Why (recorded in the ledger)."),
+    reason: str = common.ReasonOpt,
     notified: str = typer.Option(..., "--notified", help="When the subject was told."),
     json_: bool = common.JsonOpt,
 ) -> None:
