@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from forgetctl.app.home import Home
+from forgetctl.app.runner import purge_expired
 from forgetctl.app.workspace import Workspace
 from forgetctl.cli.app import app
+from forgetctl.core.policy import load_policy, packaged_policy_dir
 
 runner = CliRunner()
 NAME = "Basil Mahfouz Al-Kuwaiti"
@@ -225,15 +227,35 @@ def test_bad_cli_input(home):
     assert state(home) == before
 
 
+@pytest.mark.parametrize(("received", "due"), [
+    ("2026-01-31", "2026-02-28"), ("2028-01-31", "2028-02-29"), ("2026-12-15", "2027-01-15"),
+    ("2026-03-31", "2026-04-30"),
+])  # fmt: skip
+def test_gdpr_deadline_is_one_calendar_month(received, due):
+    """Art. 12(3) says one month: the same date of the next month, or its last day."""
+    gdpr = load_policy(packaged_policy_dir() / "gdpr.toml")
+    assert gdpr.due(date.fromisoformat(received)) == date.fromisoformat(due)
+    assert gdpr.describe_deadline() == "1 month"
+    # Two further months at most: received 31 January, latest 30 April.
+    assert gdpr.latest_due(date(2026, 1, 31)) == date(2026, 4, 30)
+
+
 def test_cancel_extend_approve(home):
     received = (date.today() - timedelta(days=10)).isoformat()
     cli("request", "add", "--subject", "Ann", "--regulation", "gdpr", "--received", received)
     today = date.today().isoformat()
+    gdpr = load_policy(packaged_policy_dir() / "gdpr.toml")
+    one_month = gdpr.due(date.fromisoformat(received))
+    assert json.loads(cli("request", "show", "1", "--json").stdout)["due"] == str(one_month)
     cli("request", "extend", "1", "--days", "30", "--reason", "complex", "--notified", today)
     due = json.loads(cli("request", "show", "1", "--json").stdout)["due"]
-    assert due == (date.today() + timedelta(days=50)).isoformat()
-    # Art. 12(3): at most two more months in total.
-    cli("request", "extend", "1", "--days", "31", "--reason", "more", "--notified", today, code=4)
+    assert due == (one_month + timedelta(days=30)).isoformat()
+    # Art. 12(3): at most two further months in total; to the day is allowed, a day more not.
+    left = (gdpr.latest_due(date.fromisoformat(received)) - date.fromisoformat(due)).days
+    more = ("--reason", "more", "--notified", today)
+    refused = cli("request", "extend", "1", "--days", str(left + 1), *more, code=4)
+    assert "latest deadline" in refused.output
+    cli("request", "extend", "1", "--days", str(left), *more)
     # GDPR's policy needs no approval: saying "approved" would record a decision nobody needed.
     refused = cli("request", "approve", "1", "--by", "dpo", code=4)
     assert "needs no approval" in refused.output
@@ -249,7 +271,9 @@ def test_overdue_listing(home):
     cli("request", "add", "--subject", "Late", "--regulation", "gdpr", "--received", old)
     cli("request", "add", "--subject", "Fresh", "--regulation", "gdpr")
     overdue = json.loads(cli("request", "list", "--overdue", "--json").stdout)
-    assert [r["id"] for r in overdue] == [1] and overdue[0]["days_left"] == -10
+    due = load_policy(packaged_policy_dir() / "gdpr.toml").due(date.fromisoformat(old))
+    assert [r["id"] for r in overdue] == [1]
+    assert overdue[0]["days_left"] == (due - date.today()).days < 0
 
 
 def test_purge_destroys_personal_data(home, tmp_path):
@@ -307,7 +331,7 @@ def test_policy_commands(home, tmp_path):
         "ccpa",
         "default",
     }
-    assert json.loads(cli("policy", "show", "gdpr", "--json").stdout)["deadline_days"] == 30
+    assert json.loads(cli("policy", "show", "gdpr", "--json").stdout)["deadline_months"] == 1
     bad = tmp_path / "bad.toml"
     bad.write_text('regulation = "x"\ndeadline_days = -1\nretention_days = 1\n')
     assert "deadline_days" in cli("policy", "check", str(bad), code=2).stderr
@@ -380,6 +404,20 @@ def test_retry_reopens_a_failed_request_at_its_failed_step(home):
     assert events[-1]["data"]["reason"] == "model registered"
     assert events[-1]["data"]["retried_step"] == "plan"
     cli("ledger", "verify")  # the reset attempts are explained by the event
+
+
+def test_a_failed_overdue_request_stays_overdue_until_closed(home):
+    old = (date.today() - timedelta(days=400)).isoformat()  # past due and past retention
+    cli("request", "add", "--subject", "Ann Lee", "--regulation", "gdpr", "--received", old)
+    ledger = Workspace.open(Home(home)).ledger
+    ledger.requests.set_status(1, "failed", step="apply", error="diverged", attempts=3)
+    overdue = json.loads(cli("request", "list", "--overdue", "--json").stdout)
+    assert [(r["id"], r["status"], r["overdue"]) for r in overdue] == [(1, "failed", True)]
+    # The deletion is still owed: retention does not purge its data, run reports it.
+    assert cli("run", "--json", code=10).stdout and purge_expired(Workspace.open(Home(home))) == []
+    assert json.loads(cli("request", "show", "1", "--json").stdout)["purged_at"] is None
+    cli("request", "cancel", "1", "--reason", "model retired")  # closing it ends the tracking
+    assert json.loads(cli("request", "list", "--overdue", "--json").stdout) == []
 
 
 def test_cancelling_an_original_hands_its_duplicates_on(home):

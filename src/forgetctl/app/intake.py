@@ -18,7 +18,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from forgetctl.app.requests import deadline
 from forgetctl.app.workspace import Workspace
 from forgetctl.core.errors import BadInput
 from forgetctl.core.files import MAX_INPUT_BYTES, read_text
@@ -223,7 +222,7 @@ def add_request(ws: Workspace, req: RequestIn) -> tuple[int, bool]:
         keys.blind_index(value, kind=f"id:{kind}")
         for kind, value in req.subject.identifiers.items()
     )
-    due = deadline(req.received, policy).isoformat()
+    due = policy.due(req.received).isoformat()
     with _no_orphan_keys(ws), ledger.transaction():
         # The ref is looked up inside the write transaction (BEGIN IMMEDIATE): a second
         # process adding the same ref waits, then finds it, instead of hitting UNIQUE.

@@ -11,7 +11,7 @@ from pathlib import Path
 from forgetctl.app.workspace import Workspace
 from forgetctl.core.errors import BadInput, InvalidState, NotFound
 from forgetctl.core.inputs import parse_id
-from forgetctl.core.lifecycle import OPEN_STATUSES, REQUEST_STATUSES, require_status
+from forgetctl.core.lifecycle import OPEN_STATUSES, OWED_STATUSES, REQUEST_STATUSES, require_status
 from forgetctl.core.policy import Policy
 
 REPORT_WRITTEN = "report.written"
@@ -35,10 +35,6 @@ def resolve(ws: Workspace, target: str) -> int:
     return request_id
 
 
-def deadline(received: date, policy: Policy, extended_days: int = 0) -> date:
-    return received + timedelta(days=policy.deadline_days + extended_days)
-
-
 def payload(ws: Workspace, request_id: int) -> dict:
     """The decrypted payload; InvalidState once the request was purged."""
     keys = ws.keys
@@ -50,6 +46,11 @@ def payload(ws: Workspace, request_id: int) -> dict:
 
 def days_left(row: dict, today: date | None = None) -> int:
     return (date.fromisoformat(row["due"]) - (today or date.today())).days
+
+
+def is_overdue(row: dict) -> bool:
+    """Past due and the deletion still owed (a failed request too, until it is closed)."""
+    return row["status"] in OWED_STATUSES and days_left(row) < 0
 
 
 def summary(row: dict, policy: Policy | None = None) -> dict:
@@ -76,9 +77,9 @@ def summary(row: dict, policy: Policy | None = None) -> dict:
         if k in row
     }
     out["days_left"] = left
-    out["overdue"] = left < 0 and row["status"] in OPEN_STATUSES
+    out["overdue"] = is_overdue(row)
     if policy is not None:
-        out["due_soon"] = 0 <= left <= policy.warning_days and row["status"] in OPEN_STATUSES
+        out["due_soon"] = 0 <= left <= policy.warning_days and row["status"] in OWED_STATUSES
     return out
 
 
@@ -87,18 +88,18 @@ def list_requests(ws: Workspace, status: str | None = None, overdue: bool = Fals
         raise BadInput(f"unknown status {status!r} (one of: {', '.join(REQUEST_STATUSES)})")
     rows = ws.ledger.requests.all(status)
     if overdue:
-        rows = [r for r in rows if r["status"] in OPEN_STATUSES and days_left(r) < 0]
+        rows = [r for r in rows if is_overdue(r)]
     return rows
 
 
 # -- life cycle --------------------------------------------------------------------------
 def cancel(ws: Workspace, request_id: int, reason: str) -> None:
-    """Cancel an open request; the first of its duplicates becomes the original."""
+    """Cancel an open or failed request; the first of its duplicates becomes the original."""
     if not reason.strip():
         raise BadInput("a reason is required")
     ledger = ws.ledger
     with ledger.transaction():
-        require_status(ledger.requests.get(request_id), OPEN_STATUSES, "cancel")
+        require_status(ledger.requests.get(request_id), OWED_STATUSES, "cancel")
         ledger.requests.set_status(request_id, "cancelled", reason=reason)
         # Its duplicates would otherwise wait for an original that will never be done.
         first, *rest = ledger.requests.duplicates_of(request_id) or [None]
@@ -129,14 +130,16 @@ def extend(
         policy = ws.policy_of(row)
         require_status(row, OPEN_STATUSES, "extend")
         total = row["extended_days"] + days
-        if total > policy.extension_max_days:
+        received = date.fromisoformat(row["received"])
+        due, latest = policy.due(received, total), policy.latest_due(received)
+        if due > latest:
             raise InvalidState(
-                f"request {request_id}: extension to {total} days exceeds the "
-                f"{policy.name} maximum of {policy.extension_max_days}"
+                f"request {request_id}: extending to {due} passes the {policy.name} latest "
+                f"deadline of {latest} (at most {(latest - policy.due(received)).days} days "
+                "in total)"
             )
         if notified > date.fromisoformat(row["due"]):
             raise BadInput("the subject must be notified before the original deadline")
-        due = deadline(date.fromisoformat(row["received"]), policy, total)
         ledger.requests.extend(request_id, total, due.isoformat(), days=days,
                                notified=notified.isoformat(), reason=reason)  # fmt: skip
     return due
@@ -203,7 +206,7 @@ def purge(
         if not (reason and reason.strip()):
             raise BadInput("--now needs --reason")
     else:
-        if row["status"] in OPEN_STATUSES:
+        if row["status"] in OWED_STATUSES:
             raise InvalidState(
                 f"request {request_id} is still {row['status']}; its data is needed to finish it"
             )

@@ -29,9 +29,9 @@ from forgetctl.app.promote import promote
 from forgetctl.app.requests import list_requests, purge, retention_ends, summary
 from forgetctl.app.verify_step import verify_version
 from forgetctl.app.workspace import Workspace
-from forgetctl.core.errors import EXIT_FAILED, EXIT_OVERDUE, ForgetctlError, InvalidState, Locked
+from forgetctl.core.errors import EXIT_FAILED, EXIT_OVERDUE, ForgetctlError, Locked
 from forgetctl.core.files import clean_partial
-from forgetctl.core.lifecycle import NEXT_STEP, OPEN_STATUSES
+from forgetctl.core.lifecycle import NEXT_STEP, OPEN_STATUSES, OWED_STATUSES
 from forgetctl.store.tables import RequestRow, VersionRow
 
 log = logging.getLogger("forgetctl.run")
@@ -117,9 +117,9 @@ def purge_expired(ws: Workspace) -> list[int]:
     """Crypto-shred every closed request whose retention period has ended."""
     purged = []
     for row in ws.ledger.requests.not_purged():
-        if row["policy"] in ws.broken_policies:
+        if ws.policy_problem(row):
             continue  # its retention is unknown until the file is fixed (run says so)
-        if row["status"] not in OPEN_STATUSES and date.today() >= retention_ends(
+        if row["status"] not in OWED_STATUSES and date.today() >= retention_ends(
             row, ws.policy_of(row)
         ):
             purge(ws, row["id"])
@@ -153,12 +153,11 @@ class Runner:
         for row in list_requests(self.ws):
             if row["status"] not in OPEN_STATUSES:
                 continue
-            try:
-                policy = self.ws.policy_of(row)
-            except InvalidState as exc:  # a broken policy file: not the request's fault
-                self.say(f"request {row['id']} skipped: {exc}")
-                waiting.append({"id": row["id"], "ref": row["ref"], "reason": str(exc)})
+            if problem := self.ws.policy_problem(row):  # not the request's fault: no retry spent
+                self.say(f"request {row['id']} skipped: {problem}")
+                waiting.append({"id": row["id"], "ref": row["ref"], "reason": problem})
                 continue
+            policy = self.ws.policy_of(row)
             if policy.require_approval and not row["approved_at"]:
                 waiting.append({"id": row["id"], "ref": row["ref"], "reason": "needs approval"})
             else:
@@ -246,7 +245,7 @@ def deadline_report(ws: Workspace) -> tuple[list, list]:
     """(due within the policy's warning window, overdue) among open requests."""
     soon, overdue = [], []
     for row in list_requests(ws):
-        if row["status"] in OPEN_STATUSES:
+        if row["status"] in OWED_STATUSES:
             # Overdue whatever its policy file's state; "due soon" needs the policy.
             info = summary(row, ws.policies.get(row["policy"]))
             if info["overdue"]:

@@ -38,10 +38,16 @@ class Workspace:
         broken: dict[str, str] = {}
         return cls(home, ledger, keys, home.policies(broken), broken)
 
+    def policy_problem(self, row: RequestRow) -> str | None:
+        """Why a request's policy file cannot be used (it is broken), or None."""
+        if (problem := self.broken_policies.get(row["policy"])) is None:
+            return None
+        return f"request {row['id']}: {problem} (fix the file)"
+
     def policy_of(self, request: int | RequestRow) -> Policy:
         row = self.ledger.requests.get(request) if isinstance(request, int) else request
-        if (problem := self.broken_policies.get(row["policy"])) is not None:
-            raise InvalidState(f"request {row['id']}: {problem} (fix the file)")
+        if (problem := self.policy_problem(row)) is not None:
+            raise InvalidState(problem)
         if row["policy"] not in self.policies:
             raise NotFound(
                 f"request {row['id']}'s policy {row['policy']!r} is not in "

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from forgetctl.cli import common
 from forgetctl.core.errors import NotFound
-from forgetctl.core.policy import load_policies, load_policy, packaged_policy_dir
+from forgetctl.core.policy import Policy, load_policies, load_policy, packaged_policy_dir
 
 app = typer.Typer(help="The policies that set deadlines, methods and thresholds.")
 
@@ -35,13 +35,19 @@ def list_(json_: bool = common.JsonOpt) -> None:
         table.add_row(
             common.safe(p.name),
             common.safe(p.regulation),
-            f"{p.deadline_days} d",
-            f"{p.extension_max_days} d",
+            p.describe_deadline(),
+            _extension(p),
             f"{p.retention_days} d",
             "yes" if p.require_approval else "no",
             common.safe(p.title),
         )
     common.out.print(table)
+
+
+def _extension(p: Policy) -> str:
+    parts = [f"{n} {unit}" for n, unit in
+             ((p.extension_max_months, "mo"), (p.extension_max_days, "d")) if n]  # fmt: skip
+    return " + ".join(parts) or "none"
 
 
 @app.command("show")

@@ -11,7 +11,7 @@ from forgetctl.app import requests as rq
 from forgetctl.app.workspace import Workspace
 from forgetctl.cli import common
 from forgetctl.core.errors import BadInput, InvalidState
-from forgetctl.core.lifecycle import OPEN_STATUSES
+from forgetctl.core.lifecycle import OWED_STATUSES
 
 app = typer.Typer(help="Add, import, list and manage deletion requests.", no_args_is_help=True)
 
@@ -95,7 +95,7 @@ def import_(
 
 def _days_style(row: dict) -> str:
     left = row["days_left"]
-    if row["status"] not in OPEN_STATUSES:
+    if row["status"] not in OWED_STATUSES:
         return "dim"
     if left < 0:
         return "bold red"
@@ -105,7 +105,9 @@ def _days_style(row: dict) -> str:
 @app.command("list")
 def list_(
     status: str = typer.Option(None, "--status", help="Only this status."),
-    overdue: bool = typer.Option(False, "--overdue", help="Only open requests past due."),
+    overdue: bool = typer.Option(
+        False, "--overdue", help="Only requests past due whose deletion is owed (open or failed)."
+    ),
     json_: bool = common.JsonOpt,
 ) -> None:
     """Requests by deadline, with days left.
@@ -122,7 +124,7 @@ def list_(
     common.print_table("Deletion requests", columns, (
         (str(r["id"]), common.safe(r["ref"]), common.safe(r["policy"]), r["status"],
          r["received"], r["due"],
-         f"[{_days_style(r)}]{r['days_left'] if r['status'] in OPEN_STATUSES else '-'}[/]")
+         f"[{_days_style(r)}]{r['days_left'] if r['status'] in OWED_STATUSES else '-'}[/]")
         for r in rows
     ), right=("id", "days left"))  # fmt: skip
 
@@ -180,7 +182,7 @@ def cancel(
     reason: str = common.ReasonOpt,
     json_: bool = common.JsonOpt,
 ) -> None:
-    """Cancel an open request.
+    """Cancel an open or failed request.
 
     Example: forgetctl request cancel 3 --reason 'withdrawn by the subject'"""
     ws = common.workspace()

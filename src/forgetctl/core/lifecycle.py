@@ -46,7 +46,10 @@ REQUEST_STATUSES = (
     "cancelled",
 )
 OPEN_STATUSES = frozenset({"received", "planned", "applied", "verified"})
-"""Requests still being worked on: they count for deadlines and duplicates."""
+"""Requests still being worked on: they count for duplicates."""
+OWED_STATUSES = OPEN_STATUSES | {"failed"}
+"""The deletion is still owed: open, or failed and waiting for `request retry` or
+`request cancel`. They count for deadlines (overdue until closed) and keep their data."""
 
 _CLOSE_BY_HAND = {"cancelled", "failed"}
 REQUEST_MOVES: Mapping[str, frozenset[str]] = {
@@ -58,7 +61,7 @@ REQUEST_MOVES: Mapping[str, frozenset[str]] = {
     "not_present": frozenset(),
     "duplicate": frozenset({"received"}),
     "rejected": frozenset(),
-    "failed": frozenset({"promoted", "received", "planned"}),
+    "failed": frozenset({"promoted", "received", "planned", "cancelled"}),
     "cancelled": frozenset(),
 }
 """Allowed moves. ``planned``/``applied``/``failed`` -> ``promoted`` is a forced promotion

@@ -7,9 +7,11 @@ unlearning method, and the verification thresholds a candidate must pass before 
 
 from __future__ import annotations
 
+import calendar
 import tomllib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -200,8 +202,14 @@ class Policy(_Strict):
     name: str = Field(min_length=1)
     regulation: str = Field(min_length=1)
     title: str = ""
-    deadline_days: int = Field(ge=1)
+    deadline_months: int = Field(0, ge=0)
+    deadline_days: int = Field(0, ge=0)
+    """The deadline from the date received: calendar months, then days. A month ends on
+    the same date of a later month, or on its last day when it has no such date (GDPR Art.
+    12(3) counts so, as EU Regulation 1182/71 does: received 31 January, due 28 February)."""
+    extension_max_months: int = Field(0, ge=0)
     extension_max_days: int = Field(0, ge=0)
+    """How far `request extend` may push the deadline in total, in the same units."""
     warning_days: int = Field(7, ge=0)
     retention_days: int = Field(ge=0)
     """How long the encrypted plaintext payload is kept after the request closes."""
@@ -223,6 +231,36 @@ class Policy(_Strict):
     method: MethodConfig = MethodConfig()
     plan: PlanConfig = PlanConfig()
     verify: VerifyConfig = VerifyConfig()
+
+    @model_validator(mode="after")
+    def _has_deadline(self) -> Policy:
+        if not (self.deadline_months or self.deadline_days):
+            raise ValueError("no deadline: set deadline_months or deadline_days")
+        return self
+
+    def due(self, received: date, extended_days: int = 0) -> date:
+        """The deadline of a request received on ``received``, extended by that many days."""
+        return _add_months(received, self.deadline_months) + timedelta(
+            days=self.deadline_days + extended_days
+        )
+
+    def latest_due(self, received: date) -> date:
+        """The deadline with the longest extension the policy allows."""
+        months = self.deadline_months + self.extension_max_months
+        days = self.deadline_days + self.extension_max_days
+        return _add_months(received, months) + timedelta(days=days)
+
+    def describe_deadline(self) -> str:
+        """``1 month``, ``45 days``, ``1 month + 5 days``."""
+        parts = [f"{n} {unit}{'s' if n > 1 else ''}" for n, unit in
+                 ((self.deadline_months, "month"), (self.deadline_days, "day")) if n]  # fmt: skip
+        return " + ".join(parts)
+
+
+def _add_months(day: date, months: int) -> date:
+    index = day.month - 1 + months
+    year, month = day.year + index // 12, index % 12 + 1
+    return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
 
 
 def packaged_policy_dir() -> Path:
