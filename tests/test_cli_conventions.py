@@ -71,3 +71,15 @@ def test_rollback_asks_first(tmp_path, monkeypatch, tiny_lm_dir):
     result = cli("rollback", code=1)
     assert "Roll production back" in result.output and "aborted" in result.output
     assert cli("ledger", "log", "--json").stdout == before
+
+
+def test_plan_show_is_a_real_sub_command(home):
+    """`plan show --help` is show's help, `plan REQUEST` is `plan make REQUEST`, and a
+    request is named by id or ref in both."""
+    assert "plan show [OPTIONS] {REQUEST}" in cli("plan", "show", "--help").stdout
+    assert "plan make [OPTIONS] [REQUEST]..." in cli("plan", "make", "-h").stdout
+    cli("request", "add", "--subject", "Ann Lee", "--regulation", "gdpr", "--ref", "R-1")
+    assert "request 1 has no plan" in cli("plan", "show", "R-1", code=4).output
+    assert "no request with id or ref 'R-9'" in cli("plan", "R-9", code=3).output
+    # `plan` alone plans every received request: here R-1, which needs a registered model.
+    assert "no alias 'production'" in cli("plan", "--json", code=3).output

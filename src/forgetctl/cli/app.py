@@ -131,12 +131,12 @@ def _root(
 
 
 setup_cmd.register(app)
-plan_cmd.register(app)
 apply_cmd.register(app)
 gate_cmd.register(app)
 run_cmd.register(app)
 doctor_cmd.register(app)
 report_cmd.register(app)
+app.add_typer(plan_cmd.app, name="plan")
 app.add_typer(request_cmd.app, name="request")
 app.add_typer(ledger_cmd.app, name="ledger")
 app.add_typer(policy_cmd.app, name="policy")

@@ -1,20 +1,102 @@
-"""`forgetctl plan [REQUEST...]` and `forgetctl plan show ID`."""
+"""`forgetctl plan [make] [REQUEST...]` and `forgetctl plan show REQUEST`."""
 
 from __future__ import annotations
 
+import click
 import typer
 from rich.table import Table
+from typer.core import TyperGroup
 
 from forgetctl.cli import common
 from forgetctl.cli.progress import status
-from forgetctl.core.errors import BadInput, InvalidState
-from forgetctl.core.inputs import parse_id
+from forgetctl.core.errors import InvalidState
 
 
-def _show(request_id: int, json_: bool) -> None:
-    from forgetctl.app.plan_step import load_plan
+class _MakeByDefault(TyperGroup):
+    """`forgetctl plan 2` is `forgetctl plan make 2`: the group's first word, unless it
+    names a sub-command or asks for help, starts the default one."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ("-h", "--help")):
+            args = ["make", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(
+    cls=_MakeByDefault,
+    help="Filter and expand requests into prompt sets (`plan` alone: `plan make`).\n\n"
+    "Example: forgetctl plan 2 && forgetctl plan show 2",
+)
+
+
+def _probe_table(probe: dict) -> Table:
+    """The memorisation probe's evidence (``plan.planner._probe_figures``) in words."""
+    table = Table(title="Memorisation probe", show_header=False)
+    table.add_column("what")
+    table.add_column("figure")
+    rows = [("records known", f"{probe.get('known', 0)} of {probe.get('items', 0)} "
+             f"(specificity at least {probe.get('min_specificity', '?')} nats per token "
+             "above the control subjects' records)")]  # fmt: skip
+    if "mean_specificity" in probe:
+        rows.append(("mean specificity", f"{probe['mean_specificity']}"))
+    if probe.get("records"):
+        rows.append(("per record", ", ".join(f"{v:.3f}" for v in probe["records"])))
+    if "attributes" in probe:
+        revealing = f"{probe.get('attributes_revealing', 0)} of {len(probe['attributes'])}"
+        rows.append(("attribute answers revealing", revealing))
+    if control := probe.get("control"):
+        rows.append(("control records", f"{control.get('records')} (95th percentile log-prob "
+                     f"per token {control.get('p95_logprob')})"))  # fmt: skip
+    if probe.get("note"):
+        rows.append(("note", str(probe["note"])))
+    for what, figure in rows:
+        table.add_row(what, common.safe(figure))
+    return table
+
+
+@app.command("make")
+def make(
+    targets: list[str] = typer.Argument(
+        None, metavar="REQUEST", help="Ids or refs (default: every received request)."
+    ),
+    json_: bool = common.JsonOpt,
+) -> None:
+    """Plan requests (the default): keep what the model knows, expand it, add neighbours.
+
+    Example: forgetctl plan make 2 3"""
+    from forgetctl.app.plan_step import plan_request_step
+    from forgetctl.app.requests import resolve
 
     ws = common.workspace()
+    ids = [resolve(ws, t) for t in targets or []] or ws.ledger.requests.ids_in_status("received")
+    results = []
+    for request_id in ids:
+        with status(f"planning request {request_id}", quiet=json_) as say:
+            outcome = plan_request_step(ws, request_id, progress=say)
+        results.append({"request": request_id, **outcome})
+        if not json_:
+            common.out.print(
+                f"request {request_id}: [bold]{outcome['status']}[/] "
+                f"{outcome.get('counts') or ''} "
+                f"{common.safe('; '.join(outcome.get('reasons', [])))}",
+                highlight=False,
+            )
+    if json_:
+        common.emit_json(results)
+    elif not ids:
+        common.out.print("nothing to plan")
+
+
+@app.command("show")
+def show(target: str = common.RequestArg, json_: bool = common.JsonOpt) -> None:
+    """A request's prompt set: items per kind, the probe, what was dropped and why.
+
+    Example: forgetctl plan show DSR-2026-0042"""
+    from forgetctl.app.plan_step import load_plan
+    from forgetctl.app.requests import resolve
+
+    ws = common.workspace()
+    request_id = resolve(ws, target)
     plan = ws.ledger.plans.get(request_id)
     if plan is None:
         raise InvalidState(f"request {request_id} has no plan (run `forgetctl plan {request_id}`)")
@@ -35,7 +117,7 @@ def _show(request_id: int, json_: bool) -> None:
         table.add_row(kind, str(n))
     common.out.print(table)
     if probe:
-        common.out.print(f"memorisation probe: {probe}", markup=False, highlight=False)
+        common.out.print(_probe_table(probe))
     if dropped:
         why = Table(title="Dropped")
         for col in ("kind", "reason", "figure", "prompt"):
@@ -44,43 +126,3 @@ def _show(request_id: int, json_: bool) -> None:
             why.add_row(*(common.safe(str(d.get(k, "")))[:70]
                           for k in ("kind", "reason", "figure", "prompt")))  # fmt: skip
         common.out.print(why)
-
-
-def register(app: typer.Typer) -> None:
-    @app.command(
-        "plan",
-        help="Filter and expand requests into prompt sets: `plan [REQUEST...]` (default: "
-        "every received request), or `plan show ID` for counts and what was dropped.\n\n"
-        "Example: forgetctl plan 2 && forgetctl plan show 2",
-    )
-    def plan(
-        targets: list[str] = typer.Argument(None, metavar="[REQUEST...] | show ID"),
-        json_: bool = common.JsonOpt,
-    ) -> None:
-        targets = targets or []
-        if targets[:1] == ["show"]:
-            if len(targets) != 2:
-                raise BadInput("usage: forgetctl plan show ID")
-            _show(parse_id(targets[1], "request id"), json_)
-            return
-        parsed = [parse_id(t, "request id (or: forgetctl plan show ID)") for t in targets]
-        from forgetctl.app.plan_step import plan_request_step
-
-        ws = common.workspace()
-        ids = parsed or ws.ledger.requests.ids_in_status("received")
-        results = []
-        for request_id in ids:
-            with status(f"planning request {request_id}", quiet=json_) as say:
-                outcome = plan_request_step(ws, request_id, progress=say)
-            results.append({"request": request_id, **outcome})
-            if not json_:
-                common.out.print(
-                    f"request {request_id}: [bold]{outcome['status']}[/] "
-                    f"{outcome.get('counts') or ''} "
-                    f"{common.safe('; '.join(outcome.get('reasons', [])))}",
-                    highlight=False,
-                )
-        if json_:
-            common.emit_json(results)
-        elif not ids:
-            common.out.print("nothing to plan")
