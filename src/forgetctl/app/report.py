@@ -1,4 +1,4 @@
-"""Audit evidence for a request or a version, as Markdown, HTML (with a plot) or JSON.
+"""Audit evidence for a request or a version, as Markdown, HTML (with plots) or JSON.
 
 Personal data (the subject's name and aliases) appears only while the request's payload
 can still be decrypted, i.e. before its retention ended and it was crypto-shredded; the
@@ -8,7 +8,9 @@ and stays available for as long as the ledger exists.
 A version's section has a row for every check it ran or its policies make mandatory: the
 verdict (pass, fail, no_signal: the check had no evidence to judge; not_run), the reasons,
 and the key figures next to their limits (:func:`key_figures`), read from the figures each
-check records (``verify/checks/``).
+check records (``verify/checks/``). A request's section has its dates from its events, why
+each check exists (:data:`CHECK_PURPOSE`) and every candidate built for it, rejected ones
+too, with the method settings a retry changed (:func:`candidates`).
 """
 
 from __future__ import annotations
@@ -22,13 +24,95 @@ from forgetctl.app.workspace import Workspace
 from forgetctl.core.errors import InvalidState
 from forgetctl.core.files import write_atomic
 from forgetctl.core.inputs import parse_id
+from forgetctl.core.lifecycle import OPEN_STATUSES
 from forgetctl.core.policy import ALL_CHECKS, VerifyConfig
 from forgetctl.store.ledger import Ledger
 from forgetctl.store.tables import VersionRow
 
+CHECK_PURPOSE: dict[str, str] = {
+    "forget": "The subject must no longer be known: what the model answers about them (token "
+    "accuracy, answer recall, key facts) may exceed what it answers about people it never saw "
+    "by at most the limit.",
+    "retain": "Forgetting one person must not take the people and records around them along: "
+    "recall on held-out neighbouring items may drop from the parent's by at most the limit.",
+    "utility": "The model must stay useful: recall on general-knowledge items may drop from the "
+    "parent's by at most the limit.",
+    "regression": "Every subject forgotten earlier must stay forgotten: a new adapter must not "
+    "bring back what an earlier one removed.",
+    "membership": "An attacker must not be able to tell that the subject's records were "
+    "trained on: the Min-K%++ membership score may separate the subject from the controls by "
+    "at most the limit.",
+    "tell": "Forgetting must leave no tell: answers about the subject that are more repetitive, "
+    "garbled or short than about the controls show who was removed.",
+    "int4": "Deployments quantise models to 4 bits, and rounding the weights can undo a small "
+    "update: the int4 model must forget as the full-precision one does.",
+    "relearn": "Forgetting must be more than skin-deep: a short fine-tune on part of the "
+    "subject's data may bring back at most the limit's share of what the parent knew, beyond "
+    "what the same attack teaches about the controls.",
+}
+"""Why each check exists, one sentence each, for the reader of a report (keyed by check
+name; :data:`~forgetctl.core.policy.ALL_CHECKS` gives the order)."""
+
 
 def _versions_of(ledger: Ledger, request_id: int) -> list[int]:
     return sorted(v["id"] for v in ledger.versions.of_request(request_id))
+
+
+def request_dates(row: dict, events: list[dict]) -> dict:
+    """Received and due (the row), every extension and, once the request left the open
+    statuses, when it reached the status it is in (the events)."""
+    extended = [
+        {"at": e["ts"], **{k: e["data"].get(k) for k in ("days", "due", "notified", "reason")}}
+        for e in events
+        if e["kind"] == "request.extended"
+    ]
+    completed = None
+    if row["status"] not in OPEN_STATUSES:
+        moves = [e for e in events if e["kind"] == "request.status"]
+        reached = [e["ts"] for e in moves if e["data"].get("to") == row["status"]]
+        completed = {"at": reached[-1] if reached else None, "status": row["status"]}
+    return {"received": row["received"], "due": row["due"], "extended": extended,
+            "completed": completed}  # fmt: skip
+
+
+TRAINING_FIGURES = ("steps", "stop_reason", "forget_accuracy_before", "forget_accuracy_after",
+                    "retain_accuracy_before", "retain_accuracy_after", "guard_trips",
+                    "wall_s")  # fmt: skip
+"""What a candidate's summary shows of its training run (``unlearn.train._stats``)."""
+
+
+def candidates(ws: Workspace, request_id: int) -> list[dict]:
+    """Every version built for the request, oldest first: its status, the method it was
+    trained with, its training figures, the checks it did not pass, and what changed in
+    the method since the previous candidate (a retry escalates the method aimed at the
+    checks that failed before: ``app.apply_step.escalate``)."""
+    out: list[dict] = []
+    before: dict | None = None
+    failed_before: set[str] = set()
+    for vid in _versions_of(ws.ledger, request_id):
+        version = ws.ledger.versions.get(vid)
+        method = version["metrics"].get("method") or {}
+        checks, _ = gate_rows(ws, version)
+        not_passed = [{"check": c["check_name"], "verdict": c["verdict"]}
+                      for c in checks if c["verdict"] != "pass"]  # fmt: skip
+        changed = None if before is None else {
+            k: {"from": before.get(k), "to": v} for k, v in method.items() if before.get(k) != v
+        }  # fmt: skip
+        out.append({
+            "id": vid,
+            "status": version["status"],
+            "created_at": version["created_at"],
+            "adapter_sha256": version["adapter_sha256"],
+            "method": method,
+            "training": {k: version["metrics"].get(k) for k in TRAINING_FIGURES},
+            "not_passed": not_passed,
+            "failed_before": sorted(failed_before),
+            "changed": changed,
+        })  # fmt: skip
+        before = method
+        if version["status"] == "rejected":  # what a retry aims at (apply_step.failed_checks)
+            failed_before |= {c["check"] for c in not_passed if c["verdict"] != "not_run"}
+    return out
 
 
 def request_section(ws: Workspace, request_id: int) -> dict:
@@ -47,14 +131,21 @@ def request_section(ws: Workspace, request_id: int) -> dict:
         "retention_days": policy.retention_days,
         "mandatory_checks": list(policy.verify.mandatory),
         "method": policy.method.model_dump(),
-    }
+        "checks": [
+            {"name": name, "mandatory": name in policy.verify.mandatory,
+             "why": CHECK_PURPOSE[name]}
+            for name in ALL_CHECKS
+        ],
+    }  # fmt: skip
     plan = ledger.plans.get(request_id)
     section["prompt_set"] = plan["counts"] if plan else None
     section["versions"] = _versions_of(ledger, request_id)
+    section["candidates"] = candidates(ws, request_id)
     section["events"] = [
         {"seq": e["seq"], "ts": e["ts"], "kind": e["kind"], "data": e["data"]}
         for e in ledger.events(request_id)
     ]
+    section["dates"] = request_dates(row, section["events"])
     return section
 
 
@@ -92,16 +183,22 @@ def _versus_rows(where: str, figures: dict) -> list[dict]:
 def _drop_rows(where: str, figures: dict) -> list[dict]:
     """Knowledge kept (``check_drop``): the drop and its upper bound against the limit, and
     the check's resolution at its size."""
-    mdd = figures.get("min_detectable_drop")
-    values = {"n": figures.get("n"), "parent recall": figures.get("parent_recall"),
+    mdd, n = figures.get("min_detectable_drop"), figures.get("n")
+    parent, limit = figures.get("parent_recall"), figures.get("max_drop")
+    values = {"n": n, "parent recall": parent,
               "candidate recall": figures.get("candidate_recall"), "drop": figures.get("drop"),
-              "drop bound": figures.get("drop_bound"), "limit": figures.get("max_drop"),
+              "drop bound": figures.get("drop_bound"), "limit": limit,
               "min detectable drop": mdd}  # fmt: skip
-    note = (
-        f"the check can detect a drop of {mdd:.3f} at this size ({figures.get('n')} items)"
-        if mdd is not None
-        else "too few items to say what drop the check can detect"
-    )
+    if mdd is None:
+        note = "too few items to say what drop the check can detect"
+    elif mdd == 0:
+        # Every item moved alike: a zero spread bounds nothing beyond these items.
+        note = f"all {n} items moved alike: {n} items show no resolution"
+    else:
+        note = f"the check can detect a drop of {mdd:.3f} at this size ({n} items)"
+    if parent is not None and limit is not None and parent <= limit:
+        note += (f"; the parent's recall {parent:.3f} is at most the limit {limit:.3f}: no "
+                 "drop this check guards against could show here")  # fmt: skip
     return [_row(where, "recall drop", values, note)]
 
 
@@ -218,8 +315,10 @@ def key_figures(check: str, figures: dict, cfg: VerifyConfig) -> list[dict]:
 
 def forget_gaps(checks: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
     """{figure: {unit: {series: gap to the controls}}} from the forget and int4 checks, for
-    the plot: the parent's gap (what there was to forget), the candidate's and the int4
-    candidate's. Units are prefixed with the request when the version covers several."""
+    the plot: the parent's gap (what there was to forget), the candidate's, the int4
+    candidate's, and the ``limit`` the candidate's gap was judged against (absent where the
+    unit was not judged). Units are prefixed with the request when the version covers
+    several."""
     by_name = {c["check_name"]: c["figures"] for c in checks}
     out: dict[str, dict[str, dict[str, float]]] = {}
 
@@ -235,8 +334,25 @@ def forget_gaps(checks: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
     forget = by_name.get("forget", {}).get("requests") or {}
     put(forget, "parent", "parent_gap")
     put(forget, "candidate", "gap")
+    put(forget, "limit", "limit")
     int4 = by_name.get("int4", {}).get("requests") or {}
     put(int4, "candidate int4", "gap", lambda f: f.get("forget") or {})
+    return out
+
+
+def relearn_curves(checks: list[dict]) -> list[dict]:
+    """The forgotten subject and the control subjects before and after each relearning
+    attack (full precision), with the parent's level, per request and figure: the relearn
+    check's figures, for the plot."""
+    figures = next((c["figures"] for c in checks if c["check_name"] == "relearn"), {})
+    out = []
+    for rid, per_request in (figures.get("requests") or {}).items():
+        for attack in per_request.get("attacks") or []:
+            for metric, row in (attack.get("full") or {}).items():
+                keys = ("subject_before", "subject_after", "control_before", "control_after",
+                        "parent", "share")  # fmt: skip
+                out.append({"request": rid, "attack": attack["attack"], "figure": metric,
+                            **{k: row.get(k) for k in keys}})  # fmt: skip
     return out
 
 
@@ -255,12 +371,14 @@ def gate_rows(ws: Workspace, version: VersionRow) -> tuple[list[dict], list[dict
         if r is None:
             if mandatory:
                 checks.append({"check_name": name, "verdict": "not_run", "passed": False,
-                               "mandatory": True, "figures": {}, "key_figures": [],
+                               "mandatory": True, "why": CHECK_PURPOSE[name],
+                               "figures": {}, "key_figures": [],
                                "reasons": ["mandatory, not run"], "ts": None})  # fmt: skip
             continue
         checks.append({
             **{k: r[k] for k in ("check_name", "passed", "verdict", "figures", "reasons", "ts")},
             "mandatory": mandatory,
+            "why": CHECK_PURPOSE[name],
             "key_figures": key_figures(name, r["figures"], rules.verify),
         })  # fmt: skip
     superseded = [{k: r[k] for k in ("check_name", "verdict", "reasons", "ts")}
@@ -284,6 +402,7 @@ def version_section(ws: Workspace, version_id: int) -> dict:
         "superseded_checks": superseded,
         "verdicts": ledger.verifications.verdicts(version_id),
         "forget_gaps": forget_gaps(checks),
+        "relearn_curves": relearn_curves(checks),
         "alias_history": [h for h in ledger.aliases.history() if version_id in (h["version_id"],)],
     }
 
