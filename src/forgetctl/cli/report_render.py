@@ -117,7 +117,7 @@ def relearn_png(doc: dict) -> bytes | None:
         ax.set_xlim(-0.3, 1.3)
         share = "" if c["share"] is None else f", share {c['share']:.2f}"
         title = f"{c['request']}: {c['attack']}{share}"
-        ax.set_title("\n".join(textwrap.wrap(title, 40)), fontsize=8)
+        ax.set_title("\n".join(textwrap.wrap(title, 56)), fontsize=8)
         ax.set_ylabel(FIGURE_LABELS.get(c["figure"], c["figure"]), fontsize=9)
     fig.suptitle("Relearning attacks: the forgotten subject and the controls, full precision",
                  fontsize=10)  # fmt: skip
