@@ -292,9 +292,12 @@ def test_dates_received_due_extended_and_completed(tmp_path):
 
 
 def test_a_hostile_name_is_text_not_markup(tmp_path):
-    name = '<img src=x onerror="alert(1)"> Eve & <b>Mallory</b>'
-    page = render(make_report_doc(tmp_path, name), "html")
+    name = '<img src=x onerror="alert(1)"> Eve | & <b>Mallory</b>'
+    doc = make_report_doc(tmp_path, name)
+    page = render(doc, "html")
     assert "<img src=x" not in page and "<b>Mallory" not in page
-    assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt; Eve &amp; &lt;b&gt;Mallory" in page
+    assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt; Eve | &amp; &lt;b&gt;Mallory" in page
     fields = {row[0]: row[1] for t in tables_of(page) for row in t if len(row) == 2}
     assert fields["subject"] == name
+    # In Markdown a '|' would end the table cell.
+    assert f"| subject | {name.replace('|', chr(92) + '|')} |" in render(doc, "md")

@@ -217,7 +217,7 @@ def _candidates_md(candidates: list[dict]) -> list[str]:
 def render_markdown(doc: dict) -> str:
     lines = ["# forgetctl audit report", ""]
     for r in doc["requests"]:
-        subject = r["subject"]["name"] if r["subject"] else "(personal data destroyed)"
+        subject = _cell(r["subject"]["name"]) if r["subject"] else "(personal data destroyed)"
         lines += [
             f"## Request {r['id']} ({r['ref']})",
             "",
