@@ -64,8 +64,9 @@ SWEEP = [
 full fine-tuning from 1e-6 to 1e-3; a LoRA attack; benign fine-tuning on retain data)."""
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+def log(msg: str, done: int | None = None, total: int | None = None, /, **_: float) -> None:
+    if done is None:  # a message; bars are for a terminal
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def key_figures(result) -> dict:

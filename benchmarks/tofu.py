@@ -175,7 +175,7 @@ def run_forgetctl(
     (home.root / "retain-corpus.jsonl").write_bytes(corpus.read_bytes())
     if controls:
         (home.root / "control-corpus.jsonl").write_bytes(controls.read_bytes())
-    runner = Runner(ws, say=log)
+    runner = Runner(ws, progress=log)
     per_request, indirect = [], []
     for n, author in enumerate(forget_ids, 1):
         rows = suite.forget_rows[author]
@@ -322,8 +322,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
-    def log(msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    def log(msg: str, done: int | None = None, total: int | None = None, /, **_: float) -> None:
+        if done is None:  # a message; bars are for a terminal
+            print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     base = pull_default(work / "smollm2-135m", work / "wheels")
     rows = load_authors(args.data)

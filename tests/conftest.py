@@ -127,3 +127,23 @@ def real_model_dir() -> Path:
     except ModelMissing as exc:
         _skip_if_unpullable(str(exc))
         raise
+
+
+class ProgressLog:
+    """A ``core.progress.Progress`` that keeps what it is told: the messages, and each bar
+    report as (label, done, total, figures)."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.bars: list[tuple[str, int, int | None, dict]] = []
+
+    def __call__(self, label, done=None, total=None, /, **figures) -> None:  # type: ignore[no-untyped-def]
+        if done is None:
+            self.messages.append(label)
+        else:
+            self.bars.append((label, done, total, figures))
+
+
+@pytest.fixture
+def progress_log() -> ProgressLog:
+    return ProgressLog()

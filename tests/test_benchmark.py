@@ -18,6 +18,7 @@ from forgetctl.app.home import Home
 from forgetctl.app.plan_step import load_plan
 from forgetctl.app.workspace import Workspace
 from forgetctl.core.policy import ALL_CHECKS, VerifyConfig
+from forgetctl.core.progress import silent
 from forgetctl.demo.tofu import load_authors
 from forgetctl.lm.weights import load_model
 
@@ -43,7 +44,7 @@ def test_benchmark_drives_requests_through_the_run_loop(tiny_lm_dir, tmp_path):
     before = suite.measure(*load_model(tiny_lm_dir), [0])
 
     [row] = bench.run_forgetctl(
-        tmp_path / "work", tiny_lm_dir, corpus, suite, [0], lambda _msg: None,
+        tmp_path / "work", tiny_lm_dir, corpus, suite, [0], silent,
         settings / "policies", controls,
     )  # fmt: skip
 

@@ -21,14 +21,17 @@ def _pairs(n: int = 8) -> list[tuple[str, str]]:
     return [(f["question"], f["answer"]) for f in TINY_FACTS[:n]]
 
 
-def test_finetune_lowers_loss_and_reports_progress():
+def test_finetune_lowers_loss_and_reports_progress(progress_log):
     tokenizer = build_tokenizer()
     model = build_model(tokenizer)
-    seen = []
     stats = finetune(
-        model, tokenizer, _pairs(), epochs=3, learning_rate=3e-3, batch_size=4, progress=seen.append
-    )
-    assert stats["steps"] == 6 == len(seen) and seen[-1]["total_steps"] == 6
+        model, tokenizer, _pairs(), epochs=3, learning_rate=3e-3, batch_size=4,
+        progress=progress_log,
+    )  # fmt: skip
+    seen = progress_log.bars
+    assert stats["steps"] == 6 == len(seen)
+    assert [b[:3] for b in seen[-2:]] == [("fine-tuning", 5, 6), ("fine-tuning", 6, 6)]
+    assert seen[-1][3]["epoch"] == 3 and seen[-1][3]["loss"] > 0
     assert stats["epoch_losses"][-1] < stats["epoch_losses"][0]
     assert not model.training
 
@@ -120,11 +123,11 @@ def test_builtin_sets():
         load_builtin("nope")
 
 
-def test_build_deployed_model_and_cache(tiny_lm_dir, tmp_path):
+def test_build_deployed_model_and_cache(tiny_lm_dir, tmp_path, progress_log):
     path = write_tofu_jsonl(tmp_path / "authors.jsonl")
     out = tmp_path / "deployed"
-    calls = []
-    kwargs = dict(epochs=1, learning_rate=1e-3, batch_size=6, progress=calls.append)
+    calls = progress_log.bars
+    kwargs = dict(epochs=1, learning_rate=1e-3, batch_size=6, progress=progress_log)
     got, manifest = build_deployed_model(tiny_lm_dir, path, [1, 2], out, **kwargs)
     assert got == out and calls
     on_disk = json.loads((out / DEPLOYED_MANIFEST).read_text())

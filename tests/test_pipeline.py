@@ -85,6 +85,10 @@ def add(home: Path, subject: str, ref: str, tmp: Path, regulation: str = "gdpr")
         "--records", records_for(subject, tmp))  # fmt: skip
 
 
+def statuses_rows() -> list[dict]:
+    return json.loads(cli("request", "list", "--json").stdout)
+
+
 def statuses() -> dict[str, str]:
     return {r["ref"]: r["status"] for r in json.loads(cli("request", "list", "--json").stdout)}
 
@@ -193,9 +197,16 @@ def test_run_promotes_unverified_only_when_the_policy_allows_it_and_says_so(tiny
     policy = tiny_home / "policies" / "gdpr.toml"
     policy.write_text(policy.read_text() + "\n[verify]\nmandatory = []\nallow_unverified = true\n")
     add(tiny_home, tinylm.TINY_SUBJECTS[4], "U-1", tmp_path)
-    [outcome] = json.loads(cli("run", "--json").stdout)["outcomes"]
-    assert outcome["steps"] == ["plan", "apply", "verify", "promote"]
+    shown = cli("run")  # as a person at a terminal sees it
+    # The steps' messages are log lines on stderr (the planner's too); no bar without a
+    # length; the final table per request on stdout.
+    for line in ("request 1: plan", "probing the model on", "request 1: apply (attempt 1)",
+                 "request 1: promote version"):  # fmt: skip
+        assert line in shown.stderr, line
+    assert "None" not in shown.stderr
+    assert "promoted" in shown.stdout and "why not promoted" in shown.stdout
     assert statuses() == {"U-1": "promoted"}
+    [outcome] = [{"version": e["version_id"]} for e in events("alias.moved")][-1:]
     # The run's log says that production moved without the gate, and which checks never ran.
     [log_file] = (tiny_home / "logs").glob("run-*.log")
     assert (
@@ -271,7 +282,10 @@ def test_weak_unlearning_is_rejected_and_promotion_refused(tiny_home, tmp_path):
     write_policy(tiny_home, lr=1e-6, steps=2, retries=1)
     add(tiny_home, tinylm.TINY_SUBJECTS[2], "WEAK-1", tmp_path)
     result = cli("run", "--json", code=11)  # completed, but a request failed
-    assert json.loads(result.stdout)["outcomes"][0]["end"] == "failed"
+    outcome = json.loads(result.stdout)["outcomes"][0]
+    assert outcome["end"] == "failed"
+    # Why, check by check, with the first reason of each.
+    assert any(w.startswith("forget fail: ") for w in outcome["why"]), outcome["why"]
     assert statuses() == {"WEAK-1": "failed"}
     # The retry knew what the first candidate failed and trained longer for it.
     starts = [e["data"] for e in events("apply.started")]
@@ -349,6 +363,15 @@ def test_approval_required(tiny_home, tmp_path):
     cli("request", "approve", "1")
     summary = json.loads(cli("run", "--json", "--dry-run").stdout)
     assert [o["request_id"] for o in summary["outcomes"]] == [1]
+    # What it would go through next, with what each step would use, and its deadline.
+    steps, row = summary["outcomes"][0]["steps"], statuses_rows()[0]
+    assert steps == ["plan", "apply attempt 1 of 1: npo, 60 steps, lr 0.002",
+                     f"verify: {', '.join(ALL_CHECKS)}", "promote"]  # fmt: skip
+    assert summary["outcomes"][0]["due"] == row["due"]
+    assert summary["outcomes"][0]["days_left"] == row["days_left"]
+    table = cli("run", "--dry-run").stdout
+    assert "would go through next" in table and "apply attempt 1 of 1" in table
+    assert statuses() == {"APP-1": "received"}  # nothing done
 
 
 def _leftovers(home: Path) -> list[Path]:

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import TINY_METHOD, fact_items
+from conftest import TINY_METHOD, ProgressLog, fact_items
 from tinylm import TINY_FACTS, TINY_GENERAL, TINY_SUBJECTS, facts_for
 
 from forgetctl.app.apply_step import escalate
@@ -72,11 +72,9 @@ def unlearned(tiny_lm_dir):
         "others": recall(model, tokenizer, OTHERS),
         "general": recall(model, tokenizer, GENERAL),
     }
-    calls: list[tuple[int, int, dict]] = []
-    result = unlearn(
-        model, tokenizer, FORGET, RETAIN, TINY_METHOD, progress=lambda *a: calls.append(a)
-    )
-    return result, tokenizer, before, calls
+    log = ProgressLog()
+    result = unlearn(model, tokenizer, FORGET, RETAIN, TINY_METHOD, progress=log)
+    return result, tokenizer, before, log.bars
 
 
 # --------------------------------------------------------------------------- forgetting
@@ -106,9 +104,9 @@ def test_subject_forgotten_others_kept(unlearned):
     assert {layer for layer, _ in stats["layer_ranking"]} == {0, 1, 2, 3}
     assert 0 < stats["steps"] <= TINY_METHOD.max_steps
     # One progress call per optimiser step, with the losses.
-    assert [c[0] for c in calls] == list(range(1, stats["steps"] + 1))
-    assert all(c[1] == TINY_METHOD.max_steps for c in calls)
-    assert {"loss", "forget", "retain", "consistency"} <= set(calls[-1][2])
+    assert [c[1] for c in calls] == list(range(1, stats["steps"] + 1))
+    assert all(c[:1] == ("unlearning",) and c[2] == TINY_METHOD.max_steps for c in calls)
+    assert {"loss", "forget", "retain", "consistency"} <= set(calls[-1][3])
 
 
 def test_adapter_only_on_chosen_layers(unlearned):

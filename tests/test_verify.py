@@ -13,6 +13,7 @@ from typing import get_args
 import pytest
 import tinylm
 import torch
+from conftest import ProgressLog
 
 from forgetctl.core.facts import item_facts, key_fact_leakage, key_facts, rouge_l_recall
 from forgetctl.core.items import PromptItem
@@ -227,11 +228,14 @@ def test_relearn_attacks_every_control_and_lines_up_their_held_out_items(tiny_lm
     sets = _sets()["req-1"]
     controls = [sets.control[n] for n in sorted(sets.control)]
     assert len(controls) >= 2
-    said: list[str] = []
+    log = ProgressLog()
     res = relearn_attack(model, tok, sets.items, controls,
                          AttackConfig(mode="full", learning_rate=1e-4, steps=2), 0.5,
-                         progress=said.append)  # fmt: skip
-    assert sum("control" in m for m in said) == len(controls)
+                         progress=log)  # fmt: skip
+    assert sum("control" in m for m in log.messages) == len(controls)
+    # A bar for each copy's attack steps, and for the answers measured after it.
+    assert [b[1:3] for b in log.bars if b[0] == "training"].count((2, 2)) == len(controls) + 1
+    assert any(b[0] == "answering" and b[1] == b[2] for b in log.bars)
     pooled = [sets.control_items[i].prompt for i in res.control_rest_indices]
     assert [s.prompt for s in res.control.rest.items] == pooled
     assert res.control.attack_items + len(pooled) == len(sets.control_items)

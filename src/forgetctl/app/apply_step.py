@@ -10,7 +10,7 @@ cannot be promoted (``promote.promote`` refuses it) and is applied again.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 
 from forgetctl.app import versions
 from forgetctl.app.plan_step import load_plan
@@ -18,6 +18,7 @@ from forgetctl.app.workspace import Workspace
 from forgetctl.core.items import in_each_format
 from forgetctl.core.lifecycle import require_status
 from forgetctl.core.policy import MethodConfig
+from forgetctl.core.progress import Progress, silent
 from forgetctl.lm.prompts import item_format
 from forgetctl.store.ledger import Ledger
 from forgetctl.unlearn.train import save_adapter, unlearn
@@ -72,7 +73,7 @@ def apply_request(
     request_id: int,
     *,
     attempt: int = 0,
-    progress: Callable[[int, int, dict], None] | None = None,
+    progress: Progress = silent,
     method: MethodConfig | None = None,
 ) -> int:
     """Unlearn a planned request; returns the new candidate version's id. ``method``

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 from forgetctl.app import versions
@@ -16,6 +15,7 @@ from forgetctl.core.errors import InvalidState, NotFound
 from forgetctl.core.items import PromptSet
 from forgetctl.core.lifecycle import OPEN_STATUSES, require_status
 from forgetctl.core.policy import Policy
+from forgetctl.core.progress import Progress, silent
 from forgetctl.plan.planner import plan_request
 
 
@@ -45,7 +45,7 @@ def retain_corpus_path(home: Home, policy: Policy) -> Path | None:
     if configured:
         path = Path(configured).expanduser()
         return path if path.is_absolute() else home.root / path
-    default = home.root / "retain-corpus.jsonl"
+    default = home.retain_corpus
     return default if default.exists() else None
 
 
@@ -58,7 +58,7 @@ def control_corpus(home: Home, policy: Policy) -> str | Path:
             return configured
         path = Path(configured).expanduser()
         return path if path.is_absolute() else home.root / path
-    default = home.root / "control-corpus.jsonl"
+    default = home.control_corpus
     return default if default.exists() else f"{BUILTIN_PREFIX}controls"
 
 
@@ -66,9 +66,7 @@ def _general_rows(policy: Policy) -> list[dict]:
     return [row for name in policy.plan.general_sets for row in load_jsonl(name)]
 
 
-def plan_request_step(
-    ws: Workspace, request_id: int, *, progress: Callable[[str], None] | None = None
-) -> dict:
+def plan_request_step(ws: Workspace, request_id: int, *, progress: Progress = silent) -> dict:
     """Plan a received request against production; sets planned, not_present, rejected
     or duplicate. Returns {status, counts, reasons, figures}."""
     ledger, keys = ws.ledger, ws.keys

@@ -17,24 +17,32 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
-from forgetctl.app.apply_step import apply_request
+from forgetctl.app.apply_step import apply_request, escalate, failed_checks
 from forgetctl.app.plan_step import plan_request_step
 from forgetctl.app.promote import promote
-from forgetctl.app.requests import list_requests, purge, retention_ends, summary
+from forgetctl.app.requests import days_left, list_requests, purge, retention_ends, summary
 from forgetctl.app.verify_step import verify_version
 from forgetctl.app.workspace import Workspace
-from forgetctl.core.errors import EXIT_FAILED, EXIT_OVERDUE, ForgetctlError, Locked
+from forgetctl.core.errors import EXIT_FAILED, EXIT_OVERDUE, ForgetctlError, Locked, NotFound
 from forgetctl.core.files import clean_partial
-from forgetctl.core.lifecycle import NEXT_STEP, OPEN_STATUSES, OWED_STATUSES
+from forgetctl.core.lifecycle import NEXT_STEP, OPEN_STATUSES, OWED_STATUSES, STEPS
+from forgetctl.core.progress import Progress
 from forgetctl.store.tables import RequestRow, VersionRow
 
 log = logging.getLogger("forgetctl.run")
+
+
+def log_messages(label: str, done: int | None = None, total: int | None = None, /,
+                 **figures: float) -> None:  # fmt: skip
+    """The default progress: the steps' messages go to the run's log, bars nowhere."""
+    if done is None:
+        log.info(label)
 
 
 @dataclass
@@ -47,6 +55,11 @@ class Outcome:
     version: int | None = None
     error: str | None = None
     seconds: float = 0.0
+    due: str | None = None
+    days_left: int | None = None
+    why: list[str] = field(default_factory=list)
+    """Why its newest candidate was rejected, when this run verified one and none passed:
+    each check that did not pass, with its first reason."""
 
 
 @dataclass
@@ -133,6 +146,25 @@ def _open_version(ws: Workspace, request_id: int) -> VersionRow | None:
     return found[0] if found else None
 
 
+def _rejection(ws: Workspace, request_id: int) -> list[str]:
+    rejected = ws.ledger.versions.of_request(request_id, ("rejected",))
+    if not rejected:
+        return []
+    latest = {r["check_name"]: r for r in ws.ledger.verifications.of(rejected[0]["id"])}
+    return [f"{name} {r['verdict']}" + (f": {r['reasons'][0]}" if r["reasons"] else "")
+            for name, r in latest.items() if r["verdict"] != "pass"]  # fmt: skip
+
+
+def _stale(ws: Workspace, version: VersionRow | None) -> bool:
+    """Production moved under this candidate (a rollback or another promotion), or there
+    is none: its adapter no longer stacks on what is served, so it is applied again."""
+    try:
+        production = ws.ledger.aliases.get("production")
+    except NotFound:
+        return True
+    return version is None or version["parent"] != production
+
+
 class Runner:
     """Drives requests through the steps; one instance per `forgetctl run`."""
 
@@ -140,11 +172,9 @@ class Runner:
         self,
         ws: Workspace,
         *,
-        say: Callable[[str], None] = log.info,
-        progress: Callable[[int, int, dict], None] | None = None,
+        progress: Progress = log_messages,
     ):
         self.ws, self.ledger = ws, ws.ledger
-        self.say = say
         self.progress = progress
 
     def due(self) -> tuple[list[RequestRow], list[dict]]:
@@ -154,7 +184,7 @@ class Runner:
             if row["status"] not in OPEN_STATUSES:
                 continue
             if problem := self.ws.policy_problem(row):  # not the request's fault: no retry spent
-                self.say(f"request {row['id']} skipped: {problem}")
+                self.progress(f"request {row['id']} skipped: {problem}")
                 waiting.append({"id": row["id"], "ref": row["ref"], "reason": problem})
                 continue
             policy = self.ws.policy_of(row)
@@ -168,35 +198,59 @@ class Runner:
         """Run the next step of one request; returns the step's name."""
         request_id, step = row["id"], NEXT_STEP[row["status"]]
         if step == "plan":
-            self.say(f"request {request_id}: plan")
-            plan_request_step(self.ws, request_id)
+            self.progress(f"request {request_id}: plan")
+            plan_request_step(self.ws, request_id, progress=self.progress)
             return "plan"
         version = _open_version(self.ws, request_id)
-        production = self.ledger.aliases.get("production")
-        if step in ("verify", "promote") and (version is None or version["parent"] != production):
-            # Production moved under this candidate (a rollback or another promotion): its
-            # adapter no longer stacks on what is served, so apply it again.
+        self.ledger.aliases.get("production")  # NotFound: no registered model
+        if step in ("verify", "promote") and _stale(self.ws, version):
             self.ledger.requests.set_status(request_id, "planned", reason="production moved")
             return "reapply"
         if step == "apply":
-            self.say(f"request {request_id}: apply (attempt {row['attempts'] + 1})")
+            self.progress(f"request {request_id}: apply (attempt {row['attempts'] + 1})")
             apply_request(self.ws, request_id, attempt=row["attempts"], progress=self.progress)
             return "apply"
         if step == "verify":
-            self.say(f"request {request_id}: verify version {version['id']}")
-            verdict, results = verify_version(self.ws, version["id"], progress=self.say)
+            self.progress(f"request {request_id}: verify version {version['id']}")
+            verdict, results = verify_version(self.ws, version["id"], progress=self.progress)
             if verdict == "rejected":
                 why = ", ".join(f"{r.name} {r.verdict}" for r in results if not r.passed)
                 error = f"version {version['id']} rejected: {why}"
-                self.say(f"request {request_id}: {error}")
+                self.progress(f"request {request_id}: {error}")
                 self._failed_attempt(row, "verify", error)
             return "verify"
-        self.say(f"request {request_id}: promote version {version['id']}")
+        self.progress(f"request {request_id}: promote version {version['id']}")
         if unverified := promote(self.ws, version["id"], reason="verified by run"):
             # A policy with no mandatory check let production move without the gate.
-            self.say(f"request {request_id}: warning: production moved UNVERIFIED (the policy "
+            self.progress(f"request {request_id}: warning: production moved UNVERIFIED (the policy "
                      f"allows it): not run: {', '.join(unverified)}")  # fmt: skip
         return "promote"
+
+    def preview(self, row: RequestRow) -> Outcome:
+        """What :meth:`drive` would do for a request, done nothing (``run --dry-run``): each
+        step ahead with what it would use, and the deadline."""
+        policy, status = self.ws.policy_of(row), row["status"]
+        ahead = list(STEPS[STEPS.index(NEXT_STEP[status]) :])
+        version = _open_version(self.ws, row["id"])
+        if ahead[0] in ("verify", "promote") and _stale(self.ws, version):
+            ahead = ["apply (production moved)", "verify", "promote"]
+        elif version is not None and ahead[0] in ("verify", "promote"):
+            ahead[0] = f"{ahead[0]} version {version['id']}"
+        steps = []
+        for step in ahead:
+            if step.startswith("apply"):
+                attempt = row["attempts"]
+                failed = failed_checks(self.ledger, row["id"]) if attempt else set()
+                method = escalate(policy.method, attempt, failed)
+                step += (f" attempt {attempt + 1} of {policy.max_retries + 1}: {method.objective}, "
+                         f"{method.max_steps} steps, lr {method.learning_rate:g}")  # fmt: skip
+                if failed:
+                    step += f" (aimed at {', '.join(sorted(failed))})"
+            elif step.startswith("verify"):
+                step += f": {', '.join(policy.verify.mandatory) or 'no mandatory check'}"
+            steps.append(step)
+        return Outcome(row["id"], row["ref"], status, status, steps=steps, due=row["due"],
+                       days_left=days_left(row))  # fmt: skip
 
     def _failed_attempt(self, row: RequestRow, step: str, error: str) -> None:
         """Count a failed attempt; retry from plan's output, or give up after max_retries."""
@@ -215,7 +269,8 @@ class Runner:
 
     def drive(self, request_id: int) -> Outcome:
         row = self.ledger.requests.get(request_id)
-        outcome = Outcome(request_id, row["ref"], row["status"], row["status"])
+        outcome = Outcome(request_id, row["ref"], row["status"], row["status"], due=row["due"],
+                          days_left=days_left(row))  # fmt: skip
         start = time.perf_counter()
         while row["status"] in OPEN_STATUSES:
             try:
@@ -227,11 +282,13 @@ class Runner:
                 # costs the request one attempt; the run goes on with the others.
                 step = NEXT_STEP[row["status"]]
                 outcome.error = str(exc)
-                self.say(f"request {request_id}: {step} failed: {exc}")
+                self.progress(f"request {request_id}: {step} failed: {exc}")
                 log.debug("step failure", exc_info=True)
                 self._failed_attempt(row, step, str(exc))
             row = self.ledger.requests.get(request_id)
         outcome.end = row["status"]
+        if outcome.end != "promoted" and "verify" in outcome.steps:
+            outcome.why = _rejection(self.ws, request_id)
         version = _open_version(self.ws, request_id)
         if row["status"] == "promoted":
             outcome.version = self.ledger.aliases.get("production")
@@ -260,14 +317,13 @@ def run(
     *,
     max_requests: int | None = None,
     dry_run: bool = False,
-    say: Callable[[str], None] = log.info,
-    progress: Callable[[int, int, dict], None] | None = None,
+    progress: Progress = log_messages,
 ) -> RunSummary:
     """One cron run. Raises Locked if another run holds the lock."""
     ledger = ws.ledger
     summary_ = RunSummary(dry_run=dry_run)
     with run_lock(ws.home.lock_path) as stale:
-        runner = Runner(ws, say=say, progress=progress)
+        runner = Runner(ws, progress=progress)
         if stale is not None:
             summary_.lock_takeover = stale
             ledger.append_event("run.lock_takeover", dead_pid=stale)
@@ -290,9 +346,6 @@ def run(
                     outcomes={str(o.request_id): o.end for o in summary_.outcomes},
                 )
         else:
-            summary_.outcomes = [
-                Outcome(r["id"], r["ref"], r["status"], r["status"], steps=["(dry run)"])
-                for r in ready
-            ]
+            summary_.outcomes = [runner.preview(r) for r in ready]
         summary_.due_soon, summary_.overdue = deadline_report(ws)
     return summary_

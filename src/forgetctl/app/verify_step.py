@@ -18,7 +18,7 @@ mandatory has passed, it is verified; otherwise it stays a candidate with checks
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 
 from forgetctl.app import versions
 from forgetctl.app.plan_step import load_plan
@@ -26,6 +26,7 @@ from forgetctl.app.workspace import Workspace
 from forgetctl.core.errors import BadInput, InvalidState
 from forgetctl.core.items import PromptItem
 from forgetctl.core.lifecycle import JUDGED_STATUSES
+from forgetctl.core.progress import Progress, silent
 from forgetctl.store.scores import ScoreCache
 from forgetctl.verify.checks import CheckResult, ForgetSet, in_formats, run_checks
 
@@ -45,7 +46,7 @@ def verify_version(
     add: Collection[str] = (),
     skip: Collection[str] = (),
     reason: str | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = silent,
 ) -> tuple[str, list[CheckResult]]:
     """Run the checks the version's policies make mandatory, plus ``add``, less ``skip``
     (which needs a ``reason``, recorded); record them and set the version's status.

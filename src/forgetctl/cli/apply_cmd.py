@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from forgetctl.cli import common
-from forgetctl.cli.progress import training_bar
+from forgetctl.cli.progress import live
 
 
 def register(app: typer.Typer) -> None:
@@ -25,8 +25,9 @@ def register(app: typer.Typer) -> None:
         ids = requests or ws.ledger.requests.ids_in_status("planned")
         summary = []
         for request_id in ids:
-            with training_bar(f"request {request_id}", quiet=json_) as bar:
-                version_id = apply_request(ws, request_id, progress=bar)
+            with live(quiet=json_) as progress:
+                progress(f"request {request_id}: unlearning")
+                version_id = apply_request(ws, request_id, progress=progress)
             metrics = ws.ledger.versions.get(version_id)["metrics"]
             summary.append({"request": request_id, "version": version_id, **metrics})
             if not json_:

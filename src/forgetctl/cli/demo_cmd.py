@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from forgetctl.cli import common
+from forgetctl.cli.progress import live
 from forgetctl.lm import DEFAULT_MODEL
 
 app = typer.Typer(help="Build the demo's deployed model.", no_args_is_help=True)
@@ -54,15 +54,7 @@ def build_model(
     selection = parse_authors(authors)
     options = {k: v for k, v in {"epochs": epochs, "learning_rate": learning_rate,
                                  "fmt": fmt and check_served([fmt])[0]}.items() if v}  # fmt: skip
-    columns = (TextColumn("fine-tuning"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn("{task.fields[loss]}"), TimeElapsedColumn())  # fmt: skip
-    with Progress(*columns, console=common.err, transient=True, disable=json_) as bar:
-        task = bar.add_task("fine-tuning", total=None, loss="")
-
-        def progress(info: dict) -> None:
-            bar.update(task, completed=info["step"], total=info["total_steps"],
-                       loss=f"epoch {info['epoch']} loss={info['loss']:.3f}")  # fmt: skip
-
+    with live(quiet=json_) as progress:
         out_dir, manifest = build_deployed_model(
             require_model_dir(base), data, selection, out, progress=progress, **options
         )

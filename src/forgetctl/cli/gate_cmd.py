@@ -6,7 +6,7 @@ import typer
 from rich.table import Table
 
 from forgetctl.cli import common
-from forgetctl.cli.progress import status
+from forgetctl.cli.progress import live
 from forgetctl.core.errors import VerificationFailed
 
 
@@ -57,9 +57,10 @@ def register(app: typer.Typer) -> None:
         ws = common.workspace()
         vid = versions.newest_candidate(ws.ledger) if version is None else version
         add = [name for name, on in (("int4", int4), ("relearn", relearn)) if on]
-        with status(f"verifying version {vid}", quiet=json_) as say:
+        with live(quiet=json_) as progress:
+            progress(f"verifying version {vid}")
             verdict, results = verify_version(
-                ws, vid, add=add, skip=skip, reason=reason, progress=say
+                ws, vid, add=add, skip=skip, reason=reason, progress=progress
             )
         rows = [r.to_dict() for r in results]
         if json_:

@@ -8,7 +8,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from forgetctl.cli import common
-from forgetctl.cli.progress import status
+from forgetctl.cli.progress import live
 from forgetctl.core.errors import InvalidState
 
 
@@ -71,8 +71,9 @@ def make(
     ids = [resolve(ws, t) for t in targets or []] or ws.ledger.requests.ids_in_status("received")
     results = []
     for request_id in ids:
-        with status(f"planning request {request_id}", quiet=json_) as say:
-            outcome = plan_request_step(ws, request_id, progress=say)
+        with live(quiet=json_) as progress:
+            progress(f"planning request {request_id}")
+            outcome = plan_request_step(ws, request_id, progress=progress)
         results.append({"request": request_id, **outcome})
         if not json_:
             common.out.print(

@@ -8,10 +8,12 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 
 import typer
+from rich.highlighter import NullHighlighter
+from rich.logging import RichHandler
 from rich.table import Table
 
 from forgetctl.cli import common
-from forgetctl.cli.progress import training_bar
+from forgetctl.cli.progress import live
 
 
 def _logging(home, quiet: bool) -> logging.Logger:
@@ -24,10 +26,10 @@ def _logging(home, quiet: bool) -> logging.Logger:
     to_file = logging.FileHandler(home.logs / f"run-{stamp}.log")
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger.addHandler(to_file)
-    if not quiet:
-        to_err = logging.StreamHandler(common.err.file)
+    if not quiet:  # above the live display's bars, on the same console
+        to_err = RichHandler(console=common.err, show_path=False, markup=False,
+                             rich_tracebacks=False, highlighter=NullHighlighter())  # fmt: skip
         to_err.setLevel(logging.INFO)
-        to_err.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(to_err)
     return logger
 
@@ -35,8 +37,12 @@ def _logging(home, quiet: bool) -> logging.Logger:
 def register(app: typer.Typer) -> None:
     @app.command()
     def run(
-        max_requests: int = typer.Option(None, "--max-requests", min=1),
-        dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be done."),
+        max_requests: int = typer.Option(
+            None, "--max-requests", min=1, help="Take at most this many due requests."
+        ),
+        dry_run: bool = typer.Option(
+            False, "--dry-run", help="Show what each due request would go through next; do nothing."
+        ),
         quiet: bool = typer.Option(False, "--quiet", help="No logs on stderr."),
         json_: bool = common.JsonOpt,
     ) -> None:
@@ -51,9 +57,9 @@ def register(app: typer.Typer) -> None:
 
         ws = common.workspace()
         logger = _logging(ws.home, quiet or json_)
-        with training_bar("unlearning", quiet=quiet or json_) as bar:
+        with live(quiet=quiet or json_, say=logger.info) as progress:
             summary = pipeline.run(ws, max_requests=max_requests, dry_run=dry_run,
-                                   say=logger.info, progress=bar)  # fmt: skip
+                                   progress=progress)  # fmt: skip
         doc = asdict(summary)
         doc["exit_code"] = summary.exit_code
         logger.debug("summary %s", json.dumps(doc, default=str))
@@ -64,20 +70,35 @@ def register(app: typer.Typer) -> None:
         raise typer.Exit(summary.exit_code)
 
 
+def _days(o) -> str:
+    style = "bold red" if o.days_left < 0 else ""
+    return f"[{style}]{o.days_left}[/]" if style else str(o.days_left)
+
+
 def _print_summary(summary) -> None:
     if not summary.outcomes:
         common.out.print("nothing due")
+    elif summary.dry_run:
+        table = Table(title="Run (dry run): what each due request would go through next")
+        for col in ("request", "ref", "status", "next", "due", "days left"):
+            table.add_column(col)
+        for o in summary.outcomes:
+            table.add_row(str(o.request_id), common.safe(o.ref), o.start,
+                          common.safe("\n".join(o.steps)), o.due, _days(o))  # fmt: skip
+        common.out.print(table)
     else:
-        title = "Run (dry run)" if summary.dry_run else "Run"
-        table = Table(title=title)
-        for col in ("request", "ref", "from", "to", "steps", "version", "seconds", "error"):
+        table = Table(title="Run")
+        for col in ("request", "ref", "from", "to", "steps", "version", "seconds", "due",
+                    "why not promoted"):  # fmt: skip
             table.add_column(col)
         for o in summary.outcomes:
             style = {"promoted": "green", "failed": "bold red"}.get(o.end, "")
+            why = o.why or ([o.error] if o.error else [])
             table.add_row(
-                str(o.request_id), o.ref, o.start, f"[{style}]{o.end}[/]" if style else o.end,
-                ",".join(o.steps), str(o.version or ""), str(o.seconds),
-                common.safe((o.error or "")[:80]),
+                str(o.request_id), common.safe(o.ref), o.start,
+                f"[{style}]{o.end}[/]" if style else o.end, ",".join(o.steps),
+                str(o.version or ""), str(o.seconds), f"{o.due} ({_days(o)} d)",
+                common.safe("\n".join(w[:120] for w in why)),
             )  # fmt: skip
         common.out.print(table)
     for label, rows, style in (

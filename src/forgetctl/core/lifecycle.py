@@ -67,6 +67,9 @@ REQUEST_MOVES: Mapping[str, frozenset[str]] = {
 """Allowed moves. ``planned``/``applied``/``failed`` -> ``promoted`` is a forced promotion
 of a candidate that did not pass (recorded as such)."""
 
+STEPS = ("plan", "apply", "verify", "promote")
+"""The run loop's steps, in order."""
+
 NEXT_STEP: Mapping[str, str] = {
     "received": "plan",
     "planned": "apply",

@@ -20,12 +20,12 @@ from typing import Any
 
 from forgetctl.core.files import atomic_dir
 from forgetctl.core.hashing import sha256_file, weights_sha256
+from forgetctl.core.progress import Progress, silent
 from forgetctl.demo.tofu import author_ids, load_authors, pairs_of, select_authors
 from forgetctl.lm.train import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
     DEFAULT_LEARNING_RATE,
-    Progress,
     finetune,
 )
 from forgetctl.lm.weights import load_model, read_manifest, require_model_dir, write_model_files
@@ -54,7 +54,7 @@ def build_deployed_model(
     learning_rate: float = DEFAULT_LEARNING_RATE,
     batch_size: int = DEFAULT_BATCH_SIZE,
     seed: int = 0,
-    progress: Progress | None = None,
+    progress: Progress = silent,
     fmt: str | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Fine-tune the base model on some authors' records; write it to ``out_dir``.

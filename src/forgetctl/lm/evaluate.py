@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from forgetctl.core.facts import item_facts, key_fact_leakage, rouge_l_recall
 from forgetctl.core.fluency import nonword_share, repetition, word_count
 from forgetctl.core.items import PromptItem
+from forgetctl.core.progress import Progress, silent
 from forgetctl.lm.infer import answer_figures, answer_logprobs, generate
 
 
@@ -157,15 +158,16 @@ def generate_answers(
     max_new_tokens: int = 96,
     batch_size: int = 16,
     formats: Sequence[str | None] | None = None,
+    progress: Progress = silent,
 ) -> list[str]:
     """Greedy answers (each question in its format of ``formats``, default the model's);
     with targets, questions are batched by target length and each batch decodes only as
-    far as its longest target needs (capped at ``max_new_tokens``)."""
+    far as its longest target needs (capped at ``max_new_tokens``), an "answering" bar."""
     fmts = list(formats) if formats is not None else [None] * len(questions)
     if targets is None:
         return generate(
             model, tokenizer, list(questions), max_new_tokens=max_new_tokens,
-            batch_size=batch_size, formats=fmts,
+            batch_size=batch_size, formats=fmts, progress=progress,
         )  # fmt: skip
     budgets = _generation_budget(tokenizer, targets, max_new_tokens)
     order = sorted(range(len(questions)), key=lambda i: budgets[i])
@@ -182,6 +184,7 @@ def generate_answers(
         )
         for i, a in zip(chunk, answers, strict=True):
             outputs[i] = a
+        progress("answering", start + len(chunk), len(order))
     return outputs
 
 
@@ -216,18 +219,17 @@ def evaluate(
     with_prob: bool = True,
     max_new_tokens: int = 96,
     batch_size: int = 16,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = silent,
 ) -> EvalResult:
     """Generate once for every item and score recall, key-fact leakage, degeneracy and
     (optionally) the teacher-forced figures; per-item scores plus per-kind means."""
     start = time.perf_counter()
     if not items:
         return EvalResult([], 0.0)
-    if progress:
-        progress(f"generating {len(items)} answers")
     outputs = generate_answers(
         model, tokenizer, [i.prompt for i in items], [i.target for i in items],
         max_new_tokens=max_new_tokens, batch_size=batch_size, formats=[i.format for i in items],
+        progress=progress,
     )  # fmt: skip
     scores = score_outputs(items, outputs)
     if with_prob:
@@ -258,6 +260,7 @@ def evaluate_cached(
     tokenizer: Any,
     items: Sequence[PromptItem],
     with_prob: bool = True,
+    progress: Progress = silent,
 ) -> EvalResult:
     """:func:`evaluate` of the model ``model_key`` names on ``items``, generating only for
     the items ``store`` does not hold; ``load_model`` is called only when some are missing.
@@ -267,7 +270,8 @@ def evaluate_cached(
     missing = [i for i, k in enumerate(keys) if k not in found]
     fresh = EvalResult([])
     if missing:
-        fresh = evaluate(load_model(), tokenizer, [items[i] for i in missing], with_prob)
+        fresh = evaluate(load_model(), tokenizer, [items[i] for i in missing], with_prob,
+                         progress=progress)  # fmt: skip
         store.put({keys[i]: {f: getattr(s, f) for f in NUMBERS}
                    for i, s in zip(missing, fresh.items, strict=True)})  # fmt: skip
     measured = dict(zip(missing, fresh.items, strict=True))

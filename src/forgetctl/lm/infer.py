@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from forgetctl.core.progress import Progress, silent
 from forgetctl.lm.prompts import Pair, encode_pairs, left_pad, length_batches, pad_id, prompt_ids
 
 
@@ -24,9 +25,10 @@ def generate(
     max_new_tokens: int = 48,
     batch_size: int = 16,
     formats: Sequence[str | None] | None = None,
+    progress: Progress = silent,
 ) -> list[str]:
     """Greedy answers to ``questions`` (batched, left-padded), decoded and stripped; each
-    question in its format of ``formats`` (default: the model's)."""
+    question in its format of ``formats`` (default: the model's), an "answering" bar."""
     from transformers import GenerationConfig
 
     if not questions:
@@ -44,6 +46,7 @@ def generate(
     fmts = formats if formats is not None else [None] * len(questions)
     prompts = [prompt_ids(tokenizer, q, f) for q, f in zip(questions, fmts, strict=True)]
     answers: list[str] = [""] * len(questions)
+    done = 0
     for batch in length_batches([len(p) for p in prompts], batch_size):
         ids, mask = left_pad([prompts[i] for i in batch], pad)
         out = model.generate(
@@ -52,6 +55,8 @@ def generate(
         new = out[:, ids.shape[1] :]
         for row, i in enumerate(batch):
             answers[i] = tokenizer.decode(new[row], skip_special_tokens=True).strip()
+        done += len(batch)
+        progress("answering", done, len(questions))
     model.train(was_training)
     return answers
 

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import torch
 
 from forgetctl.core.errors import BadInput
+from forgetctl.core.progress import Progress, silent
 from forgetctl.lm.infer import model_device
 from forgetctl.lm.prompts import Pair, encode_pairs
 
@@ -40,9 +41,6 @@ than once: a SAM second pass, a separate retain term); returns the step's figure
 
 Callback = Callable[[int, Figures], bool | None]
 """Called after every optimiser step with (step, figures); a true answer stops training."""
-
-Progress = Callable[[dict[str, Any]], None]
-"""Called after every optimiser step with {epoch, step, total_steps, loss}."""
 
 GRAD_CLIP = 1.0
 """Every trainer clips the gradient norm at this."""
@@ -123,7 +121,7 @@ def finetune(
     learning_rate: float = DEFAULT_LEARNING_RATE,
     batch_size: int = DEFAULT_BATCH_SIZE,
     seed: int = 0,
-    progress: Progress | None = None,
+    progress: Progress = silent,
     weight_decay: float = 0.0,
     warmup_fraction: float = 0.05,
     max_length: int = 256,
@@ -164,8 +162,7 @@ def finetune(
         nonlocal epoch_start
         losses.append(figures["loss"])
         epoch = (step - 1) // steps_per_epoch + 1
-        if progress is not None:
-            progress({"epoch": epoch, "step": step, "total_steps": total, "loss": losses[-1]})
+        progress("fine-tuning", step, total, epoch=epoch, loss=losses[-1])
         if step % steps_per_epoch == 0:
             epoch_losses.append(sum(losses[-steps_per_epoch:]) / steps_per_epoch)
             now = time.perf_counter()
@@ -206,13 +203,15 @@ def finetune_steps(
     seed: int = 0,
     ascent: bool = False,
     trainable: Sequence[torch.nn.Parameter] | None = None,
+    progress: Progress = silent,
 ) -> list[float]:
     """A fixed number of fine-tuning steps in place (AdamW, constant rate, no weight decay,
     gradient norm clipped at 1); returns the step losses.
 
     ``trainable``: the parameters to train; by default every weight (full fine-tuning, as
     the relearning attack does, including base weights a merged PEFT model had frozen).
-    ``ascent`` climbs the loss instead (the gradient-ascent baseline).
+    ``ascent`` climbs the loss instead (the gradient-ascent baseline). ``progress`` gets a
+    "training" bar.
     """
     params = list(trainable) if trainable is not None else list(model.parameters())
     for p in params:
@@ -220,13 +219,18 @@ def finetune_steps(
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
     batches = _cycled(len(pairs), batch_size, seed, steps)
     losses: list[float] = []
+
+    def after_step(step: int, figures: Figures) -> None:
+        losses.append(figures["loss"])
+        progress("training", step, steps, loss=figures["loss"])
+
     model.train()
     train_loop(
         params,
         optimizer,
         _encoded(tokenizer, pairs, batches, model_device(model)),
         _lm_loss(model, ascent),
-        [lambda _, figures: losses.append(figures["loss"])],
+        [after_step],
     )
     model.eval()
     return losses

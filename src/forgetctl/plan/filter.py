@@ -31,6 +31,7 @@ import numpy as np
 
 from forgetctl.core.facts import key_facts
 from forgetctl.core.items import PromptItem
+from forgetctl.core.progress import Progress, silent
 from forgetctl.core.text import Subject, contains_phrase, name_matches, squash
 from forgetctl.lm.evaluate import generate_answers
 from forgetctl.plan.embed import Embedder, VectorIndex
@@ -56,7 +57,12 @@ def dropped(item: PromptItem, reason: str, figure: float | None = None, **extra)
 
 
 def probe_answers(
-    model, tokenizer, items: Sequence[PromptItem], max_new_tokens: int, batch_size: int = 16
+    model,
+    tokenizer,
+    items: Sequence[PromptItem],
+    max_new_tokens: int,
+    batch_size: int = 16,
+    progress: Progress = silent,
 ) -> list[str]:
     """Greedy answers to every item; items with a target decode only as far as the target
     needs (decoding time dominates the probe), attribute items up to ``max_new_tokens``."""
@@ -71,6 +77,7 @@ def probe_answers(
             [items[i].target for i in with_target],
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
+            progress=progress,
         )
         for i, a in zip(with_target, answers, strict=True):
             outputs[i] = a
@@ -81,6 +88,7 @@ def probe_answers(
             [items[i].prompt for i in without],
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
+            progress=progress,
         )
         for i, a in zip(without, answers, strict=True):
             outputs[i] = a

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -27,6 +27,7 @@ import numpy as np
 from forgetctl.core.errors import BadInput
 from forgetctl.core.items import FORGET_KINDS, PromptItem, PromptSet, trains_retain
 from forgetctl.core.policy import PlanConfig
+from forgetctl.core.progress import Progress, silent
 from forgetctl.core.text import Subject, squash
 from forgetctl.lm.infer import answer_logprobs, generate
 from forgetctl.plan import control as ctl
@@ -54,9 +55,9 @@ class PlanOutcome:
 class _Run:
     """Timings, dropped items and figures of one plan run, and how it ends."""
 
-    def __init__(self, cfg: PlanConfig, progress: Callable[[str], None] | None) -> None:
+    def __init__(self, cfg: PlanConfig, progress: Progress) -> None:
         self.cfg = cfg
-        self.say = progress or (lambda _msg: None)
+        self.say = progress
         self.start = self.last = time.perf_counter()
         self.timings: dict[str, float] = {}
         self.dropped: list[dict] = []
@@ -115,7 +116,7 @@ def plan_request(
     retain_corpus_rows: Sequence[dict],
     general_items: Sequence[dict],
     embedder: Embedder | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = silent,
     identifiers: Mapping[str, str] | None = None,
     control_rows: Sequence[dict] = (),
 ) -> PlanOutcome:
@@ -204,7 +205,8 @@ def plan_request(
     attr_pairs = []
     if attr_items:
         run.say(f"asking the model {len(attr_items)} attribute questions")
-        outputs = fl.probe_answers(model, tokenizer, attr_items, cfg.probe_max_new_tokens)
+        outputs = fl.probe_answers(model, tokenizer, attr_items, cfg.probe_max_new_tokens,
+                                   progress=run.say)  # fmt: skip
         attr_pairs = list(zip(attr_items, outputs, strict=True))
     attr_kept, attr_evidence = _check_attributes(attr_pairs, recs, subj, model, tokenizer, cfg, run)
     run.probe = _probe_figures(recs, figure, attr_evidence, cfg)

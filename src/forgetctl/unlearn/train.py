@@ -48,7 +48,7 @@ import copy
 import random
 import resource
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +61,7 @@ from forgetctl.core.files import atomic_dir
 from forgetctl.core.hashing import sha256_tree
 from forgetctl.core.items import PromptItem, sample_by_kind
 from forgetctl.core.policy import MethodConfig
+from forgetctl.core.progress import Progress, silent
 from forgetctl.lm.infer import answer_token_accuracy, model_device
 from forgetctl.lm.prompts import encode_pairs
 from forgetctl.lm.train import Figures, train_loop
@@ -75,9 +76,6 @@ from forgetctl.unlearn.objectives import (
     sequence_logprobs,
 )
 from forgetctl.unlearn.robust import int4_aware, lora_linear_layers, sam_perturbation
-
-Progress = Callable[[int, int, dict[str, float]], None]
-"""Called after every optimiser step with (step, max_steps, losses and latest accuracies)."""
 
 GUARD_TRIPS = 3
 """How many times the retain guard may roll training back before it stops training."""
@@ -444,7 +442,7 @@ def unlearn(
     forget: list[PromptItem],
     retain: list[PromptItem],
     method: MethodConfig,
-    progress: Progress | None = None,
+    progress: Progress = silent,
     pretrained: Any | None = None,
 ) -> UnlearnResult:
     """Train one LoRA adapter that makes ``model`` forget ``forget`` and keep ``retain``.
@@ -501,8 +499,7 @@ def unlearn(
 
     def report(step: int, losses: Figures) -> None:
         history.append({"step": step, **losses})
-        if progress is not None:
-            progress(step, method.max_steps, {**losses, **guard.latest})
+        progress("unlearning", step, method.max_steps, **{**losses, **guard.latest})
 
     # A parent already at the target is not trained at all.
     budget = 0 if guard.stop_reason == "target_accuracy" else method.max_steps

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +33,7 @@ from peft import LoraConfig, get_peft_model
 
 from forgetctl.core.items import PromptItem
 from forgetctl.core.policy import AttackConfig
+from forgetctl.core.progress import Progress, silent
 from forgetctl.lm.evaluate import EvalResult, evaluate
 from forgetctl.lm.int4 import plain_copy, quantize_model_int4
 from forgetctl.lm.prompts import Pair
@@ -71,6 +72,7 @@ def attacked_copy(
     attack: AttackConfig,
     seed: int = 0,
     batch_size: int = 8,
+    progress: Progress = silent,
 ):
     """A fine-tuned copy of ``model`` (the original is untouched) and the step losses."""
     copy = plain_copy(model)
@@ -84,7 +86,7 @@ def attacked_copy(
     torch.manual_seed(seed)
     losses = finetune_steps(
         copy, tokenizer, list(pairs), steps=attack.steps, learning_rate=attack.learning_rate,
-        batch_size=batch_size, seed=seed, trainable=trainable,
+        batch_size=batch_size, seed=seed, trainable=trainable, progress=progress,
     )  # fmt: skip
     if any(not math.isfinite(x) for x in losses):
         raise ValueError(f"relearning attack {describe(attack)} diverged (non-finite loss)")
@@ -121,11 +123,11 @@ class AttackResult:
     attack_s: float
 
 
-def _measure(attacked, losses: list[float], tokenizer, trained: int, rest) -> Side:
+def _measure(attacked, losses: list[float], tokenizer, trained: int, rest, progress) -> Side:
     return Side(
         trained,
-        evaluate(attacked, tokenizer, rest),
-        evaluate(quantize_model_int4(attacked), tokenizer, rest),
+        evaluate(attacked, tokenizer, rest, progress=progress),
+        evaluate(quantize_model_int4(attacked), tokenizer, rest, progress=progress),
         losses,
     )
 
@@ -148,29 +150,31 @@ def relearn_attack(
     fraction: float,
     retain: Sequence[PromptItem] = (),
     seed: int = 0,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = silent,
 ) -> AttackResult:
     """Run one attack on the subject and, alike, on each control subject's items."""
     if len(items) < 2 or not controls or any(len(c) < 2 for c in controls):
         raise ValueError("a relearning attack needs at least two items on each side")
-    say = progress or (lambda _msg: None)
     start = time.perf_counter()
     if attack.mode == "retain":
         if not retain:
             raise ValueError("a retain-data attack needs retain items")
-        say(f"relearning attack ({describe(attack)}) on {len(retain)} retain items")
-        attacked, losses = attacked_copy(model, tokenizer, [i.pair for i in retain], attack, seed)
+        progress(f"relearning attack ({describe(attack)}) on {len(retain)} retain items")
+        attacked, losses = attacked_copy(model, tokenizer, [i.pair for i in retain], attack, seed,
+                                         progress=progress)  # fmt: skip
     sides, rests = [], []
     for i, side in enumerate([items, *controls]):
         train, rest = split_items(side, fraction, seed)
         trained = len(retain)
         if attack.mode != "retain":
             whose = "subject" if i == 0 else f"control {i}'s"
-            say(f"relearning attack ({describe(attack)}) on {len(train)} {whose} items")
+            progress(f"relearning attack ({describe(attack)}) on {len(train)} {whose} items")
             pairs = [side[j].pair for j in train]
-            attacked, losses = attacked_copy(model, tokenizer, pairs, attack, seed)
+            attacked, losses = attacked_copy(model, tokenizer, pairs, attack, seed,
+                                             progress=progress)  # fmt: skip
             trained = len(train)
-        sides.append(_measure(attacked, losses, tokenizer, trained, [side[j] for j in rest]))
+        rest_items = [side[j] for j in rest]
+        sides.append(_measure(attacked, losses, tokenizer, trained, rest_items, progress))
         rests.append(rest)
     offsets = [sum(map(len, controls[:k])) for k in range(len(controls))]
     control_rest = [off + j for off, rest in zip(offsets, rests[1:], strict=True) for j in rest]

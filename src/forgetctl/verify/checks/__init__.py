@@ -28,12 +28,13 @@ from collections.abc import Collection, Mapping
 
 from forgetctl.core.items import PromptItem
 from forgetctl.core.policy import ALL_CHECKS, VerifyConfig
+from forgetctl.core.progress import Progress, silent
 from forgetctl.lm.evaluate import ScoreStore
 from forgetctl.verify.checks.base import Check, CheckResult
 from forgetctl.verify.checks.forget import FORGET, check_forget
 from forgetctl.verify.checks.int4 import INT4, check_int4
 from forgetctl.verify.checks.kept import RETAIN, UTILITY, check_retain, check_utility
-from forgetctl.verify.checks.measure import ForgetSet, Measurements, Progress, in_formats
+from forgetctl.verify.checks.measure import ForgetSet, Measurements, in_formats
 from forgetctl.verify.checks.membership import MEMBERSHIP, auc, check_membership
 from forgetctl.verify.checks.regression import (
     REGRESSION,
@@ -80,7 +81,7 @@ def run_checks(
     earlier: Mapping[str, ForgetSet],
     cfg: VerifyConfig,
     checks: Collection[str] = ALL_CHECKS,
-    progress: Progress | None = None,
+    progress: Progress = silent,
     seed: int = 0,
     cache: ScoreStore | None = None,
     model_keys: tuple[str, str] | None = None,
@@ -97,7 +98,7 @@ def run_checks(
     """
     ctx = Measurements(
         parent_model, candidate_model, tokenizer, forget_sets, retain, general, earlier, cfg,
-        say=progress or (lambda _msg: None), seed=seed, cache=cache, model_keys=model_keys,
+        say=progress, seed=seed, cache=cache, model_keys=model_keys,
     )  # fmt: skip
     results = []
     for check in CHECKS:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
@@ -18,11 +18,11 @@ from typing import Any, Literal
 from forgetctl.core.formats import HELD_OUT
 from forgetctl.core.items import PromptItem, in_format
 from forgetctl.core.policy import VerifyConfig
+from forgetctl.core.progress import Progress
 from forgetctl.lm.evaluate import EvalResult, ScoreStore, evaluate, evaluate_cached
 from forgetctl.lm.int4 import quantize_model_int4
 from forgetctl.lm.prompts import formats_of, item_format
 
-Progress = Callable[[str], None]
 Role = Literal["parent", "candidate"]
 
 
@@ -176,6 +176,6 @@ class Measurements:
             return self.quantized(role) if int4 else self.model(role)
 
         if self.cache is None or self.model_keys is None:
-            return evaluate(load(), self.tokenizer, items)
+            return evaluate(load(), self.tokenizer, items, progress=self.say)
         key = self.model_keys[role == "candidate"] + ("/nf4" if int4 else "")
-        return evaluate_cached(self.cache, key, load, self.tokenizer, items)
+        return evaluate_cached(self.cache, key, load, self.tokenizer, items, progress=self.say)
