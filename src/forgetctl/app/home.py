@@ -49,6 +49,16 @@ class Home:
         return self.root / "reports"
 
     @property
+    def retain_corpus(self) -> Path:
+        """The deployed model's training records that `init --retain-corpus` copied in."""
+        return self.root / "retain-corpus.jsonl"
+
+    @property
+    def control_corpus(self) -> Path:
+        """People the model never saw, that `init --control-corpus` copied in."""
+        return self.root / "control-corpus.jsonl"
+
+    @property
     def lock_path(self) -> Path:
         return self.root / "run.lock"
 
@@ -79,8 +89,7 @@ class Home:
                 raise BadInput(f"{path} exists and is not a directory: move it away first")
             path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
             path.chmod(PRIVATE_DIR)
-        for path in (self.ledger_path, self.root / "retain-corpus.jsonl",
-                     self.root / "control-corpus.jsonl"):  # fmt: skip
+        for path in (self.ledger_path, self.retain_corpus, self.control_corpus):
             if path.is_file() and not path.is_symlink():
                 path.chmod(PRIVATE_FILE)
         # Copy the packaged policies once; an operator's edits in the home are kept.

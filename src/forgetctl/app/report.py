@@ -127,7 +127,7 @@ def request_section(ws: Workspace, request_id: int) -> dict:
         section["subject"] = None  # crypto-shredded: evidence only
     section["policy_detail"] = {
         "title": policy.title,
-        "deadline_days": policy.deadline_days,
+        "deadline": policy.describe_deadline(),
         "retention_days": policy.retention_days,
         "mandatory_checks": list(policy.verify.mandatory),
         "method": policy.method.model_dump(),

@@ -7,9 +7,6 @@ from pathlib import Path
 import typer
 
 from forgetctl.cli import common
-from forgetctl.core.errors import BadInput
-from forgetctl.core.formats import check_served
-from forgetctl.lm import DEFAULT_MODEL
 
 
 def register(app: typer.Typer) -> None:
@@ -54,59 +51,16 @@ def register(app: typer.Typer) -> None:
 
         Safe to run again. Example: forgetctl init --model ./deployed --base smollm2-135m
         --format chat"""
-        from forgetctl.app.workspace import Workspace
-        from forgetctl.core.data import MAX_DATA_BYTES, check_control_corpus, load_jsonl
-        from forgetctl.core.files import read_bounded, write_atomic
+        from forgetctl.app.setup import init_home
 
-        h = common.home(home)
-        if formats and not model:
-            raise BadInput("--format needs --model: it is part of the model's registration")
-        if base and not model:
-            raise BadInput("--base needs --model: it is part of the model's registration")
-
-        def model_path(name: str) -> Path:
-            return h.models / name if name == DEFAULT_MODEL else Path(name)
-
-        if model:
-            from forgetctl.app import versions  # torch: only when a model is registered
-        pretrained = model_path(base) if base else None
-        if pretrained is not None:
-            versions.check_pretrained(model_path(model), pretrained)  # refused before writing
-        if formats:
-            check_served(formats)
-        # A bad corpus fails before anything is written.
-        if retain_corpus:
-            load_jsonl(retain_corpus)
-        if control_corpus:
-            check_control_corpus(load_jsonl(control_corpus), control_corpus)
-        created = not h.exists()
-        # Opening loads the policies too: a broken policy in the home fails now, not later.
-        ledger = Workspace.open(h, create=True).ledger
-        # Checked above with the bounded reader; copied private (records of real people).
-        if retain_corpus:
-            write_atomic(
-                h.root / "retain-corpus.jsonl", read_bounded(retain_corpus, MAX_DATA_BYTES)
-            )
-        if control_corpus:
-            write_atomic(
-                h.root / "control-corpus.jsonl", read_bounded(control_corpus, MAX_DATA_BYTES)
-            )
-        if model:
-            versions.register_base(ledger, model_path(model), formats or None, pretrained)
-            if not formats:
-                common.err.print("[yellow]warning:[/] serving formats: every one the model "
-                                 "can render (chat, plain); forgetctl cannot know how you "
-                                 "serve it: say so with --format")  # fmt: skip
-        info = {
-            "home": str(h.root),
-            "created": created,
-            "migrations": ledger.applied_migrations(),
-            "head": ledger.head(),
-            "production": ledger.aliases.get("production") if model else None,
-            "pretrained_base": str(pretrained) if model and base else None,
-        }
+        info = init_home(common.home(home), model=model, base=base, retain_corpus=retain_corpus,
+                         control_corpus=control_corpus, formats=formats or ())  # fmt: skip
+        if info["formats_assumed"]:
+            common.err.print("[yellow]warning:[/] serving formats: every one the model "
+                             "can render (chat, plain); forgetctl cannot know how you "
+                             "serve it: say so with --format")  # fmt: skip
         if json_:
             common.emit_json(info)
         else:
-            verb = "created" if created else "already initialised"
-            common.out.print(f"forgetctl home {verb}: [bold]{h.root}[/]")
+            verb = "created" if info["created"] else "already initialised"
+            common.out.print(f"forgetctl home {verb}: [bold]{common.safe(info['home'])}[/]")
