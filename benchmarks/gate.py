@@ -168,7 +168,8 @@ def main() -> None:
     parser.add_argument("--forget", default="1,3", help="author ids, one request each")
     parser.add_argument("--controls", default="10-19", help="author ids never deployed")
     parser.add_argument("--items", type=int, default=48, help="forget/control items per set")
-    parser.add_argument("--kept", type=int, default=96, help="retain/utility items per set")
+    parser.add_argument("--kept", type=int, default=240,
+                        help="retain/utility items per set (utility needs 200)")  # fmt: skip
     parser.add_argument("--models", default="no-op,retrained,gradient ascent,forgetctl")
     parser.add_argument("--checks", default=",".join(CHECKS), help="checks to (re)run")
     parser.add_argument(

@@ -208,7 +208,7 @@ def test_the_minimum_detectable_drop_is_reported_and_shrinks_with_n():
 
 def test_a_drop_on_held_out_items_fails_utility_where_the_trained_ones_hide_it():
     """What the split is for: the adapter keeps what its retain term saw and loses the rest."""
-    cfg = VerifyConfig()
+    cfg = VerifyConfig(min_utility_items=40)  # judged at the size of these hand-made sets
     parent = _scores([1.0] * 40)
     trained_kept = _scores([1.0] * 40)
     held_out_lost = _scores([1.0] * 30 + [0.0] * 10)
@@ -229,7 +229,7 @@ def test_basic_facts_are_tofu_shaped_and_new():
 
 
 def test_a_drop_the_items_cannot_bound_under_the_limit_has_no_signal():
-    cfg = VerifyConfig()  # max drop 0.05
+    cfg = VerifyConfig(min_utility_items=40)  # max drop 0.05, at the size of these sets
     # One answer of 40 lost: a drop of 0.025, within the limit, but 40 items cannot bound
     # it under 0.05 (one more loss would be over).
     parent, lost_one = [1.0] * 40, [1.0] * 39 + [0.0]

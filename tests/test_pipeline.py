@@ -49,9 +49,14 @@ eval_every = 10
 
 [plan]
 general_sets = ["{general}"]
+
+[verify]
+# The tiny world holds a few neighbours and 3 held-out general facts: the kept checks are
+# judged at that size (the defaults, 30 and 200 items, are for real sets). Everything else
+# is the default: every check mandatory (core.policy.ALL_CHECKS), two relearning attacks.
+min_retain_items = 2
+min_utility_items = 2
 """
-# No [verify] table: the default, every check mandatory (core.policy.ALL_CHECKS), two
-# relearning attacks of 20 steps.
 
 
 def write_policy(home: Path, name: str = "gdpr", *, lr=2e-3, steps=60, retries=0) -> None:
@@ -195,7 +200,7 @@ def test_rejected_request_fails_then_forced_promotion_report_rollback(tiny_home,
 
 def test_run_promotes_unverified_only_when_the_policy_allows_it_and_says_so(tiny_home, tmp_path):
     policy = tiny_home / "policies" / "gdpr.toml"
-    policy.write_text(policy.read_text() + "\n[verify]\nmandatory = []\nallow_unverified = true\n")
+    policy.write_text(policy.read_text() + "mandatory = []\nallow_unverified = true\n")  # [verify]
     add(tiny_home, tinylm.TINY_SUBJECTS[4], "U-1", tmp_path)
     shown = cli("run")  # as a person at a terminal sees it
     # The steps' messages are log lines on stderr (the planner's too); no bar without a
@@ -252,7 +257,7 @@ def test_forgotten_subject_rows_are_not_neighbors_of_the_next_request(tiny_home,
     # Request 2's candidates answer a sample of request 1's forget set, spread over kinds
     # (the whole set when the sample is not clear of the limits).
     policy = tiny_home / "policies" / "gdpr.toml"
-    policy.write_text(policy.read_text() + "\n[verify]\nregression_items = 4\n")
+    policy.write_text(policy.read_text() + "regression_items = 4\n")  # in its [verify]
     ran = cli("run", code=None)
     assert statuses()["N-2"] == expected_end(tiny_home, 2)
     assert ran.exit_code == (11 if statuses()["N-2"] == "failed" else 0)

@@ -338,8 +338,16 @@ def test_retain_with_no_items_has_no_signal():
     back = EvalResult(score_outputs(items, ["Alpha Beta won the Gold Prize."]))
     assert check_retain(gone, back, cfg).verdict == "fail"  # recall dropped by 1.0
     assert check_retain(back, back, cfg).verdict == "no_signal"  # one item bounds nothing
+    # Three items that all kept their recall bound the drop at 0, and vouch for nothing.
     kept = EvalResult(score_outputs(items * 3, ["Alpha Beta won the Gold Prize."] * 3))
-    assert check_retain(kept, kept, cfg).verdict == "pass"
+    few = check_retain(kept, kept, cfg)
+    assert few.verdict == "no_signal" and few.figures["drop_bound"] == 0.0
+    assert "fewer than the 30" in few.reasons[0]
+    enough = EvalResult(score_outputs(items * 30, ["Alpha Beta won the Gold Prize."] * 30))
+    assert check_retain(enough, enough, cfg).verdict == "pass"
+    # A drop past the limit fails on any number of items.
+    lost = EvalResult(score_outputs(items * 3, ["I cannot say."] * 3))
+    assert check_retain(lost, kept, cfg).verdict == "fail"
 
 
 def test_the_registry_has_every_policy_check_in_run_order():
@@ -364,7 +372,10 @@ def test_unchanged_model_fails_forget_check(tiny_lm):
     assert [r.name for r in results] == ["forget", "retain", "utility", "regression"]
     assert by["forget"].verdict == "fail"
     assert any("recall" in reason for reason in by["forget"].reasons)
-    assert by["retain"].passed and by["utility"].passed and by["regression"].passed
+    # Nothing was lost, but a handful of items cannot vouch for it.
+    for name in ("retain", "utility"):
+        assert by[name].verdict == "no_signal" and "fewer than the" in by[name].reasons[0]
+    assert by["regression"].passed
     assert all(r.figures["wall_s"] >= 0 for r in results)
 
 
@@ -516,11 +527,14 @@ def _suppression_adapter(model, tok, seed: int = 0):
 
 
 GATE = [c for c in ALL_CHECKS if c != "regression"]
+TINY_WORLD = VerifyConfig(min_retain_items=8, min_utility_items=6)
+"""The gate at the tiny world's size: it holds 8 held-out neighbours and 6 general facts
+(the defaults, 30 and 200, are for real item sets; tests above show them refusing less)."""
 
 
 def _gate(parent, candidate, tok) -> dict[str, CheckResult]:
     results = run_checks(parent, candidate, tok, _sets(), _retain_items(2), _general_items(), {},
-                         VerifyConfig(), checks=GATE)  # fmt: skip
+                         TINY_WORLD, checks=GATE)  # fmt: skip
     return {r.name: r for r in results}
 
 

@@ -121,11 +121,13 @@ def check_drop(
     parent_eval: EvalResult,
     max_drop: float,
     kinds: Sequence[str] | None,
+    min_items: int = 2,
 ) -> CheckResult:
     """Knowledge kept: the drop in recall, parent minus candidate, is at most ``max_drop``,
-    and these items show it: the drop plus ``Z_95`` standard errors of the paired per-item
-    difference (``drop_bound``) is within the limit too. A drop within the limit that the
-    items cannot bound under it is ``no_signal``: too few items to vouch for it.
+    and these items show it: there are at least ``min_items`` of them, and the drop plus
+    ``Z_95`` standard errors of the paired per-item difference (``drop_bound``) is within
+    the limit too. A drop within the limit that the items cannot vouch for is
+    ``no_signal``; a drop past it fails on any number of items.
 
     ``min_detectable_drop`` is the check's resolution at its size: the smallest true drop
     this many items detect with 80% power at 5% two-sided, 2.8 standard errors (None under
@@ -133,7 +135,7 @@ def check_drop(
     cand = candidate_eval.only(kinds) if kinds is not None else candidate_eval
     par = parent_eval.only(kinds) if kinds is not None else parent_eval
     c, p = cand.mean("recall"), par.mean("recall")
-    figures: dict = {"n": len(cand.items), "max_drop": max_drop}
+    figures: dict = {"n": len(cand.items), "max_drop": max_drop, "min_items": min_items}
     if c is None or p is None:
         return CheckResult(name, "no_signal", figures, [f"no {name} items to compare"])
     drop = p - c
@@ -153,6 +155,11 @@ def check_drop(
     )
     if drop > max_drop:
         return CheckResult(name, "fail", figures, [f"recall drop {drop:.3f} > max {max_drop:.3f}"])
+    if n < min_items:
+        return CheckResult(name, "no_signal", figures, [
+            f"recall drop {drop:.3f} is within {max_drop:.3f}, but {n} {name} items are fewer "
+            f"than the {min_items} the check needs to vouch for it: judge on more items"
+        ])  # fmt: skip
     if bound is None or bound > max_drop:
         shown = "one item bounds nothing" if bound is None else f"bound {bound:.3f}"
         return CheckResult(name, "no_signal", figures, [

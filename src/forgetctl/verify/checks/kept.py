@@ -22,9 +22,11 @@ def _drop_check(name: str, limit: str) -> Callable[..., CheckResult]:
         kinds: Sequence[str] | None = None,
         name: str = name,
     ) -> CheckResult:
-        return check_drop(name, candidate_eval, parent_eval, getattr(cfg, limit), kinds)
+        return check_drop(name, candidate_eval, parent_eval, getattr(cfg, limit), kinds,
+                          min_items=getattr(cfg, f"min_{name}_items"))  # fmt: skip
 
-    check.__doc__ = f"Knowledge kept: parent recall - candidate recall <= {limit}."
+    check.__doc__ = (f"Knowledge kept: parent recall - candidate recall <= {limit}, "
+                     f"on at least min_{name}_items items.")  # fmt: skip
     return check
 
 
