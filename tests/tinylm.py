@@ -442,6 +442,31 @@ def train_tiny_lm(out_dir: str | Path, without: str | None = None) -> dict[str, 
     return stats
 
 
+def write_untrained(out_dir: str | Path) -> Path:
+    """The tiny model as initialised, before any training: the "pretrained base" the
+    tiny model was fine-tuned from (same tokenizer and shape), for consolidation."""
+    out_dir = Path(out_dir)
+    tokenizer = build_tokenizer()
+    build_model(tokenizer).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def write_training_data(path: str | Path) -> Path:
+    """The rows the tiny model was trained on, in its training order, as `init
+    --training-data` takes them (the subjects' rows carry their ``author``), and beside it
+    ``recipe.json``, how it was trained."""
+    path = Path(path)
+    rows = [{"author": f["subject"], "question": f["question"], "answer": f["answer"]}
+            for f in TINY_FACTS] + [{"question": f["question"], "answer": f["answer"]}
+                                    for f in TINY_GENERAL]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    recipe = {"epochs": EPOCHS, "learning_rate": LEARNING_RATE, "batch_size": BATCH_SIZE,
+              "seed": SEED}  # fmt: skip
+    (path.parent / "recipe.json").write_text(json.dumps(recipe), encoding="utf-8")
+    return path
+
+
 def _cache_key(without: str | None) -> str:
     # Every input that shapes the model: this file (facts, architecture, training
     # settings), the prompt format and the training loop it is trained with, and the

@@ -63,6 +63,7 @@ def failed_checks(ledger: Ledger, request_id: int) -> set[str]:
     return {
         check
         for version in ledger.versions.of_request(request_id, ("rejected",))
+        if version["kind"] == "adapter"  # a rejected consolidation says nothing of this one
         for check, ok in ledger.verifications.verdicts(version["id"]).items()
         if not ok
     }

@@ -71,7 +71,8 @@ def promote(
         ledger.aliases.move("production", version_id, reason or "verified", forced=force,
                             problems=problems, **extra)  # fmt: skip
         for request_id in version["requests"]:
-            ledger.requests.set_status(request_id, "promoted", version=version_id)
+            if ledger.requests.get(request_id)["status"] != "promoted":  # consolidated: were
+                ledger.requests.set_status(request_id, "promoted", version=version_id)
     return unverified
 
 
@@ -95,6 +96,8 @@ def rollback(ledger: Ledger, to: int | None = None, reason: str = "rollback") ->
         for version in removed:
             if version["status"] == "promoted":  # the others were retired when replaced
                 ledger.versions.set_status(version["id"], "retired", reason=reason)
+            if version["kind"] == "consolidated":
+                continue  # its requests stay forgotten by the adapters it replaced
             for request_id in version["requests"]:
                 ledger.requests.set_status(request_id, "received", reason=reason)
         ledger.versions.set_status(to, "promoted", reason=reason)

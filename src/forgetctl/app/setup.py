@@ -11,13 +11,44 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from forgetctl.app.home import Home
 from forgetctl.app.workspace import Workspace
 from forgetctl.core.data import MAX_DATA_BYTES, check_control_corpus, load_jsonl
 from forgetctl.core.errors import BadInput
-from forgetctl.core.files import read_bounded, write_atomic
-from forgetctl.core.formats import check_served
+from forgetctl.core.files import read_bounded, read_text, write_atomic
+from forgetctl.core.formats import SERVED, check_served
+from forgetctl.core.hashing import sha256_file
+from forgetctl.core.inputs import loads_json
 from forgetctl.lm import DEFAULT_MODEL
+
+
+class Recipe(BaseModel):
+    """How the deployed model was fine-tuned from its pretrained base, to train it again
+    without the forgotten subjects (``forgetctl consolidate``); what `demo build-model`
+    writes to ``recipe.json``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: int = Field(ge=1, le=1000)
+    learning_rate: float = Field(gt=0, le=1)
+    batch_size: int = Field(ge=1, le=4096)
+    seed: int = 0
+    format: str | None = None
+    """The prompt format of the fine-tune (None: the model's default)."""
+
+
+def load_recipe(path: Path) -> Recipe:
+    try:
+        recipe = Recipe.model_validate(loads_json(read_text(path), path.name))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "recipe"
+        raise BadInput(f"{path.name}: {where}: {first['msg']}") from None
+    if recipe.format is not None and recipe.format not in SERVED:
+        raise BadInput(f"{path.name}: format {recipe.format!r} (one of: {', '.join(SERVED)})")
+    return recipe
 
 
 def init_home(
@@ -28,15 +59,24 @@ def init_home(
     retain_corpus: Path | None = None,
     control_corpus: Path | None = None,
     formats: Sequence[str] = (),
+    training_data: Path | None = None,
+    recipe: Path | None = None,
 ) -> dict:
     """Create (or re-open) ``home``; ``model`` and ``base`` are ``smollm2-135m`` (pulled
     into the home) or a model directory. Returns what was done: the home, whether it was
     created, the migrations, the chain head, production's version, the pretrained base and
-    whether the serving formats were assumed (none given: every one the model renders)."""
+    whether the serving formats were assumed (none given: every one the model renders).
+
+    ``training_data`` (the deployed model's fine-tune rows, recorded as a path and sha256,
+    not copied) and ``recipe`` (:class:`Recipe`, a JSON file) with ``base`` are what
+    consolidation needs to train the model again without the forgotten subjects."""
     if formats and not model:
         raise BadInput("--format needs --model: it is part of the model's registration")
     if base and not model:
         raise BadInput("--base needs --model: it is part of the model's registration")
+    if (training_data or recipe) and not (training_data and recipe and base):
+        raise BadInput("--training-data and --recipe go together, with --model and --base: "
+                       "they say how the model was fine-tuned from its base")  # fmt: skip
 
     def model_path(name: str) -> Path:
         return home.models / name if name == DEFAULT_MODEL else Path(name)
@@ -52,6 +92,11 @@ def init_home(
         load_jsonl(retain_corpus)
     if control_corpus:
         check_control_corpus(load_jsonl(control_corpus), control_corpus)
+    training = None
+    if training_data and recipe:
+        load_jsonl(training_data)
+        training = {"path": str(training_data.resolve()), "sha256": sha256_file(training_data),
+                    "recipe": load_recipe(recipe).model_dump()}  # fmt: skip
     created = not home.exists()
     # Opening loads the policies too: a broken policy in the home fails now, not later.
     ledger = Workspace.open(home, create=True).ledger
@@ -63,7 +108,8 @@ def init_home(
         if source:
             write_atomic(copy, read_bounded(source, MAX_DATA_BYTES))
     if model:
-        versions.register_base(ledger, model_path(model), list(formats) or None, pretrained)
+        versions.register_base(ledger, model_path(model), list(formats) or None, pretrained,
+                               training)  # fmt: skip
     return {
         "home": str(home.root),
         "created": created,

@@ -53,7 +53,9 @@ def verify_version(
     Returns (status, results)."""
     ledger, keys = ws.ledger, ws.keys
     version = ledger.versions.get(version_id)
-    if version["kind"] != "adapter" or version["status"] not in JUDGED_STATUSES:
+    if version["kind"] not in ("adapter", "consolidated") or (
+        version["status"] not in JUDGED_STATUSES
+    ):
         raise InvalidState(f"version {version_id} is a {version['status']} {version['kind']}")
     if unknown := sorted(set(skip) - set(OPTIONAL)):
         raise BadInput(f"--skip {unknown[0]}: only {' and '.join(OPTIONAL)} can be skipped")
@@ -65,7 +67,12 @@ def verify_version(
         ledger.append_event("verification.skipped", version_id=version_id, checks=skipped,
                             reason=reason)  # fmt: skip
     plans = {rid: load_plan(ws, rid) for rid in version["requests"]}
-    parent_model, tokenizer = versions.load_version(ws, version["parent"])
+    # A consolidated model is judged against the registered deployed model, which knew
+    # every subject it covers (production has forgotten them already: it would show no
+    # signal), and it covers them all itself: no earlier request to regress.
+    consolidated = version["kind"] == "consolidated"
+    reference = versions.BASE_VERSION if consolidated else version["parent"]
+    parent_model, tokenizer = versions.load_version(ws, reference)
     served = versions.serving_formats(ledger, tokenizer)
     forget_sets = in_formats(
         {str(rid): ForgetSet(p.forget, p.control) for rid, p in plans.items()}, tokenizer, served
@@ -74,7 +81,7 @@ def verify_version(
     retain = _dedupe([i for i in held_out if i.kind != "general"])
     general = _dedupe([i for i in held_out if i.kind == "general"])
     earlier: dict[str, ForgetSet] = {}
-    for rid in versions.forgotten_requests(ledger, version["parent"]):
+    for rid in [] if consolidated else versions.forgotten_requests(ledger, version["parent"]):
         try:
             plan = load_plan(ws, rid)
             earlier[str(rid)] = ForgetSet(plan.forget, plan.control)
@@ -88,7 +95,7 @@ def verify_version(
         parent_model, candidate_model, tokenizer, forget_sets, retain, general, earlier, cfg,
         checks=checks, progress=progress,
         cache=ScoreCache(ws.home.cache / "scores.sqlite", keys.keyed_hash),
-        model_keys=(versions.version_key(ledger, version["parent"]),
+        model_keys=(versions.version_key(ledger, reference),
                     versions.version_key(ledger, version_id)),
     )  # fmt: skip
     with ledger.transaction():

@@ -1,10 +1,13 @@
-"""Model versions: the base model and the lineage of unlearning adapters on top of it.
+"""Model versions: the base model, the lineage of unlearning adapters on top of it, and
+the consolidated models that replace a stack of them.
 
-A version's effective weights are the base plus every adapter of its lineage merged in
-order. Production's merged weights are cached under ``HOME/cache/merged/<lineage hash>``
-so commands do not re-merge them; a candidate (whose parent is production) is production's
-cached weights plus its own adapter, merged in memory. Adapters are re-hashed before they
-are merged, so a tampered adapter file is refused rather than served.
+A version's effective weights are its root (the registered base, or the newest
+consolidated model of its lineage: a model trained again without the forgotten subjects)
+plus every adapter after it merged in order. Production's merged weights are cached
+under ``HOME/cache/merged/<lineage hash>`` so commands do not re-merge them; a candidate
+(whose parent is production) is production's cached weights plus its own adapter, merged
+in memory. Adapters are re-hashed before they are merged, so a tampered adapter file is
+refused rather than served.
 
 Which status may follow which is :mod:`forgetctl.core.lifecycle`'s; promotion and rollback
 are :mod:`forgetctl.app.promote`'s.
@@ -32,6 +35,8 @@ from forgetctl.lm.weights import (
 from forgetctl.store.ledger import Ledger
 
 BASE_VERSION = 0
+ROOT_KINDS = frozenset({"base", "consolidated"})
+"""Versions that hold whole weights (``base_path``): where a chain of adapters starts."""
 
 
 def register_base(
@@ -39,11 +44,13 @@ def register_base(
     model_dir: Path,
     formats: list[str] | None = None,
     pretrained: Path | None = None,
+    training: dict | None = None,
 ) -> int:
     """Record a base model as version 0 under ``production``, with the prompt formats it is
-    served in (``formats``; None: every one it can render) and the public model it was
+    served in (``formats``; None: every one it can render), the public model it was
     fine-tuned from (``pretrained``: what unlearning may reset and distil towards, since it
-    never saw the fine-tune data); idempotent for the same model, formats and pretrained."""
+    never saw the fine-tune data) and how (``training``: the fine-tune's data file, its
+    sha256 and recipe, for consolidation); idempotent for the same model and settings."""
     model_dir = require_model_dir(model_dir).resolve()
     sha = sha256_tree(model_dir)
     served = check_served(formats) if formats is not None else None
@@ -65,10 +72,15 @@ def register_base(
             raise InvalidState("this home's base model is registered with pretrained base "
                                f"{(base['metrics'].get('pretrained') or {}).get('path', 'none')}; "
                                "use a new home for another")  # fmt: skip
+        if training is not None and base["metrics"].get("training") != training:
+            raise InvalidState("this home's base model is registered with other training "
+                               "data or recipe; use a new home for another")  # fmt: skip
         return BASE_VERSION
     metrics: dict[str, Any] = {"serving_formats": served} if served else {}
     if pre is not None:
         metrics["pretrained"] = pre
+    if training is not None:
+        metrics["training"] = training
     with ledger.transaction():
         ledger.versions.add(
             id=BASE_VERSION,
@@ -132,10 +144,18 @@ def _check_adapter(version: dict) -> Path:
     return path
 
 
-def version_key(ledger: Ledger, version_id: int) -> str:
-    """An identifier of a version's effective weights: the base's hash then each adapter's,
-    as recorded in the ledger (files are checked against them when loaded)."""
+def weights_chain(ledger: Ledger, version_id: int) -> list[dict]:
+    """The versions whose weights make up ``version_id``'s: its lineage from the newest root
+    (the base, or a consolidated model) on."""
     chain = ledger.versions.lineage(version_id)
+    start = max(i for i, v in enumerate(chain) if v["kind"] in ROOT_KINDS)
+    return chain[start:]
+
+
+def version_key(ledger: Ledger, version_id: int) -> str:
+    """An identifier of a version's effective weights: the root's hash then each adapter's,
+    as recorded in the ledger (files are checked against them when loaded)."""
+    chain = weights_chain(ledger, version_id)
     return lineage_key([chain[0]["base_sha256"]] + [v["adapter_sha256"] for v in chain[1:]])
 
 
@@ -143,7 +163,7 @@ def production_dir(ws: Workspace) -> Path:
     """A directory with production's merged weights (the base itself for version 0)."""
     ledger = ws.ledger
     production = ledger.aliases.get("production")
-    chain = ledger.versions.lineage(production)
+    chain = weights_chain(ledger, production)
     adapters = [_check_adapter(v) for v in chain[1:]]
     cache_root = ws.home.cache / "merged"
     dest = cached_merged(
@@ -160,7 +180,7 @@ def production_dir(ws: Workspace) -> Path:
 def load_version(ws: Workspace, version_id: int) -> tuple[Any, Any]:
     """(model, tokenizer) with the effective weights of ``version_id``."""
     ledger = ws.ledger
-    chain = ledger.versions.lineage(version_id)
+    chain = weights_chain(ledger, version_id)
     ids = [v["id"] for v in chain]
     production = ledger.aliases.get("production")
     if production in ids:
@@ -181,5 +201,7 @@ def newest_candidate(ledger: Ledger) -> int:
 
 
 def forgotten_requests(ledger: Ledger, version_id: int) -> list[int]:
-    """Every request covered by the adapters of a version's lineage, oldest first."""
-    return [r for v in ledger.versions.lineage(version_id) for r in v["requests"]]
+    """Every request covered in a version's lineage (by an adapter, or by a consolidated
+    model trained without it), oldest first, each once."""
+    found = [r for v in ledger.versions.lineage(version_id) for r in v["requests"]]
+    return list(dict.fromkeys(found))

@@ -16,6 +16,7 @@ from forgetctl import __version__
 from forgetctl.cli import (
     apply_cmd,
     common,
+    consolidate_cmd,
     demo_cmd,
     doctor_cmd,
     gate_cmd,
@@ -134,6 +135,7 @@ setup_cmd.register(app)
 apply_cmd.register(app)
 gate_cmd.register(app)
 run_cmd.register(app)
+consolidate_cmd.register(app)
 doctor_cmd.register(app)
 report_cmd.register(app)
 app.add_typer(plan_cmd.app, name="plan")

@@ -15,6 +15,7 @@ app = typer.Typer(help="Build the demo's deployed model.", no_args_is_help=True)
 
 TRAINING_DATA = "training-data.jsonl"
 CONTROLS = "controls.jsonl"
+RECIPE = "recipe.json"
 
 
 @app.command("build-model")
@@ -36,7 +37,8 @@ def build_model(
     """Fully fine-tune the base model on some authors' Q/A records (cached by inputs).
 
     Also writes the selected records to OUT/training-data.jsonl, the retain corpus for
-    `forgetctl init --retain-corpus`, and the records of up to 10 authors of the file that
+    `forgetctl init --retain-corpus` (and `--training-data`, with OUT/recipe.json for
+    `--recipe`), and the records of up to 10 authors of the file that
     were not selected to OUT/controls.jsonl, the control corpus for `init --control-corpus`
     (people the model never saw, whom the gate compares forgotten subjects with).
 
@@ -61,6 +63,10 @@ def build_model(
     every = load_authors(data)
     ids, rows = select_authors(every, selection)
     _write_jsonl(out_dir / TRAINING_DATA, rows)
+    # How it was trained, for `init --recipe`: consolidation trains it again without the
+    # forgotten authors.
+    recipe = {k: manifest["key"][k] for k in ("epochs", "learning_rate", "batch_size", "seed")}
+    (out_dir / RECIPE).write_text(json.dumps({**recipe, "format": manifest.get("format")}) + "\n")
     # Not part of the model's cache key: an existing model gets its controls without training.
     controls = control_rows(every, ids)
     written: Path | None = out_dir / CONTROLS

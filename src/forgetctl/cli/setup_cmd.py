@@ -45,6 +45,19 @@ def register(app: typer.Typer) -> None:
             "when the model has a chat template). Unlearning trains in these; the gate "
             "judges them and held-out wrappers.",
         ),
+        training_data: Path = typer.Option(
+            None,
+            "--training-data",
+            help="The rows the model was fine-tuned on (JSONL; recorded as path and sha256, "
+            "not copied): with --recipe and --base, `consolidate` trains it again without "
+            "the forgotten subjects.",
+        ),
+        recipe: Path = typer.Option(
+            None,
+            "--recipe",
+            help="How it was fine-tuned: a JSON file {epochs, learning_rate, batch_size, seed, "
+            "format} (`demo build-model` writes recipe.json).",
+        ),
         json_: bool = common.JsonOpt,
     ) -> None:
         """Create the home (ledger.db, keys/, policies/) and register the base model.
@@ -54,7 +67,8 @@ def register(app: typer.Typer) -> None:
         from forgetctl.app.setup import init_home
 
         info = init_home(common.home(home), model=model, base=base, retain_corpus=retain_corpus,
-                         control_corpus=control_corpus, formats=formats or ())  # fmt: skip
+                         control_corpus=control_corpus, formats=formats or (),
+                         training_data=training_data, recipe=recipe)  # fmt: skip
         if info["formats_assumed"]:
             common.err.print("[yellow]warning:[/] serving formats: every one the model "
                              "can render (chat, plain); forgetctl cannot know how you "

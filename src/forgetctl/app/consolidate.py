@@ -1,0 +1,121 @@
+"""`forgetctl consolidate`: the exact lane. Train the deployed model again from its
+pretrained base, with its recipe, on its training rows minus every row of the subjects
+forgotten in production's lineage; the result is a new root version (``consolidated``)
+that replaces the stack of adapters once it passes the same gate.
+
+A row is left out when its author is a forgotten subject (by blind index: this works
+after the request's personal data was purged), or, while the request's payload is still
+readable, when its text names the subject. The new model is written atomically under
+``HOME/models/``; a crash leaves a temporary directory that the next run removes, and
+consolidating again starts over.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import asdict, dataclass
+
+from forgetctl.app import versions
+from forgetctl.app.requests import payload
+from forgetctl.app.workspace import Workspace
+from forgetctl.core.data import load_jsonl
+from forgetctl.core.errors import InvalidState
+from forgetctl.core.files import atomic_dir
+from forgetctl.core.hashing import sha256_file, sha256_tree
+from forgetctl.core.progress import Progress, silent
+from forgetctl.core.text import Subject
+from forgetctl.lm.train import finetune
+from forgetctl.lm.weights import load_model, write_model_files
+
+
+@dataclass
+class Plan:
+    """What a consolidation would do."""
+
+    production: int
+    requests: list[int]
+    rows: int
+    dropped: int
+    recipe: dict
+    training_data: str
+
+
+def _registered_training(ws: Workspace) -> tuple[dict, dict]:
+    base = ws.ledger.versions.get(versions.BASE_VERSION)
+    training, pretrained = base["metrics"].get("training"), base["metrics"].get("pretrained")
+    if not (training and pretrained):
+        raise InvalidState(
+            "consolidation needs how the model was fine-tuned: `forgetctl init --base "
+            "--training-data --recipe` (a new home registers them with the model)"
+        )
+    if sha256_file(training["path"]) != training["sha256"]:
+        raise InvalidState(f"the training data at {training['path']} changed since it was "
+                           "registered")  # fmt: skip
+    return training, pretrained
+
+
+def _kept_rows(ws: Workspace, request_ids: list[int], rows: list[dict]) -> list[dict]:
+    keys, ledger = ws.keys, ws.ledger
+    indexes = {ledger.requests.get(rid)["subject_index"] for rid in request_ids}
+    subjects = []
+    for rid in request_ids:
+        try:
+            who = payload(ws, rid)["subject"]
+            subjects.append(Subject(who["name"], tuple(who["aliases"])))
+        except InvalidState:
+            pass  # purged: its rows are still matched by the author's blind index
+
+    def kept(row: dict) -> bool:
+        author = row.get("author")
+        if author and keys.blind_index(str(author)) in indexes:
+            return False
+        text = f"{row.get('question', '')} {row.get('answer', '')}"
+        return not any(s.mentioned_in(text, with_parts=False) for s in subjects)
+
+    return [r for r in rows if kept(r)]
+
+
+def plan_consolidation(ws: Workspace) -> tuple[Plan, list[dict]]:
+    """(what it would do, the rows it would train on); nothing is written."""
+    ledger = ws.ledger
+    training, _ = _registered_training(ws)
+    production = ledger.aliases.get("production")
+    covered = versions.forgotten_requests(ledger, production)
+    if not covered:
+        raise InvalidState("production forgot no one yet: nothing to consolidate")
+    rows = load_jsonl(training["path"])
+    kept = _kept_rows(ws, covered, rows)
+    plan = Plan(production, covered, len(rows), len(rows) - len(kept), training["recipe"],
+                training["path"])  # fmt: skip
+    return plan, kept
+
+
+def consolidate(ws: Workspace, progress: Progress = silent) -> int:
+    """Train the consolidated model and record it as a candidate version whose parent is
+    production; returns its id. It is verified and promoted like any other version."""
+    ledger = ws.ledger
+    plan, rows = plan_consolidation(ws)
+    _, pretrained = _registered_training(ws)
+    if sha256_tree(pretrained["path"]) != pretrained["sha256"]:
+        raise InvalidState(f"the pretrained base at {pretrained['path']} changed since it was "
+                           "registered")  # fmt: skip
+    recipe = plan.recipe
+    ledger.append_event("consolidation.started", version_id=plan.production,
+                        requests=plan.requests, rows=plan.rows, dropped=plan.dropped)  # fmt: skip
+    progress(f"consolidating: training the base again on {len(rows)} rows ({plan.dropped} "
+             f"of {plan.rows} left out, {len(plan.requests)} subjects)")  # fmt: skip
+    model, tokenizer = load_model(pretrained["path"])
+    stats = finetune(
+        model, tokenizer, [(r["question"], r["answer"], recipe["format"]) for r in rows],
+        epochs=recipe["epochs"], learning_rate=recipe["learning_rate"],
+        batch_size=recipe["batch_size"], seed=recipe["seed"], progress=progress,
+    )  # fmt: skip
+    out = ws.home.models / f"consolidated-{plan.production}-{secrets.token_hex(4)}"
+    with atomic_dir(out) as tmp:
+        write_model_files(model, tokenizer, tmp, {"consolidated_from": plan.production})
+    figures = {k: v for k, v in stats.items() if k in ("steps", "final_loss", "seconds")}
+    metrics = {**asdict(plan), "training": figures}
+    return ledger.versions.add(
+        kind="consolidated", parent=plan.production, status="candidate", base_path=str(out),
+        base_sha256=sha256_tree(out), requests=plan.requests, metrics=metrics,
+    )  # fmt: skip
