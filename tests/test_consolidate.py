@@ -5,11 +5,19 @@ stack when promoted, and rolls back to it."""
 from __future__ import annotations
 
 import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
 
+import pytest
 import tinylm
 from clirun import cli
 from test_pipeline import records_for, statuses, write_policy
 
+from forgetctl.app import consolidate as consolidation
 from forgetctl.app import versions
 from forgetctl.app.home import Home
 from forgetctl.app.workspace import Workspace
@@ -25,9 +33,12 @@ def _recall(model, tok, facts) -> float:
     return evaluate(model, tok, items, with_prob=False).mean("recall")
 
 
-def test_consolidation_trains_without_the_subject_and_replaces_the_stack(
-    forgetctl_home, tiny_lm_dir, tmp_path
-):
+@pytest.fixture
+def stacked_home(forgetctl_home, tiny_lm_dir, tmp_path) -> int:
+    """A home registered with the tiny model's base, training data and recipe, whose
+    production forgets SUBJECT by an adapter (promoted without the gate: the adapter lane's
+    candidates fail it on this model); its policy now gates every check and consolidates
+    once one request waits. Returns the adapter's version."""
     home = forgetctl_home
     data = tinylm.write_training_data(tmp_path / "training-data.jsonl")
     controls = tinylm.write_controls_jsonl(tmp_path / "controls.jsonl")
@@ -37,7 +48,6 @@ def test_consolidation_trains_without_the_subject_and_replaces_the_stack(
         "--control-corpus", str(controls))  # fmt: skip
     tinylm.write_general_jsonl(home / "general.jsonl")
     assert "production forgot no one" in cli("consolidate", "--dry-run", code=4).output
-    # The fast lane first: an adapter, promoted without the gate (the policy allows it).
     write_policy(home)
     policy = home / "policies" / "gdpr.toml"
     gated = policy.read_text()
@@ -46,14 +56,20 @@ def test_consolidation_trains_without_the_subject_and_replaces_the_stack(
         "--records", records_for(SUBJECT, tmp_path))  # fmt: skip
     cli("run", "--quiet")
     assert statuses() == {"C-1": "promoted"}
-    stack = json.loads(cli("model", "versions", "--json").stdout)[-1]["id"]
-    policy.write_text(gated)  # every check mandatory again
+    policy.write_text("consolidate_every = 1\n" + gated)
+    return json.loads(cli("model", "versions", "--json").stdout)[-1]["id"]
 
+
+def test_consolidation_trains_without_the_subject_and_replaces_the_stack(
+    forgetctl_home, stacked_home
+):
+    home, stack = forgetctl_home, stacked_home
     planned = json.loads(cli("consolidate", "--dry-run", "--json").stdout)
     own = len(tinylm.facts_for(SUBJECT))
     assert (planned["requests"], planned["dropped"], planned["production"]) == ([1], own, stack)
     assert planned["rows"] == len(tinylm.TINY_FACTS) + len(tinylm.TINY_GENERAL)
-    vid = json.loads(cli("consolidate", "--json").stdout)["version"]
+    summary = json.loads(cli("run", "--json").stdout)
+    vid = summary["consolidation"]["version"]
     ws = Workspace.open(Home(home))
     row = ws.ledger.versions.get(vid)
     assert (row["kind"], row["parent"], row["requests"]) == ("consolidated", stack, [1])
@@ -63,15 +79,16 @@ def test_consolidation_trains_without_the_subject_and_replaces_the_stack(
     others = [f for f in tinylm.TINY_FACTS if f["subject"] != SUBJECT]
     assert _recall(model, tok, others) > 0.8
 
-    # The same gate as any version, against the deployed model that knew the subject.
-    doc = json.loads(cli("verify", str(vid), "--json", code=None).stdout)
-    verdicts = {c["name"]: c["verdict"] for c in doc["checks"]}
-    # Trained without the subject, it passes every check, relearning included, where the
-    # adapter lane's candidates on this model fail (tests/test_pipeline.py).
-    assert doc["status"] == "verified", verdicts
-    assert set(verdicts.values()) == {"pass"} and list(verdicts) == list(ALL_CHECKS)
-    cli("promote", str(vid))
+    # The same gate as any version, against the deployed model that knew the subject:
+    # trained without them, it passes every check, relearning included, where the adapter
+    # lane's candidates on this model fail (tests/test_pipeline.py); so the run promoted it.
+    verdicts = ws.ledger.verifications.verdicts(vid)
+    assert list(verdicts) == list(ALL_CHECKS) and all(verdicts.values()), summary
+    assert summary["consolidation"] == {"version": vid, "status": "promoted", "why": []}
     assert ws.ledger.aliases.get() == vid and statuses() == {"C-1": "promoted"}
+    assert consolidation.due(ws) is None  # nothing waits for the next one
+    lane = f"trained without the subject (consolidated version {vid})"
+    assert f"| in production | {lane} |" in cli("report", "C-1").stdout
     assert versions.version_key(ws.ledger, vid) != versions.version_key(ws.ledger, stack)
     assert cli("model", "ask", tinylm.facts_for(SUBJECT)[0]["question"]).stdout.strip()
     # A second request for the same subject is a duplicate: production forgot them.
@@ -81,4 +98,32 @@ def test_consolidation_trains_without_the_subject_and_replaces_the_stack(
     # Rolling back puts the adapter stack back; the request stays forgotten by it.
     cli("rollback", "--yes")
     assert ws.ledger.aliases.get() == stack and statuses()["C-1"] == "promoted"
+    assert f"unlearned by adapter (version {stack})" in cli("report", "C-1").stdout
+    cli("ledger", "verify")
+
+
+def test_a_killed_consolidation_resumes(forgetctl_home, stacked_home):
+    """kill -9 the run that consolidates, twice, at random moments: the ledger verifies
+    after each kill, and the next run ends it promoted, with nothing left behind."""
+    env = {**os.environ, "FORGETCTL_HOME": str(forgetctl_home)}
+    cmd = [sys.executable, "-m", "forgetctl", "run", "--quiet"]
+    rng, kills = random.Random(5), 0
+    for _ in range(2):
+        proc = subprocess.Popen(cmd, env=env)
+        time.sleep(rng.uniform(3.0, 12.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        cli("ledger", "verify")
+    assert kills >= 1
+    subprocess.run(cmd, env=env, timeout=900, check=True)
+    ws = Workspace.open(Home(forgetctl_home))
+    production = ws.ledger.versions.get(ws.ledger.aliases.get())
+    assert (production["kind"], production["parent"]) == ("consolidated", stacked_home)
+    assert not list(forgetctl_home.rglob(".tmp-*"))
+    on_disk = {str(p) for p in (forgetctl_home / "models").glob("consolidated-*")}
+    assert on_disk <= ws.ledger.versions.base_paths()  # no model that no version names
+    made = [v for v in ws.ledger.versions.all() if v["kind"] == "consolidated"]
+    assert len(made) <= 3  # at most one more per killed run; the others were carried on
     cli("ledger", "verify")

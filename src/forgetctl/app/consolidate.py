@@ -19,13 +19,17 @@ from forgetctl.app import versions
 from forgetctl.app.requests import payload
 from forgetctl.app.workspace import Workspace
 from forgetctl.core.data import load_jsonl
-from forgetctl.core.errors import InvalidState
+from forgetctl.core.errors import InvalidState, NotFound
 from forgetctl.core.files import atomic_dir
 from forgetctl.core.hashing import sha256_file, sha256_tree
+from forgetctl.core.lifecycle import JUDGED_STATUSES
 from forgetctl.core.progress import Progress, silent
 from forgetctl.core.text import Subject
 from forgetctl.lm.train import finetune
 from forgetctl.lm.weights import load_model, write_model_files
+
+CONSOLIDATED_PREFIX = "consolidated-"
+"""The name of a consolidated model's directory under ``HOME/models/`` starts so."""
 
 
 @dataclass
@@ -80,7 +84,7 @@ def plan_consolidation(ws: Workspace) -> tuple[Plan, list[dict]]:
     ledger = ws.ledger
     training, _ = _registered_training(ws)
     production = ledger.aliases.get("production")
-    covered = versions.forgotten_requests(ledger, production)
+    covered = ledger.versions.forgotten_requests(production)
     if not covered:
         raise InvalidState("production forgot no one yet: nothing to consolidate")
     rows = load_jsonl(training["path"])
@@ -88,6 +92,28 @@ def plan_consolidation(ws: Workspace) -> tuple[Plan, list[dict]]:
     plan = Plan(production, covered, len(rows), len(rows) - len(kept), training["recipe"],
                 training["path"])  # fmt: skip
     return plan, kept
+
+
+def due(ws: Workspace) -> tuple[str, int | None] | None:
+    """Whether `run` should consolidate now, and how: ("build", None) to train one, ("resume",
+    version) to carry on with a consolidated candidate of production's; None when it is not
+    due (no policy asks, too few requests are waiting, or one was rejected for this
+    production: it is tried again once production moves)."""
+    ledger = ws.ledger
+    try:
+        production = ledger.aliases.get("production")
+    except NotFound:
+        return None
+    for v in reversed(ledger.versions.all()):
+        if v["kind"] == "consolidated" and v["parent"] == production:
+            return ("resume", v["id"]) if v["status"] in JUDGED_STATUSES - {"rejected"} else None
+    root = ledger.versions.weights_chain(production)[0]
+    waiting = [r for r in ledger.versions.forgotten_requests(production)
+               if r not in root["requests"]]  # fmt: skip
+    every = [ws.policies[p].consolidate_every for p in
+             {ledger.requests.get(r)["policy"] for r in waiting} if p in ws.policies]  # fmt: skip
+    every = [n for n in every if n > 0]
+    return ("build", None) if every and len(waiting) >= min(every) else None
 
 
 def consolidate(ws: Workspace, progress: Progress = silent) -> int:
@@ -110,7 +136,7 @@ def consolidate(ws: Workspace, progress: Progress = silent) -> int:
         epochs=recipe["epochs"], learning_rate=recipe["learning_rate"],
         batch_size=recipe["batch_size"], seed=recipe["seed"], progress=progress,
     )  # fmt: skip
-    out = ws.home.models / f"consolidated-{plan.production}-{secrets.token_hex(4)}"
+    out = ws.home.models / f"{CONSOLIDATED_PREFIX}{plan.production}-{secrets.token_hex(4)}"
     with atomic_dir(out) as tmp:
         write_model_files(model, tokenizer, tmp, {"consolidated_from": plan.production})
     figures = {k: v for k, v in stats.items() if k in ("steps", "final_loss", "seconds")}

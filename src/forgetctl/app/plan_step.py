@@ -77,7 +77,7 @@ def plan_request_step(ws: Workspace, request_id: int, *, progress: Progress = si
     # Subjects already forgotten in production's lineage, by blind index: no plaintext.
     forgotten = {
         ledger.requests.get(earlier)["subject_index"]: earlier
-        for earlier in versions.forgotten_requests(ledger, production)
+        for earlier in ledger.versions.forgotten_requests(production)
     }
     if row["subject_index"] in forgotten:
         earlier = forgotten[row["subject_index"]]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from forgetctl.app.requests import REPORT_WRITTEN, payload, resolve, summary
 from forgetctl.app.workspace import Workspace
-from forgetctl.core.errors import InvalidState
+from forgetctl.core.errors import InvalidState, NotFound
 from forgetctl.core.files import write_atomic
 from forgetctl.core.inputs import parse_id
 from forgetctl.core.lifecycle import OPEN_STATUSES
@@ -115,11 +115,27 @@ def candidates(ws: Workspace, request_id: int) -> list[dict]:
     return out
 
 
+def production_lane(ledger: Ledger, request_id: int) -> str:
+    """How production forgets the request: trained without the subject (a consolidated
+    model covers it), unlearned by an adapter of its weights, or not at all."""
+    try:
+        chain = ledger.versions.weights_chain(ledger.aliases.get("production"))
+    except NotFound:
+        return "no production model"
+    if chain[0]["kind"] == "consolidated" and request_id in chain[0]["requests"]:
+        return f"trained without the subject (consolidated version {chain[0]['id']})"
+    for v in chain[1:]:
+        if request_id in v["requests"]:
+            return f"unlearned by adapter (version {v['id']})"
+    return "not forgotten in production"
+
+
 def request_section(ws: Workspace, request_id: int) -> dict:
     ledger = ws.ledger
     row = ledger.requests.get(request_id)
     policy = ws.policy_of(row)
     section = summary(row, policy)
+    section["production_lane"] = production_lane(ledger, request_id)
     try:
         subject = payload(ws, request_id)["subject"]
         section["subject"] = {"name": subject["name"], "aliases": subject["aliases"]}

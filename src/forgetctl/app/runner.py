@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
+from forgetctl.app import consolidate as consolidation
 from forgetctl.app.apply_step import apply_request, escalate, failed_checks
 from forgetctl.app.plan_step import plan_request_step
 from forgetctl.app.promote import promote
@@ -72,6 +73,9 @@ class RunSummary:
     purged: list[int] = field(default_factory=list)
     lock_takeover: int | None = None
     dry_run: bool = False
+    consolidation: dict | None = None
+    """When a policy's ``consolidate_every`` made this run consolidate: the version, its
+    status after the gate, and what did not pass."""
 
     @property
     def exit_code(self) -> int:
@@ -114,13 +118,16 @@ def run_lock(path: Path) -> Iterator[int | None]:
 
 
 def clean_leftovers(ws: Workspace) -> list[str]:
-    """Remove temporary dirs and adapters no version references (a crash mid-apply)."""
-    home = ws.home
-    removed = [str(p) for root in (home.adapters, home.cache) for p in clean_partial(root)]
-    known = ws.ledger.versions.adapter_paths()
-    if home.adapters.exists():
-        for path in home.adapters.iterdir():
-            if path.is_dir() and str(path) not in known:
+    """Remove temporary dirs, and adapters and consolidated models no version references
+    (a crash mid-apply or mid-consolidation, after the files and before the ledger row)."""
+    home, versions_ = ws.home, ws.ledger.versions
+    roots = (home.adapters, home.cache, home.models)
+    removed = [str(p) for root in roots for p in clean_partial(root)]
+    made = [(home.adapters, "", versions_.adapter_paths()),
+            (home.models, consolidation.CONSOLIDATED_PREFIX, versions_.base_paths())]  # fmt: skip
+    for root, prefix, known in made:
+        for path in root.iterdir() if root.exists() else ():
+            if path.is_dir() and path.name.startswith(prefix) and str(path) not in known:
                 shutil.rmtree(path)
                 removed.append(str(path))
     return removed
@@ -146,13 +153,16 @@ def _open_version(ws: Workspace, request_id: int) -> VersionRow | None:
     return found[0] if found else None
 
 
-def _rejection(ws: Workspace, request_id: int) -> list[str]:
-    rejected = ws.ledger.versions.of_request(request_id, ("rejected",))
-    if not rejected:
-        return []
-    latest = {r["check_name"]: r for r in ws.ledger.verifications.of(rejected[0]["id"])}
+def _not_passed(ws: Workspace, version_id: int) -> list[str]:
+    """Each check of a version whose latest verdict is not a pass, with its first reason."""
+    latest = {r["check_name"]: r for r in ws.ledger.verifications.of(version_id)}
     return [f"{name} {r['verdict']}" + (f": {r['reasons'][0]}" if r["reasons"] else "")
             for name, r in latest.items() if r["verdict"] != "pass"]  # fmt: skip
+
+
+def _rejection(ws: Workspace, request_id: int) -> list[str]:
+    rejected = ws.ledger.versions.of_request(request_id, ("rejected",))
+    return _not_passed(ws, rejected[0]["id"]) if rejected else []
 
 
 def _stale(ws: Workspace, version: VersionRow | None) -> bool:
@@ -252,6 +262,29 @@ class Runner:
         return Outcome(row["id"], row["ref"], status, status, steps=steps, due=row["due"],
                        days_left=days_left(row))  # fmt: skip
 
+    def consolidate(self, job: str, version: int | None) -> dict:
+        """Train (or carry on with) the consolidated version of production, take it through
+        the gate, and promote it when it passes. A failure is reported, never charged to a
+        request: the adapter lane has already done their deletions."""
+        try:
+            if job == "build":
+                self.progress("consolidation due: training the model again without the "
+                              "forgotten subjects")  # fmt: skip
+                version = consolidation.consolidate(self.ws, progress=self.progress)
+            assert version is not None
+            status = self.ledger.versions.get(version)["status"]
+            if status == "candidate":
+                self.progress(f"consolidation: verify version {version}")
+                status, _ = verify_version(self.ws, version, progress=self.progress)
+            if status == "verified":
+                promote(self.ws, version, reason="consolidation verified by run")
+                status = "promoted"
+            self.progress(f"consolidation: version {version} {status}")
+            return {"version": version, "status": status, "why": _not_passed(self.ws, version)}
+        except ForgetctlError as exc:
+            self.progress(f"consolidation failed: {exc}")
+            return {"version": version, "status": "error", "why": [str(exc)]}
+
     def _failed_attempt(self, row: RequestRow, step: str, error: str) -> None:
         """Count a failed attempt; retry from plan's output, or give up after max_retries."""
         attempts = row["attempts"] + 1
@@ -340,6 +373,8 @@ def run(
                 ledger.append_event("run.started", requests=[r["id"] for r in ready])
             for row in ready:
                 summary_.outcomes.append(runner.drive(row["id"]))
+            if (job := consolidation.due(ws)) is not None:
+                summary_.consolidation = runner.consolidate(*job)
             if ready:
                 ledger.append_event(
                     "run.finished",

@@ -81,7 +81,7 @@ def verify_version(
     retain = _dedupe([i for i in held_out if i.kind != "general"])
     general = _dedupe([i for i in held_out if i.kind == "general"])
     earlier: dict[str, ForgetSet] = {}
-    for rid in [] if consolidated else versions.forgotten_requests(ledger, version["parent"]):
+    for rid in [] if consolidated else ledger.versions.forgotten_requests(version["parent"]):
         try:
             plan = load_plan(ws, rid)
             earlier[str(rid)] = ForgetSet(plan.forget, plan.control)

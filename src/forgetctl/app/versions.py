@@ -35,8 +35,6 @@ from forgetctl.lm.weights import (
 from forgetctl.store.ledger import Ledger
 
 BASE_VERSION = 0
-ROOT_KINDS = frozenset({"base", "consolidated"})
-"""Versions that hold whole weights (``base_path``): where a chain of adapters starts."""
 
 
 def register_base(
@@ -144,18 +142,10 @@ def _check_adapter(version: dict) -> Path:
     return path
 
 
-def weights_chain(ledger: Ledger, version_id: int) -> list[dict]:
-    """The versions whose weights make up ``version_id``'s: its lineage from the newest root
-    (the base, or a consolidated model) on."""
-    chain = ledger.versions.lineage(version_id)
-    start = max(i for i, v in enumerate(chain) if v["kind"] in ROOT_KINDS)
-    return chain[start:]
-
-
 def version_key(ledger: Ledger, version_id: int) -> str:
     """An identifier of a version's effective weights: the root's hash then each adapter's,
     as recorded in the ledger (files are checked against them when loaded)."""
-    chain = weights_chain(ledger, version_id)
+    chain = ledger.versions.weights_chain(version_id)
     return lineage_key([chain[0]["base_sha256"]] + [v["adapter_sha256"] for v in chain[1:]])
 
 
@@ -163,7 +153,7 @@ def production_dir(ws: Workspace) -> Path:
     """A directory with production's merged weights (the base itself for version 0)."""
     ledger = ws.ledger
     production = ledger.aliases.get("production")
-    chain = weights_chain(ledger, production)
+    chain = ledger.versions.weights_chain(production)
     adapters = [_check_adapter(v) for v in chain[1:]]
     cache_root = ws.home.cache / "merged"
     dest = cached_merged(
@@ -180,7 +170,7 @@ def production_dir(ws: Workspace) -> Path:
 def load_version(ws: Workspace, version_id: int) -> tuple[Any, Any]:
     """(model, tokenizer) with the effective weights of ``version_id``."""
     ledger = ws.ledger
-    chain = weights_chain(ledger, version_id)
+    chain = ledger.versions.weights_chain(version_id)
     ids = [v["id"] for v in chain]
     production = ledger.aliases.get("production")
     if production in ids:
@@ -198,10 +188,3 @@ def newest_candidate(ledger: Ledger) -> int:
     if found is None:
         raise NotFound("no candidate version (run `forgetctl apply`)")
     return found
-
-
-def forgotten_requests(ledger: Ledger, version_id: int) -> list[int]:
-    """Every request covered in a version's lineage (by an adapter, or by a consolidated
-    model trained without it), oldest first, each once."""
-    found = [r for v in ledger.versions.lineage(version_id) for r in v["requests"]]
-    return list(dict.fromkeys(found))

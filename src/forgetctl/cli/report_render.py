@@ -225,6 +225,7 @@ def render_markdown(doc: dict) -> str:
             "|---|---|",
             f"| subject | {subject} |",
             f"| status | {r['status']} |",
+            f"| in production | {r['production_lane']} |",
             f"| policy | {r['policy']} ({r['policy_detail']['title']}) |",
             *_dates_md(r),
             f"| mandatory checks | {', '.join(r['policy_detail']['mandatory_checks'])} |",

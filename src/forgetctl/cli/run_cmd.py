@@ -109,5 +109,9 @@ def _print_summary(summary) -> None:
             common.out.print(f"[{style}]{label}[/]: request {r['id']} ({r['ref']}) due {r['due']}")
     for r in summary.skipped:
         common.out.print(f"waiting: request {r['id']} ({r['ref']}): {common.safe(r['reason'])}")
+    if c := summary.consolidation:
+        why = f": {'; '.join(c['why'])}" if c["status"] != "promoted" and c["why"] else ""
+        common.out.print(f"consolidation: version {c['version']} {c['status']}"
+                         f"{common.safe(why)}", highlight=False)  # fmt: skip
     if summary.lock_takeover:
         common.out.print(f"took over the lock of dead run pid {summary.lock_takeover}")

@@ -78,6 +78,10 @@ NEXT_STEP: Mapping[str, str] = {
 }
 """The step of the run loop that takes an open request out of each status."""
 
+ROOT_KINDS = frozenset({"base", "consolidated"})
+"""Versions that hold whole weights (``base_path``); the others (``adapter``) are one
+adapter on their parent."""
+
 VERSION_STATUSES = ("candidate", "verified", "rejected", "promoted", "retired")
 _JUDGED = {"candidate", "verified", "rejected"}
 VERSION_MOVES: Mapping[str, frozenset[str]] = {

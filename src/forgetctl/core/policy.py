@@ -237,6 +237,11 @@ class Policy(_Strict):
     deleted. Set it only where that is the policy's documented purpose: the hashes are
     then the one thing kept, and a later request about the same subject is flagged."""
     max_retries: int = Field(2, ge=0)
+    consolidate_every: int = Field(0, ge=0)
+    """`forgetctl run` consolidates (trains the model again without every forgotten subject,
+    gates and promotes it) once this many of the policy's requests are forgotten by adapters
+    only; 0: never by itself (`forgetctl consolidate` by hand). Needs `init --base
+    --training-data --recipe`."""
     method: MethodConfig = MethodConfig()
     plan: PlanConfig = PlanConfig()
     verify: VerifyConfig = VerifyConfig()

@@ -334,6 +334,9 @@ class Versions(_Table):
     def adapter_paths(self) -> set[str]:
         return {r["adapter_path"] for r in self.ledger.rows("SELECT adapter_path FROM versions")}
 
+    def base_paths(self) -> set[str]:
+        return {r["base_path"] for r in self.ledger.rows("SELECT base_path FROM versions")}
+
     def lineage(self, version_id: int) -> list[VersionRow]:
         """The chain of versions from the base model (first) to ``version_id`` (last)."""
         chain = []
@@ -343,6 +346,19 @@ class Versions(_Table):
             chain.append(row)
             current = row["parent"]
         return chain[::-1]
+
+    def weights_chain(self, version_id: int) -> list[VersionRow]:
+        """The versions whose weights make up ``version_id``'s: its lineage from the newest
+        root (the base, or a consolidated model trained without the subjects before it)."""
+        chain = self.lineage(version_id)
+        start = max(i for i, v in enumerate(chain) if v["kind"] in lifecycle.ROOT_KINDS)
+        return chain[start:]
+
+    def forgotten_requests(self, version_id: int) -> list[int]:
+        """Every request covered in a version's lineage (by an adapter, or by a
+        consolidated model trained without it), oldest first, each once."""
+        found = [r for v in self.lineage(version_id) for r in v["requests"]]
+        return list(dict.fromkeys(found))
 
     def add(self, **row: Any) -> int:
         row.setdefault("created_at", now())
