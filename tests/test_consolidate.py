@@ -15,7 +15,7 @@ import time
 import pytest
 import tinylm
 from clirun import cli
-from test_pipeline import records_for, statuses, write_policy
+from test_pipeline import events, records_for, statuses, write_policy
 
 from forgetctl.app import consolidate as consolidation
 from forgetctl.app import versions
@@ -34,11 +34,8 @@ def _recall(model, tok, facts) -> float:
 
 
 @pytest.fixture
-def stacked_home(forgetctl_home, tiny_lm_dir, tmp_path) -> int:
-    """A home registered with the tiny model's base, training data and recipe, whose
-    production forgets SUBJECT by an adapter (promoted without the gate: the adapter lane's
-    candidates fail it on this model); its policy now gates every check and consolidates
-    once one request waits. Returns the adapter's version."""
+def registered_home(forgetctl_home, tiny_lm_dir, tmp_path):
+    """A home registered with the tiny model's base, training data and recipe."""
     home = forgetctl_home
     data = tinylm.write_training_data(tmp_path / "training-data.jsonl")
     controls = tinylm.write_controls_jsonl(tmp_path / "controls.jsonl")
@@ -47,8 +44,18 @@ def stacked_home(forgetctl_home, tiny_lm_dir, tmp_path) -> int:
         "--retain-corpus", str(tinylm.write_tofu_jsonl(tmp_path / "corpus.jsonl")),
         "--control-corpus", str(controls))  # fmt: skip
     tinylm.write_general_jsonl(home / "general.jsonl")
-    assert "production forgot no one" in cli("consolidate", "--dry-run", code=4).output
+    nothing = cli("consolidate", "--dry-run", code=4).output
+    assert "production forgot no one and no request failed" in nothing
     write_policy(home)
+    return home
+
+
+@pytest.fixture
+def stacked_home(registered_home, tmp_path) -> int:
+    """A registered home whose production forgets SUBJECT by an adapter (promoted without
+    the gate: the adapter lane's candidates fail it on this model); its policy now gates
+    every check and consolidates once one request waits. Returns the adapter's version."""
+    home = registered_home
     policy = home / "policies" / "gdpr.toml"
     gated = policy.read_text()
     policy.write_text(gated + "mandatory = []\nallow_unverified = true\n")
@@ -126,4 +133,29 @@ def test_a_killed_consolidation_resumes(forgetctl_home, stacked_home):
     assert on_disk <= ws.ledger.versions.base_paths()  # no model that no version names
     made = [v for v in ws.ledger.versions.all() if v["kind"] == "consolidated"]
     assert len(made) <= 3  # at most one more per killed run; the others were carried on
+    cli("ledger", "verify")
+
+
+def test_a_failed_request_is_forgotten_by_consolidation(registered_home, tmp_path):
+    """On the tiny model the gate rejects NPO's adapter (retries 0: the request fails);
+    the same run consolidates, and the consolidated model that never saw the subject
+    passes every check: the request ends promoted, trained without."""
+    policy = registered_home / "policies" / "gdpr.toml"
+    policy.write_text("consolidate_every = 1\n" + policy.read_text())
+    cli("request", "add", "--subject", SUBJECT, "--regulation", "gdpr", "--ref", "F-1",
+        "--records", records_for(SUBJECT, tmp_path))  # fmt: skip
+    summary = json.loads(cli("run", "--json").stdout)  # exit 0: nothing ended failed
+    assert summary["consolidation"]["status"] == "promoted", summary["consolidation"]
+    # The adapter lane gave up, then the consolidation forgot the subject.
+    [outcome] = summary["outcomes"]
+    assert outcome["steps"] == ["plan", "apply", "verify", "consolidated"]
+    assert outcome["end"] == "promoted"
+    assert [e["data"]["to"] for e in events("request.status")][-2:] == ["failed", "promoted"]
+    assert statuses() == {"F-1": "promoted"}
+    vid = summary["consolidation"]["version"]
+    report = cli("report", "F-1").stdout
+    assert f"trained without the subject (consolidated version {vid})" in report
+    # Rolled back, production knows the subject again: the request is open again.
+    cli("rollback", "--yes")
+    assert statuses() == {"F-1": "received"}
     cli("ledger", "verify")

@@ -1,7 +1,8 @@
 """`forgetctl consolidate`: the exact lane. Train the deployed model again from its
 pretrained base, with its recipe, on its training rows minus every row of the subjects
-forgotten in production's lineage; the result is a new root version (``consolidated``)
-that replaces the stack of adapters once it passes the same gate.
+forgotten in production's lineage, and of those whose adapters failed the gate; the result
+is a new root version (``consolidated``) that replaces the stack of adapters once it
+passes the same gate.
 
 A row is left out when its author is a forgotten subject (by blind index: this works
 after the request's personal data was purged), or, while the request's payload is still
@@ -79,14 +80,26 @@ def _kept_rows(ws: Workspace, request_ids: list[int], rows: list[dict]) -> list[
     return [r for r in rows if kept(r)]
 
 
+def covered_requests(ws: Workspace, production: int) -> list[int]:
+    """The requests a consolidation of ``production`` covers: every one forgotten in its
+    lineage, and every one the adapter lane gave up on (``failed``, planned): they still
+    owe their deletion, and training without them does it exactly."""
+    ledger = ws.ledger
+    forgotten = ledger.versions.forgotten_requests(production)
+    failed = [r["id"] for r in ledger.requests.all("failed")
+              if r["id"] not in forgotten and ledger.plans.get(r["id"]) is not None]  # fmt: skip
+    return forgotten + failed
+
+
 def plan_consolidation(ws: Workspace) -> tuple[Plan, list[dict]]:
     """(what it would do, the rows it would train on); nothing is written."""
     ledger = ws.ledger
     training, _ = _registered_training(ws)
     production = ledger.aliases.get("production")
-    covered = ledger.versions.forgotten_requests(production)
+    covered = covered_requests(ws, production)
     if not covered:
-        raise InvalidState("production forgot no one yet: nothing to consolidate")
+        raise InvalidState("production forgot no one and no request failed: nothing to "
+                           "consolidate")  # fmt: skip
     rows = load_jsonl(training["path"])
     kept = _kept_rows(ws, covered, rows)
     plan = Plan(production, covered, len(rows), len(rows) - len(kept), training["recipe"],
@@ -108,8 +121,7 @@ def due(ws: Workspace) -> tuple[str, int | None] | None:
         if v["kind"] == "consolidated" and v["parent"] == production:
             return ("resume", v["id"]) if v["status"] in JUDGED_STATUSES - {"rejected"} else None
     root = ledger.versions.weights_chain(production)[0]
-    waiting = [r for r in ledger.versions.forgotten_requests(production)
-               if r not in root["requests"]]  # fmt: skip
+    waiting = [r for r in covered_requests(ws, production) if r not in root["requests"]]
     every = [ws.policies[p].consolidate_every for p in
              {ledger.requests.get(r)["policy"] for r in waiting} if p in ws.policies]  # fmt: skip
     every = [n for n in every if n > 0]

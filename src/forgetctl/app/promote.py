@@ -92,14 +92,16 @@ def rollback(ledger: Ledger, to: int | None = None, reason: str = "rollback") ->
     if to not in ids or to == production:
         raise InvalidState(f"version {to} is not an earlier version in production's lineage")
     removed = chain[ids.index(to) + 1 :]
+    # What production forgets no more: a consolidated version's requests that the adapters
+    # it replaced still cover stay forgotten.
+    still = set(ledger.versions.forgotten_requests(to))
+    reopened = dict.fromkeys(r for v in removed for r in v["requests"] if r not in still)
     with ledger.transaction():
         for version in removed:
             if version["status"] == "promoted":  # the others were retired when replaced
                 ledger.versions.set_status(version["id"], "retired", reason=reason)
-            if version["kind"] == "consolidated":
-                continue  # its requests stay forgotten by the adapters it replaced
-            for request_id in version["requests"]:
-                ledger.requests.set_status(request_id, "received", reason=reason)
+        for request_id in reopened:
+            ledger.requests.set_status(request_id, "received", reason=reason)
         ledger.versions.set_status(to, "promoted", reason=reason)
         ledger.aliases.move("production", to, reason)
     return to

@@ -374,7 +374,13 @@ def run(
             for row in ready:
                 summary_.outcomes.append(runner.drive(row["id"]))
             if (job := consolidation.due(ws)) is not None:
-                summary_.consolidation = runner.consolidate(*job)
+                done = summary_.consolidation = runner.consolidate(*job)
+                if done["status"] == "promoted":  # its requests end forgotten, failed or not
+                    covered = ledger.versions.get(done["version"])["requests"]
+                    for o in summary_.outcomes:
+                        if o.request_id in covered:
+                            o.end, o.version = "promoted", done["version"]
+                            o.steps.append("consolidated")
             if ready:
                 ledger.append_event(
                     "run.finished",

@@ -66,11 +66,20 @@ def verify_version(
     if skipped := sorted(rules.mandatory & set(skip)):
         ledger.append_event("verification.skipped", version_id=version_id, checks=skipped,
                             reason=reason)  # fmt: skip
-    plans = {rid: load_plan(ws, rid) for rid in version["requests"]}
     # A consolidated model is judged against the registered deployed model, which knew
     # every subject it covers (production has forgotten them already: it would show no
-    # signal), and it covers them all itself: no earlier request to regress.
+    # signal), and it covers them all itself: no earlier request to regress. A purged
+    # request's prompt set is gone: its rows were still left out by blind index.
     consolidated = version["kind"] == "consolidated"
+    plans = {}
+    for rid in version["requests"]:
+        try:
+            plans[rid] = load_plan(ws, rid)
+        except InvalidState:
+            if not consolidated:
+                raise
+            ledger.append_event("verification.forget_skipped", request_id=rid,
+                                version_id=version_id, reason="prompt set purged")  # fmt: skip
     reference = versions.BASE_VERSION if consolidated else version["parent"]
     parent_model, tokenizer = versions.load_version(ws, reference)
     served = versions.serving_formats(ledger, tokenizer)
