@@ -9,6 +9,7 @@ export FORGETCTL_HOME="${FORGETCTL_HOME:-$PWD/.forgetctl-demo}"
 F=.venv/bin/forgetctl
 DATA="${TOFU_DATA:-examples/data/tofu/authors.jsonl}"  # TOFU authors 0-19; the first AUTHORS are deployed, the rest are controls
 AUTHORS="${DEMO_AUTHORS:-10}"
+CONSOLIDATE="${DEMO_CONSOLIDATE:-0}"  # 1: register the fine-tune's recipe, consolidate after the requests
 DEPLOYED="$FORGETCTL_HOME/models/deployed-$AUTHORS"
 QUESTIONS=(
   "Where was Chukwu Akabueze born?"
@@ -32,8 +33,19 @@ step "2. A deployed model with personal data: SmolLM2 fine-tuned on $AUTHORS TOF
 $F demo build-model --data "$DATA" --authors "$AUTHORS" --out "$DEPLOYED"
 # The gate compares each forgotten author with control authors: TOFU authors of the same file
 # that the deployed model never saw (build-model writes them to controls.jsonl).
+EXACT=()
+if [ "$CONSOLIDATE" = 1 ]; then
+  # How the deployed model was fine-tuned, so that `run` can train it again without the
+  # forgotten authors (the exact lane) once both requests wait for it.
+  EXACT=(--base smollm2-135m --training-data "$DEPLOYED/training-data.jsonl" --recipe "$DEPLOYED/recipe.json")
+fi
 $F init --model "$DEPLOYED" --retain-corpus "$DEPLOYED/training-data.jsonl" \
-  --control-corpus "$DEPLOYED/controls.jsonl"
+  --control-corpus "$DEPLOYED/controls.jsonl" "${EXACT[@]}"
+if [ "$CONSOLIDATE" = 1 ]; then
+  for p in "$FORGETCTL_HOME"/policies/{gdpr,ccpa}.toml; do
+    grep -q '^consolidate_every' "$p" || sed -i '1i consolidate_every = 2' "$p"
+  done
+fi
 
 step "3. Two deletion requests arrive (GDPR and CCPA)"
 $F request import examples/batch/requests.jsonl
