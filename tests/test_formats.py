@@ -49,6 +49,25 @@ def test_each_format_renders_its_own_prompt(chat_tokenizer, tiny_lm_dir):
     assert answer(plain) == " In Lima." and answer(default) == "In Lima."
 
 
+def test_completion_probes_a_record_by_how_the_model_continues_its_answer(chat_tokenizer):
+    record = PromptItem(prompt="Where was Ana Lima born?", kind="record", source=0,
+                        target="Ana Lima was born in Lima, Peru.")  # fmt: skip
+    short = record.model_copy(update={"target": "In Lima."})
+    asked = record.model_copy(update={"kind": "paraphrase"})
+    [probe] = in_format([record, short, asked], "completion")  # no question, no short answer
+    assert (probe.prompt, probe.target) == ("Ana Lima was", "born in Lima, Peru.")
+    assert probe.kind == "record" and probe.format == "completion" and probe.source == 0
+    assert format_prompt(chat_tokenizer, probe.prompt, "completion") == "Ana Lima was"
+    batch = encode_pairs(chat_tokenizer, [probe.pair])
+    labels = batch["labels"][0]
+    assert chat_tokenizer.decode(labels[labels != -100][:-1]) == " born in Lima, Peru."
+    # The subject and the controls are probed alike.
+    control = record.model_copy(update={"target": "Bo Chen was born in Xi'an, China."})
+    sets = ForgetSet([record, asked], {"c": [control]}).in_format("completion")
+    assert [i.prompt for i in sets.items] == ["Ana Lima was"]
+    assert [i.prompt for i in sets.control_items] == ["Bo Chen was"]
+
+
 def test_an_item_in_the_default_format_keeps_its_cached_score_key(tmp_path):
     cache = ScoreCache(tmp_path / "s.sqlite", lambda m: m)
     item = PromptItem(prompt="q", target="a", kind="record")
@@ -94,7 +113,9 @@ METHOD = TINY_METHOD.model_copy(update={"max_steps": 200})
 def test_a_candidate_unlearnt_in_one_format_is_rejected_in_the_served_one(tiny_lm_dir):
     """The tiny model learnt its facts in plain completion; it also has a chat template
     (the default format). Unlearnt in chat only, the subject is still known in plain and
-    the gate rejects it there; unlearnt in both served formats, it passes."""
+    the gate rejects it there. Unlearnt in both served formats, the questions are forgotten
+    but the model still continues the subject's answers from their first words, and the
+    `completion` probe rejects it; unlearnt on those continuations too, it passes there."""
     torch.set_num_threads(1)
     parent, tok = load_model(tiny_lm_dir)
     tok.chat_template = SMOLLM2_CHAT_TEMPLATE
@@ -107,25 +128,28 @@ def test_a_candidate_unlearnt_in_one_format_is_rejected_in_the_served_one(tiny_l
         i for s in tinylm.TINY_SUBJECTS[1:] for i in fact_items(tinylm.facts_for(s), "neighbor")
     ]
     sets = in_formats({"1": ForgetSet(forget, controls)}, tok, ["chat", "plain"])
-    assert set(sets) == {"1", "1 [plain]", "1 [chat-default]", "1 [few-shot]"}
+    assert set(sets) == {"1", "1 [plain]", "1 [chat-default]", "1 [few-shot]", "1 [completion]"}
 
     def gate(formats: list[str | None]):
         model, _ = load_model(tiny_lm_dir)
-
         result = unlearn(model, tok, in_each_format(forget, formats),
                          in_each_format(retain, formats), METHOD)  # fmt: skip
         [r] = run_checks(parent, result.model, tok, sets, [], [], {}, VerifyConfig(),
                          checks=["forget"])  # fmt: skip
-        return r, r.figures["requests"]
+        failed = {reason.split(":")[0] for reason in r.reasons}
+        return r, r.figures["requests"], failed
 
-    chat_only, parts = gate([None])
-    assert chat_only.verdict == "fail", parts
-    assert any(r.startswith("1 [plain]:") for r in chat_only.reasons), chat_only.reasons
+    chat_only, parts, failed = gate([None])
+    assert chat_only.verdict == "fail" and "1 [plain]" in failed, chat_only.reasons
     plain = parts["1 [plain]"]["units"]["all"]["acc"]
     assert plain["parent_gap"] > 0.5 and plain["gap"] > plain["limit"]
-    both, parts = gate([None, "plain"])
-    assert both.verdict == "pass", both.reasons
-    assert parts["1 [plain]"]["units"]["all"]["acc"]["gap"] <= 0.1 + 0.2
+    served, parts, failed = gate([None, "plain"])
+    assert served.verdict == "fail" and failed == {"1 [completion]"}, served.reasons
+    bare = parts["1 [completion]"]["units"]["all"]["acc"]
+    assert bare["parent_gap"] > 0.3 and bare["gap"] > bare["limit"]
+    _, parts, failed = gate([None, "plain", "completion"])
+    assert not failed & {"1", "1 [plain]", "1 [completion]"}, failed
+    assert parts["1 [completion]"]["units"]["all"]["acc"]["parent_gap"] > 0.3  # judged
 
 
 def test_init_registers_the_serving_formats_or_refuses_them(tiny_lm_dir, forgetctl_home):

@@ -73,7 +73,10 @@ def ask(
     ),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
     fmt: str = typer.Option(
-        None, "--format", help="chat, plain, chat-default or few-shot (default: the model's)."
+        None,
+        "--format",
+        help="chat, plain, chat-default, few-shot, or completion (the question is then the "
+        "text to continue); default: the model's.",
     ),
     json_: bool = common.JsonOpt,
 ) -> None:

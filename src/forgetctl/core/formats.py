@@ -6,6 +6,11 @@ stay behind another. So a model's registration names the formats it is served in
 (``SERVED``: the default is every one the model can render), unlearning trains in those,
 and the gate judges forgetting in those and in ``HELD_OUT`` wrappers no training saw; the
 worst format decides. Rendering is :func:`forgetctl.lm.prompts.format_prompt`'s.
+
+``completion`` asks no question at all: a record's answer is cut into a prefix and its
+continuation (:func:`forgetctl.core.items.in_format`), the prefix is the whole prompt, and
+the model is judged on how it continues, as a model that memorised the text would (MUSE's
+verbatim probe). Knowledge removed behind "question, answer" can stay in plain text.
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ FORMATS = {
     "plain": "plain completion: 'Question: {q}\\nAnswer:'",
     "chat-default": "the chat template with no system message (the template's own default)",
     "few-shot": "plain completion after two worked general-knowledge examples",
+    "completion": "no wrapper: the first part of a record's answer, continued by the model",
 }
 SERVED = ("chat", "plain")
 """The formats a model can be registered as served in."""
-HELD_OUT = ("chat-default", "few-shot")
+HELD_OUT = ("chat-default", "few-shot", "completion")
 """Wrappers the gate asks in but unlearning never trains in."""
 
 FEW_SHOT = (
@@ -28,6 +34,9 @@ FEW_SHOT = (
     ("How many days are there in a week?", "There are seven days in a week."),
 )
 """The worked examples of ``few-shot``: general knowledge, about no person."""
+
+MIN_COMPLETION_WORDS = 4
+"""The shortest answer that ``completion`` probes: two words of prefix, two to continue."""
 
 
 def check_served(names: list[str]) -> list[str]:

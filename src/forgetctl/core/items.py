@@ -9,6 +9,9 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from forgetctl.core.formats import MIN_COMPLETION_WORDS
+from forgetctl.core.text import split_continuation
+
 ForgetKind = Literal["record", "attribute", "paraphrase", "indirect", "adversarial"]
 
 
@@ -66,8 +69,17 @@ class PromptSet(BaseModel):
 
 
 def in_format(items: Sequence[PromptItem], fmt: str | None) -> list[PromptItem]:
-    """The same items, put to the model in prompt format ``fmt``."""
-    return [i.model_copy(update={"format": fmt}) for i in items]
+    """The same items, put to the model in prompt format ``fmt``. In ``completion`` there is
+    no question: each record whose answer is long enough becomes its answer's prefix and
+    continuation, and the other kinds (questions about the subject) have no such form."""
+    if fmt != "completion":
+        return [i.model_copy(update={"format": fmt}) for i in items]
+    out = []
+    for i in items:
+        if i.kind == "record" and len(i.target.split()) >= MIN_COMPLETION_WORDS:
+            prefix, rest = split_continuation(i.target)
+            out.append(i.model_copy(update={"prompt": prefix, "target": rest, "format": fmt}))
+    return out
 
 
 def in_each_format(items: Sequence[PromptItem], fmts: Sequence[str | None]) -> list[PromptItem]:

@@ -37,6 +37,18 @@ def squash(text: str) -> str:
     return " ".join(text.split())
 
 
+def split_continuation(text: str) -> tuple[str, str]:
+    """``text`` as (prefix, continuation), how a memorised text is probed: its first third
+    of sentences, or of one sentence its first half of words, then the rest."""
+    sentences = re.split(r"(?<=[.!?])\s+", text)
+    if len(sentences) >= 2:
+        cut = max(1, len(sentences) // 3)
+        return " ".join(sentences[:cut]), " ".join(sentences[cut:])
+    words = text.split()
+    cut = max(1, len(words) // 2)
+    return " ".join(words[:cut]), " ".join(words[cut:])
+
+
 @dataclass(frozen=True)
 class Subject:
     """The data subject of a request: a name, its aliases and optional identifiers."""

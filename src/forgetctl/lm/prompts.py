@@ -90,6 +90,8 @@ def set_serving_template(tokenizer: Any) -> None:
 def format_prompt(tokenizer: Any, question: str, fmt: str | None = None) -> str:
     """The prompt string for a question in format ``fmt`` (default: the model's)."""
     fmt = fmt or default_format(tokenizer)
+    if fmt == "completion":
+        return question  # the text to continue, as it is
     if fmt in ("plain", "few-shot"):
         shots = "".join(f"{PLAIN_TEMPLATE.format(q=q)} {a}\n\n" for q, a in FEW_SHOT)
         return (shots if fmt == "few-shot" else "") + PLAIN_TEMPLATE.format(q=question)
@@ -101,8 +103,8 @@ def format_prompt(tokenizer: Any, question: str, fmt: str | None = None) -> str:
 
 
 def _answer_text(tokenizer: Any, answer: str, fmt: str | None) -> str:
-    # The plain formats end with "Answer:"; the answer follows after one space. The chat
-    # ones end with "assistant\n", so the answer follows directly.
+    # The plain formats end with "Answer:" and a completion with a word: the answer follows
+    # after one space. The chat ones end with "assistant\n", so the answer follows directly.
     return answer if (fmt or default_format(tokenizer)).startswith("chat") else " " + answer
 
 

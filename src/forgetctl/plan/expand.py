@@ -37,7 +37,14 @@ import numpy as np
 
 from forgetctl.core.errors import BadInput
 from forgetctl.core.items import PromptItem
-from forgetctl.core.text import Subject, contains_phrase, fold, squash, strip_diacritics
+from forgetctl.core.text import (
+    Subject,
+    contains_phrase,
+    fold,
+    split_continuation,
+    squash,
+    strip_diacritics,
+)
 
 ATTRIBUTES_FILE = Path(__file__).resolve().parents[1] / "policies" / "attributes.json"
 
@@ -59,21 +66,11 @@ def record_items(records: Sequence[dict], subject: Subject) -> list[PromptItem]:
         if question and answer:
             items.append(PromptItem(prompt=question, target=answer, kind="record", source=i))
         elif text:
-            prompt, target = _split_text(text)
+            prompt, target = split_continuation(text)
             items.append(PromptItem(prompt=prompt, target=target, kind="record", source=i))
         else:
             raise BadInput(f"record {i}: needs 'question' and 'answer', or 'text'")
     return items
-
-
-def _split_text(text: str) -> tuple[str, str]:
-    sentences = re.split(r"(?<=[.!?])\s+", text)
-    if len(sentences) >= 2:
-        cut = max(1, len(sentences) // 3)
-        return " ".join(sentences[:cut]), " ".join(sentences[cut:])
-    words = text.split()
-    cut = max(1, len(words) // 2)
-    return " ".join(words[:cut]), " ".join(words[cut:])
 
 
 # --------------------------------------------------------------------------- paraphrase
