@@ -14,7 +14,7 @@ consolidating again starts over.
 from __future__ import annotations
 
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 from forgetctl.app import versions
 from forgetctl.app.requests import payload
@@ -35,7 +35,7 @@ CONSOLIDATED_PREFIX = "consolidated-"
 
 @dataclass
 class Plan:
-    """What a consolidation would do."""
+    """What a consolidation would do, and what it trains on (read and checked once)."""
 
     production: int
     requests: list[int]
@@ -43,6 +43,14 @@ class Plan:
     dropped: int
     recipe: dict
     training_data: str
+    pretrained: dict = field(repr=False)
+    kept: list[dict] = field(repr=False)
+
+    def summary(self) -> dict:
+        """The plan in figures, for the ledger and `--json` (no rows)."""
+        return {"production": self.production, "requests": self.requests, "rows": self.rows,
+                "dropped": self.dropped, "recipe": self.recipe,
+                "training_data": self.training_data}  # fmt: skip
 
 
 def _registered_training(ws: Workspace) -> tuple[dict, dict]:
@@ -91,10 +99,10 @@ def covered_requests(ws: Workspace, production: int) -> list[int]:
     return forgotten + failed
 
 
-def plan_consolidation(ws: Workspace) -> tuple[Plan, list[dict]]:
-    """(what it would do, the rows it would train on); nothing is written."""
+def plan_consolidation(ws: Workspace) -> Plan:
+    """What a consolidation of production would do; nothing is written."""
     ledger = ws.ledger
-    training, _ = _registered_training(ws)
+    training, pretrained = _registered_training(ws)
     production = ledger.aliases.get("production")
     covered = covered_requests(ws, production)
     if not covered:
@@ -102,9 +110,8 @@ def plan_consolidation(ws: Workspace) -> tuple[Plan, list[dict]]:
                            "consolidate")  # fmt: skip
     rows = load_jsonl(training["path"])
     kept = _kept_rows(ws, covered, rows)
-    plan = Plan(production, covered, len(rows), len(rows) - len(kept), training["recipe"],
-                training["path"])  # fmt: skip
-    return plan, kept
+    return Plan(production, covered, len(rows), len(rows) - len(kept), training["recipe"],
+                training["path"], pretrained, kept)  # fmt: skip
 
 
 def due(ws: Workspace) -> tuple[str, int | None] | None:
@@ -128,12 +135,13 @@ def due(ws: Workspace) -> tuple[str, int | None] | None:
     return ("build", None) if every and len(waiting) >= min(every) else None
 
 
-def consolidate(ws: Workspace, progress: Progress = silent) -> int:
-    """Train the consolidated model and record it as a candidate version whose parent is
-    production; returns its id. It is verified and promoted like any other version."""
+def consolidate(ws: Workspace, plan: Plan | None = None, progress: Progress = silent) -> int:
+    """Train the consolidated model (of ``plan``, by default production's now) and record it
+    as a candidate version whose parent is production; returns its id. It is verified and
+    promoted like any other version."""
     ledger = ws.ledger
-    plan, rows = plan_consolidation(ws)
-    _, pretrained = _registered_training(ws)
+    plan = plan or plan_consolidation(ws)
+    pretrained, rows = plan.pretrained, plan.kept
     if sha256_tree(pretrained["path"]) != pretrained["sha256"]:
         raise InvalidState(f"the pretrained base at {pretrained['path']} changed since it was "
                            "registered")  # fmt: skip
@@ -152,7 +160,7 @@ def consolidate(ws: Workspace, progress: Progress = silent) -> int:
     with atomic_dir(out) as tmp:
         write_model_files(model, tokenizer, tmp, {"consolidated_from": plan.production})
     figures = {k: v for k, v in stats.items() if k in ("steps", "final_loss", "seconds")}
-    metrics = {**asdict(plan), "training": figures}
+    metrics = {**plan.summary(), "training": figures}
     return ledger.versions.add(
         kind="consolidated", parent=plan.production, status="candidate", base_path=str(out),
         base_sha256=sha256_tree(out), requests=plan.requests, metrics=metrics,

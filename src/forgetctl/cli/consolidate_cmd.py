@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import typer
 
 from forgetctl.cli import common
@@ -27,11 +25,11 @@ def register(app: typer.Typer) -> None:
         from forgetctl.app.consolidate import plan_consolidation
 
         ws = common.workspace()
-        plan, _ = plan_consolidation(ws)
+        plan = plan_consolidation(ws)
         if not dry_run:
             with live(quiet=json_) as progress:
-                version = build(ws, progress=progress)
-        doc = {**asdict(plan), "dry_run": dry_run, "version": None if dry_run else version}
+                version = build(ws, plan, progress=progress)
+        doc = {**plan.summary(), "dry_run": dry_run, "version": None if dry_run else version}
         if json_:
             common.emit_json(doc)
             return
