@@ -167,3 +167,59 @@ def test_init_registers_the_serving_formats_or_refuses_them(tiny_lm_dir, forgetc
         "serving_formats": ["plain"]
     }
     assert "unknown format" in cli("model", "ask", "Hi?", "--format", "x", code=2).output
+
+
+ALPACA = "### Instruction:\n{{ question }}\n\n### Response:\n"
+
+
+def test_a_user_template_file_is_a_serving_format(tiny_lm_dir, forgetctl_home, tmp_path):
+    """A server's own format (here Alpaca's) is registered from a Jinja file, and every step
+    that loads a version renders it: the plan, apply and verify put prompts in it."""
+    from clirun import cli
+
+    from forgetctl.app.home import Home
+    from forgetctl.app.workspace import Workspace
+
+    (template := tmp_path / "alpaca.jinja").write_text(ALPACA)
+    cli("init", "--model", str(tiny_lm_dir), "--format", "plain", "--format", str(template))
+    ws = Workspace.open(Home(forgetctl_home))
+    assert ws.ledger.versions.get(0)["metrics"] == {
+        "serving_formats": ["plain", "alpaca"], "prompt_templates": {"alpaca": ALPACA}}  # fmt: skip
+    template.unlink()  # registered in the ledger: the file is not needed again
+    _, tok = versions.load_version(ws, 0)
+    assert versions.serving_formats(ws.ledger, tok) == ["plain", "alpaca"]
+    q = "Where was Ana born?"
+    assert format_prompt(tok, q, "alpaca") == f"### Instruction:\n{q}\n\n### Response:\n"
+    labels = encode_pairs(tok, [(q, "In Lima.", "alpaca")])["labels"][0]
+    assert tok.decode(labels[labels != -100][:-1]) == "In Lima."  # after the newline directly
+    sets = in_formats({"1": ForgetSet(fact_items(tinylm.facts_for(SUBJECT), "record"), {})},
+                      tok, versions.serving_formats(ws.ledger, tok))  # fmt: skip
+    assert "1 [alpaca]" in sets and sets["1 [alpaca]"].items[0].format == "alpaca"
+    asked = cli("model", "ask", q, "--format", "alpaca", "--max-new-tokens", "2", "--json")
+    assert '"format": "alpaca"' in asked.output
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "says"),
+    [
+        (
+            "alpaca.jinja",
+            "### Instruction:\n\n### Response:\n",
+            "{{ question }} in the prompt once",
+        ),
+        ("alpaca.jinja", "{{ question }} {% if %}", "not a Jinja template: line 1"),
+        ("alpaca.jinja", "{{ system }} {{ question }}", "given `question` only"),
+        ("alpaca.jinja", "{{ question.__class__.__mro__ }}{{ question }}", "cannot render"),
+        ("chat.jinja", "{{ question }}", "not a built-in one"),
+        ("Bad Name.jinja", "{{ question }}", "file name is its format's name"),
+    ],
+)
+def test_a_template_that_cannot_serve_is_refused_before_anything_is_written(
+    tiny_lm_dir, forgetctl_home, tmp_path, name, text, says
+):
+    from clirun import cli
+
+    (template := tmp_path / name).write_text(text)
+    out = cli("init", "--model", str(tiny_lm_dir), "--format", str(template), code=2).output
+    assert says in out and "Traceback" not in out and len(out.strip().splitlines()) == 1
+    assert not (forgetctl_home / "ledger.db").exists()

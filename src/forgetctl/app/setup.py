@@ -18,7 +18,7 @@ from forgetctl.app.workspace import Workspace
 from forgetctl.core.data import MAX_DATA_BYTES, check_control_corpus, load_jsonl
 from forgetctl.core.errors import BadInput
 from forgetctl.core.files import read_bounded, read_text, write_atomic
-from forgetctl.core.formats import SERVED, check_served
+from forgetctl.core.formats import SERVED, check_served, is_template_file, load_template
 from forgetctl.core.hashing import sha256_file
 from forgetctl.core.inputs import loads_json
 from forgetctl.lm import DEFAULT_MODEL
@@ -86,8 +86,16 @@ def init_home(
     pretrained = model_path(base) if base else None
     if pretrained is not None:
         versions.check_pretrained(model_path(model), pretrained)  # refused before writing
-    if formats:
-        check_served(formats)
+    # A format entry is a built-in name or a template file, registered under its name.
+    templates: dict[str, str] = {}
+    names = []
+    for entry in formats:
+        if is_template_file(entry):
+            entry, text = load_template(entry)
+            templates[entry] = text
+        names.append(entry)
+    if names:
+        check_served(names, templates)
     if retain_corpus:
         load_jsonl(retain_corpus)
     if control_corpus:
@@ -108,8 +116,8 @@ def init_home(
         if source:
             write_atomic(copy, read_bounded(source, MAX_DATA_BYTES))
     if model:
-        versions.register_base(ledger, model_path(model), list(formats) or None, pretrained,
-                               training)  # fmt: skip
+        versions.register_base(ledger, model_path(model), names or None, pretrained, training,
+                               templates)  # fmt: skip
     return {
         "home": str(home.root),
         "created": created,

@@ -24,7 +24,7 @@ from forgetctl.app.workspace import Workspace
 from forgetctl.core.errors import BadInput, InvalidState, NotFound
 from forgetctl.core.formats import SERVED, check_served
 from forgetctl.core.hashing import lineage_key, sha256_tree
-from forgetctl.lm.prompts import formats_of
+from forgetctl.lm.prompts import formats_of, use_templates
 from forgetctl.lm.weights import (
     cached_merged,
     load_model,
@@ -43,15 +43,18 @@ def register_base(
     formats: list[str] | None = None,
     pretrained: Path | None = None,
     training: dict | None = None,
+    templates: dict[str, str] | None = None,
 ) -> int:
     """Record a base model as version 0 under ``production``, with the prompt formats it is
-    served in (``formats``; None: every one it can render), the public model it was
+    served in (``formats``, which may name the user's ``templates``; None: every built-in
+    one it can render), the public model it was
     fine-tuned from (``pretrained``: what unlearning may reset and distil towards, since it
     never saw the fine-tune data) and how (``training``: the fine-tune's data file, its
     sha256 and recipe, for consolidation); idempotent for the same model and settings."""
     model_dir = require_model_dir(model_dir).resolve()
     sha = sha256_tree(model_dir)
-    served = check_served(formats) if formats is not None else None
+    served = check_served(formats, templates) if formats is not None else None
+    templates = {n: t for n, t in (templates or {}).items() if n in (served or [])}
     pre = None
     if pretrained is not None:
         pretrained = check_pretrained(model_dir, pretrained)
@@ -63,7 +66,10 @@ def register_base(
                 f"this home already serves base model {base['base_path']}; "
                 "use a new home for another model"
             )
-        if formats is not None and base["metrics"].get("serving_formats") != served:
+        if formats is not None and (
+            base["metrics"].get("serving_formats") != served
+            or base["metrics"].get("prompt_templates", {}) != templates
+        ):
             raise InvalidState("this home's base model is registered with serving formats "
                                f"{base['metrics'].get('serving_formats') or 'all'}")  # fmt: skip
         if pre is not None and base["metrics"].get("pretrained") != pre:
@@ -75,6 +81,8 @@ def register_base(
                                "data or recipe; use a new home for another")  # fmt: skip
         return BASE_VERSION
     metrics: dict[str, Any] = {"serving_formats": served} if served else {}
+    if templates:
+        metrics["prompt_templates"] = templates
     if pre is not None:
         metrics["pretrained"] = pre
     if training is not None:
@@ -133,6 +141,12 @@ def serving_formats(ledger: Ledger, tokenizer: Any) -> list[str]:
     return formats_of(tokenizer, registered or SERVED)
 
 
+def prompt_templates(ledger: Ledger) -> dict[str, str]:
+    """The user's prompt templates registered with the base model (format name -> text)."""
+    base = ledger.versions.find(BASE_VERSION)
+    return dict(base["metrics"].get("prompt_templates", {})) if base else {}
+
+
 def _check_adapter(version: dict) -> Path:
     path = Path(version["adapter_path"])
     if not path.is_dir():
@@ -168,7 +182,14 @@ def production_dir(ws: Workspace) -> Path:
 
 
 def load_version(ws: Workspace, version_id: int) -> tuple[Any, Any]:
-    """(model, tokenizer) with the effective weights of ``version_id``."""
+    """(model, tokenizer) with the effective weights of ``version_id``; the tokenizer renders
+    the registered prompt templates too."""
+    model, tokenizer = _load_weights(ws, version_id)
+    use_templates(tokenizer, prompt_templates(ws.ledger))
+    return model, tokenizer
+
+
+def _load_weights(ws: Workspace, version_id: int) -> tuple[Any, Any]:
     ledger = ws.ledger
     chain = ledger.versions.weights_chain(version_id)
     ids = [v["id"] for v in chain]

@@ -75,8 +75,8 @@ def ask(
     fmt: str = typer.Option(
         None,
         "--format",
-        help="chat, plain, chat-default, few-shot, or completion (the question is then the "
-        "text to continue); default: the model's.",
+        help="chat, plain, chat-default, few-shot, completion (the question is then the "
+        "text to continue), or a registered template's name; default: the model's.",
     ),
     json_: bool = common.JsonOpt,
 ) -> None:
@@ -89,10 +89,12 @@ def ask(
 
     if not question.strip():
         raise BadInput("the question is empty")
-    if fmt is not None and fmt not in FORMATS:
-        raise BadInput(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+    ws = common.workspace()
+    known = [*FORMATS, *versions.prompt_templates(ws.ledger)]
+    if fmt is not None and fmt not in known:
+        raise BadInput(f"unknown format {fmt!r} (known: {', '.join(known)})")
     vid = _version_arg(version)
-    model, tokenizer = versions.load_version(common.workspace(), vid)
+    model, tokenizer = versions.load_version(ws, vid)
     answer = generate(model, tokenizer, [question], max_new_tokens=max_new_tokens,
                       formats=[fmt])[0]  # fmt: skip
     if json_:

@@ -40,10 +40,11 @@ def register(app: typer.Typer) -> None:
         formats: list[str] = typer.Option(
             None,
             "--format",
-            help="A prompt format production serves the model in: chat (its chat template) or "
-            "plain ('Question: ...\\nAnswer:'); repeat for several. Default: both (chat only "
-            "when the model has a chat template). Unlearning trains in these; the gate "
-            "judges them and held-out wrappers.",
+            help="A prompt format production serves the model in: chat (its chat template), "
+            "plain ('Question: ...\\nAnswer:'), or a Jinja template file (NAME.jinja, "
+            "rendering {{ question }}) for a server's own format; repeat for several. Default: "
+            "chat and plain (chat only when the model has a chat template). Unlearning trains "
+            "in these; the gate judges them and held-out wrappers.",
         ),
         training_data: Path = typer.Option(
             None,

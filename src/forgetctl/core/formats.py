@@ -15,7 +15,13 @@ verbatim probe). Knowledge removed behind "question, answer" can stay in plain t
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+
 from forgetctl.core.errors import BadInput
+from forgetctl.core.files import read_text
 
 FORMATS = {
     "chat": "the tokenizer's chat template with an empty system message",
@@ -39,10 +45,67 @@ MIN_COMPLETION_WORDS = 4
 """The shortest answer that ``completion`` probes: two words of prefix, two to continue."""
 
 
-def check_served(names: list[str]) -> list[str]:
-    """``names`` as registered: each a served format, no repeats."""
+def check_served(names: list[str], templates: Mapping[str, str] | None = None) -> list[str]:
+    """``names`` as registered: each a served format or one of the user's ``templates``, no
+    repeats."""
     if not names:
         raise BadInput("at least one serving format")
-    if bad := [n for n in names if n not in SERVED]:
-        raise BadInput(f"unknown serving format {bad[0]!r} (known: {', '.join(SERVED)})")
+    known = [*SERVED, *(templates or {})]
+    if bad := [n for n in names if n not in known]:
+        raise BadInput(f"unknown serving format {bad[0]!r} (known: {', '.join(known)}, or a "
+                       f"template file {' or '.join(TEMPLATE_SUFFIXES)})")  # fmt: skip
     return list(dict.fromkeys(names))
+
+
+# A user's own serving format: a Jinja template file that renders the prompt of one question
+# (``{{ question }}``), as a server that is not chat-templated builds it. The answer follows
+# the rendered prompt directly when it ends in whitespace, else after one space.
+TEMPLATE_SUFFIXES = (".jinja", ".j2")
+MAX_TEMPLATE_BYTES = 16 * 1024
+_TEMPLATE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+_PROBE = "Where was the person of this probe born?"
+
+
+def is_template_file(entry: str) -> bool:
+    """Whether a ``--format`` entry names a template file rather than a built-in format."""
+    return entry.lower().endswith(TEMPLATE_SUFFIXES)
+
+
+def load_template(path: str | Path) -> tuple[str, str]:
+    """A user's prompt template file as (format name, template text); the name is the file's
+    without its suffix. One BadInput line for a file that is not a usable template."""
+    path = Path(path)
+    name = path.name.lower()
+    for suffix in TEMPLATE_SUFFIXES:
+        name = name.removesuffix(suffix)
+    if not _TEMPLATE_NAME.fullmatch(name) or name in FORMATS:
+        raise BadInput(f"{path}: a template's file name is its format's name: lowercase "
+                       "letters, digits, - and _ (at most 32), not a built-in one")  # fmt: skip
+    from jinja2 import TemplateError, TemplateSyntaxError  # 0.16 s: not at every start
+
+    text = read_text(path, MAX_TEMPLATE_BYTES)
+    try:
+        rendered = render_template(text, _PROBE)
+    except TemplateSyntaxError as exc:
+        raise BadInput(f"{path}: not a Jinja template: line {exc.lineno}: {exc.message}") from None
+    except TemplateError as exc:
+        raise BadInput(f"{path}: the template cannot render a question ({exc}); it is given "
+                       "`question` only") from None  # fmt: skip
+    if rendered.count(_PROBE) != 1:
+        raise BadInput(f"{path}: the template must put {{{{ question }}}} in the prompt once")
+    return name, text
+
+
+def render_template(text: str, question: str) -> str:
+    """The prompt of ``question`` in a user's template."""
+    return _compiled(text).render(question=question)
+
+
+@lru_cache(maxsize=16)
+def _compiled(text: str):
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    # Sandboxed: a template comes from a file a user names, and is rendered in every step.
+    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
+    return env.from_string(text)

@@ -28,13 +28,13 @@ between them is the same at training time (:func:`encode_pairs`) and at generati
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from forgetctl.core.errors import BadInput
-from forgetctl.core.formats import FEW_SHOT
+from forgetctl.core.formats import FEW_SHOT, render_template
 
 SYSTEM_PROMPT = ""
 """The system message of chat-format prompts (see the module docstring for why it is short)."""
@@ -46,6 +46,17 @@ PLAIN_TEMPLATE = "Question: {q}\nAnswer:"
 Pair = tuple[str, str] | tuple[str, str, str | None]
 """(question, answer[, format]): the format a name of :data:`forgetctl.core.formats.FORMATS`;
 without one (or None), the model's default."""
+
+
+def use_templates(tokenizer: Any, templates: Mapping[str, str]) -> None:
+    """Give ``tokenizer`` the user's registered prompt templates (format name -> Jinja text,
+    :func:`forgetctl.core.formats.load_template`), which :func:`format_prompt` then renders:
+    the tokenizer is what every step formats with, as it carries the chat template."""
+    tokenizer.forgetctl_templates = dict(templates)
+
+
+def _template(tokenizer: Any, fmt: str) -> str | None:
+    return (getattr(tokenizer, "forgetctl_templates", None) or {}).get(fmt)
 
 
 def has_chat_template(tokenizer: Any) -> bool:
@@ -90,6 +101,8 @@ def set_serving_template(tokenizer: Any) -> None:
 def format_prompt(tokenizer: Any, question: str, fmt: str | None = None) -> str:
     """The prompt string for a question in format ``fmt`` (default: the model's)."""
     fmt = fmt or default_format(tokenizer)
+    if (template := _template(tokenizer, fmt)) is not None:
+        return render_template(template, question)
     if fmt == "completion":
         return question  # the text to continue, as it is
     if fmt in ("plain", "few-shot"):
@@ -104,8 +117,12 @@ def format_prompt(tokenizer: Any, question: str, fmt: str | None = None) -> str:
 
 def _answer_text(tokenizer: Any, answer: str, fmt: str | None) -> str:
     # The plain formats end with "Answer:" and a completion with a word: the answer follows
-    # after one space. The chat ones end with "assistant\n", so the answer follows directly.
-    return answer if (fmt or default_format(tokenizer)).startswith("chat") else " " + answer
+    # after one space. The chat ones end with "assistant\n", so the answer follows directly;
+    # so it does after a user's template that ends in whitespace.
+    fmt = fmt or default_format(tokenizer)
+    if (template := _template(tokenizer, fmt)) is not None:
+        return answer if render_template(template, "")[-1:].isspace() else " " + answer
+    return answer if fmt.startswith("chat") else " " + answer
 
 
 def prompt_ids(tokenizer: Any, question: str, fmt: str | None = None) -> list[int]:
