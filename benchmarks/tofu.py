@@ -31,6 +31,7 @@ import platform
 import random
 import resource
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -55,6 +56,8 @@ from forgetctl.store.ledger import open_ledger
 from forgetctl.verify.checks import ForgetSet, run_checks
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+import field  # noqa: E402  (benchmarks/field.py: the field's metrics, beside this file)
 
 
 def peak_rss_mb() -> float:
@@ -362,6 +365,8 @@ def main() -> None:
     corpus = work / "corpus.jsonl"
     corpus.write_text("".join(json.dumps(r) + "\n" for r in selected))
     suite = Suite(selected, forget_ids, retain_ids, args.eval_cap)
+    # TOFU's and MUSE's metrics on every row; the control authors are PrivLeak's holdout.
+    field_sets = field.tofu_sets(rows, forget_ids, retain_ids, control_ids, args.eval_cap)
     cfg = VerifyConfig()
     forget_rows = [r for a in forget_ids for r in suite.forget_rows[a]]
     forgotten = forget_set(forget_rows, control_rows)
@@ -375,6 +380,7 @@ def main() -> None:
     def record(name, model, tokenizer, wall, indirect=()):
         row = suite.measure(model, tokenizer, forget_ids, indirect)
         row.update(robustness(parent, model, tokenizer, forgotten, suite, cfg))
+        row["field"] = field.measure(model, tokenizer, field_sets)
         row["wall_s"] = round(wall, 1)
         results["models"][name] = row
         log(f"{name}: {row}")
@@ -425,11 +431,18 @@ def main() -> None:
         results["retrain_training"] = stats
         record("retrain from scratch", model, tokenizer, wall, indirect)
 
+    field_rows = {name: row["field"] for name, row in results["models"].items()}
+    reference = "retrain from scratch"
+    if reference in field_rows:
+        results["field"] = field.against(field_rows, reference)
     results["peak_rss_mb"] = round(peak_rss_mb())
     # Per request, retries included: a request that needed two candidates cost both.
     results["cost"] = cost_ratio(results, total / max(1, len(handled)))
     (out / "tofu.json").write_text(json.dumps(results, indent=1, default=str))
     md = [table(results), "", request_table(version_rows), "", f"cost: {results['cost']}"]
+    if "field" in results:
+        md += ["", "In the field's metrics (benchmarks/field.py):", "",
+               field.table(field_rows, reference)]  # fmt: skip
     (out / "tofu.md").write_text("\n".join(md) + "\n")
     plot(results, out / "tofu.png")
     log("\n" + table(results))
