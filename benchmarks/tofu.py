@@ -13,12 +13,16 @@
 
 Measured per model: forget recall (ROUGE-L recall of the answer) on the original questions,
 on TOFU's paraphrased questions (never used by planning) and on the planned indirect
-questions; TOFU truth ratio on the forgotten authors; recall on the other authors'
-questions, on world facts and on real authors; and the gate's own int4 and relearn checks
-against the deployed model, the forgotten authors compared with control authors of the data
-file that the deployed model never saw (``--controls``; the pipeline's gate compares with
-the same authors): the int4 recovery (how much the gap to the controls grew under NF4) and
-the share of the deployed model's knowledge that each relearning attack brought back.
+questions, and on the original questions in every prompt format (chat, plain and the
+held-out wrappers, ``completion`` among them; the deployed model is fine-tuned in
+``--format``, plain by default); TOFU truth ratio on the forgotten authors; recall on
+the other authors' questions, on world facts and on real authors; the gate's own int4
+and relearn checks against the deployed model, the forgotten authors compared with
+control authors of the data file that the deployed model never saw (``--controls``; the
+pipeline's gate compares with the same authors): the int4 recovery (how much the gap to
+the controls grew under NF4) and the share of the deployed model's knowledge that each
+relearning attack brought back; and the field's metrics (``field.py``: TOFU forget
+quality and model utility, MUSE KnowMem, VerbMem and PrivLeak against the retrained row).
 
 Output: benchmarks/results/tofu.json, tofu.md and tofu.png.
 """
@@ -44,11 +48,13 @@ from forgetctl.app.plan_step import load_plan
 from forgetctl.app.runner import Runner
 from forgetctl.app.workspace import Workspace
 from forgetctl.core.data import load_builtin
-from forgetctl.core.items import PromptItem
+from forgetctl.core.formats import HELD_OUT, SERVED
+from forgetctl.core.items import PromptItem, in_format
 from forgetctl.core.policy import MethodConfig, VerifyConfig
 from forgetctl.demo.deployed import build_deployed_model, deployed_manifest
 from forgetctl.demo.tofu import author_ids, load_authors, pairs_of, select_authors
 from forgetctl.lm.evaluate import TruthItem, evaluate, truth_ratio_forget, truth_ratios
+from forgetctl.lm.prompts import formats_of, item_format
 from forgetctl.lm.pull import pull_default
 from forgetctl.lm.train import finetune, finetune_steps
 from forgetctl.lm.weights import load_model
@@ -83,6 +89,13 @@ class Suite:
         def recall(its):
             return evaluate(model, tokenizer, its, with_prob=False).mean("recall") if its else None
 
+        def by_format() -> dict[str, float | None]:
+            # The original questions in every format a server could use and in the held-out
+            # wrappers (``completion``: each answer's prefix, continued), the worst decides.
+            records = items(rows, "question", "record")
+            return {fmt: recall(in_format(records, item_format(tokenizer, fmt)))
+                    for fmt in formats_of(tokenizer, [*SERVED, *HELD_OUT])}  # fmt: skip
+
         def by_author(field: str, kind: str) -> tuple[float | None, dict[int, float | None]]:
             result = evaluate(model, tokenizer, items(rows, field, kind), with_prob=False)
             return result.mean(), {
@@ -103,6 +116,10 @@ class Suite:
                 a: {"original": original_by[a], "paraphrased": paraphrased_by[a]} for a in forgotten
             },
             "forget_indirect": recall(list(indirect)),
+            "forget_by_format": (per_format := by_format()),
+            "forget_worst_format": max(
+                (v for v in per_format.values() if v is not None), default=None
+            ),  # fmt: skip
             "truth_ratio": truth_ratio_forget(truth_ratios(model, tokenizer, truth))
             if truth
             else None,
@@ -219,7 +236,8 @@ def from_home(home: Home) -> list[dict]:
 
 
 def table(results: dict) -> str:
-    cols = ["forget_original", "forget_paraphrased", "forget_indirect", "truth_ratio",
+    cols = ["forget_original", "forget_paraphrased", "forget_indirect", "forget_worst_format",
+            "truth_ratio",
             "other_authors", "world_facts", "real_authors", "int4_recovery",
             "relearn_share", "wall_s"]  # fmt: skip
     lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
@@ -300,6 +318,11 @@ def main() -> None:
     parser.add_argument("--authors", type=int, default=20, help="K: authors in the deployed model")
     parser.add_argument("--forget", type=int, default=4, help="M: sequential requests")
     parser.add_argument("--eval-cap", type=int, default=40, help="items per retain/utility set")
+    parser.add_argument(
+        "--format", default="plain", choices=["plain", "chat"],
+        help="the prompt format the deployed model is fine-tuned (and retrained) in; plain, "
+        "as many fine-tunes are, is not the one forgetctl would assume (the chat template)",
+    )  # fmt: skip
     parser.add_argument("--work", default=str(ROOT / ".work"))
     parser.add_argument("--out", default=str(ROOT / "results"))
     parser.add_argument("--skip-retrain", action="store_true")
@@ -342,7 +365,7 @@ def main() -> None:
         ids = select_authors(rows, args.authors)[0]
         t = time.perf_counter()
         deployed, manifest = build_deployed_model(
-            base, args.data, ids, work / f"deployed-{args.authors}"
+            base, args.data, ids, work / f"deployed-{args.authors}-{args.format}", fmt=args.format
         )
         log(f"deployed model: {time.perf_counter() - t:.0f} s (cached if fast)")
     selected = select_authors(rows, ids)[1]
@@ -415,8 +438,9 @@ def main() -> None:
     # as many steps as the default policy trains its adapter.
     model, tokenizer = load_model(deployed)
     t = time.perf_counter()
-    finetune_steps(model, tokenizer, pairs_of(forget_rows), MethodConfig().max_steps,
-                   learning_rate=1e-5, ascent=True)  # fmt: skip
+    ascent = [(q, a, manifest.get("format")) for q, a in pairs_of(forget_rows)]
+    finetune_steps(model, tokenizer, ascent, MethodConfig().max_steps, learning_rate=1e-5,
+                   ascent=True)  # fmt: skip
     record("gradient ascent (no gate)", model, tokenizer, time.perf_counter() - t, indirect)
 
     if not args.skip_retrain:
@@ -425,7 +449,8 @@ def main() -> None:
         t = time.perf_counter()
         epochs = manifest["training"]["epochs"]
         lr = manifest["training"]["learning_rate"]
-        stats = finetune(model, tokenizer, pairs_of(retained), epochs=epochs, learning_rate=lr,
+        pairs = [(q, a, manifest.get("format")) for q, a in pairs_of(retained)]
+        stats = finetune(model, tokenizer, pairs, epochs=epochs, learning_rate=lr,
                          batch_size=manifest["training"]["batch_size"])  # fmt: skip
         wall = time.perf_counter() - t
         results["retrain_training"] = stats
