@@ -223,3 +223,35 @@ def test_a_template_that_cannot_serve_is_refused_before_anything_is_written(
     out = cli("init", "--model", str(tiny_lm_dir), "--format", str(template), code=2).output
     assert says in out and "Traceback" not in out and len(out.strip().splitlines()) == 1
     assert not (forgetctl_home / "ledger.db").exists()
+
+
+def test_the_demo_model_fine_tuned_in_a_user_template(tiny_lm_dir, forgetctl_home, tmp_path):
+    """`demo build-model --format NAME.jinja` fine-tunes in the user's format and writes it
+    into recipe.json, so a consolidation trains again in that format; `init` registers it."""
+    import json
+
+    from clirun import cli
+
+    from forgetctl.app.consolidate import plan_consolidation
+    from forgetctl.app.home import Home
+    from forgetctl.app.setup import load_recipe
+    from forgetctl.app.workspace import Workspace
+
+    (template := tmp_path / "alpaca.jinja").write_text(ALPACA)
+    data = tinylm.write_tofu_jsonl(tmp_path / "authors.jsonl")
+    out = tmp_path / "deployed"
+    cli("demo", "build-model", "--data", str(data), "--authors", "1", "--out", str(out),
+        "--base", str(tiny_lm_dir), "--epochs", "1", "--format", str(template))  # fmt: skip
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert (recipe["format"], recipe["template"]) == ("alpaca", ALPACA)
+    assert load_recipe(out / "recipe.json").template == ALPACA
+    cli("init", "--model", str(out), "--base", str(tiny_lm_dir), "--format", str(template),
+        "--training-data", str(out / "training-data.jsonl"), "--recipe",
+        str(out / "recipe.json"))  # fmt: skip
+    ws = Workspace.open(Home(forgetctl_home))
+    assert versions.prompt_templates(ws.ledger) == {"alpaca": ALPACA}
+    with pytest.raises(Exception, match="nothing to consolidate"):
+        plan_consolidation(ws)  # registered; no one forgotten yet
+    (bad := tmp_path / "bad.json").write_text(json.dumps({**recipe, "template": "no question"}))
+    with pytest.raises(BadInput, match="bad.json: template: the template must put"):
+        load_recipe(bad)

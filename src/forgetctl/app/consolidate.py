@@ -26,6 +26,7 @@ from forgetctl.core.hashing import sha256_file, sha256_tree
 from forgetctl.core.lifecycle import JUDGED_STATUSES
 from forgetctl.core.progress import Progress, silent
 from forgetctl.core.text import Subject
+from forgetctl.lm.prompts import use_templates
 from forgetctl.lm.train import finetune
 from forgetctl.lm.weights import load_model, write_model_files
 
@@ -151,6 +152,8 @@ def consolidate(ws: Workspace, plan: Plan | None = None, progress: Progress = si
     progress(f"consolidating: training the base again on {len(rows)} rows ({plan.dropped} "
              f"of {plan.rows} left out, {len(plan.requests)} subjects)")  # fmt: skip
     model, tokenizer = load_model(pretrained["path"])
+    if recipe.get("template") is not None:  # fine-tuned in the user's own prompt format
+        use_templates(tokenizer, {recipe["format"]: recipe["template"]})
     stats = finetune(
         model, tokenizer, [(r["question"], r["answer"], recipe["format"]) for r in rows],
         epochs=recipe["epochs"], learning_rate=recipe["learning_rate"],

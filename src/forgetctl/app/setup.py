@@ -18,7 +18,13 @@ from forgetctl.app.workspace import Workspace
 from forgetctl.core.data import MAX_DATA_BYTES, check_control_corpus, load_jsonl
 from forgetctl.core.errors import BadInput
 from forgetctl.core.files import read_bounded, read_text, write_atomic
-from forgetctl.core.formats import SERVED, check_served, is_template_file, load_template
+from forgetctl.core.formats import (
+    SERVED,
+    check_served,
+    check_template,
+    is_template_file,
+    load_template,
+)
 from forgetctl.core.hashing import sha256_file
 from forgetctl.core.inputs import loads_json
 from forgetctl.lm import DEFAULT_MODEL
@@ -37,6 +43,8 @@ class Recipe(BaseModel):
     seed: int = 0
     format: str | None = None
     """The prompt format of the fine-tune (None: the model's default)."""
+    template: str | None = None
+    """The Jinja template of ``format`` when it is a user's own (:mod:`forgetctl.core.formats`)."""
 
 
 def load_recipe(path: Path) -> Recipe:
@@ -46,8 +54,11 @@ def load_recipe(path: Path) -> Recipe:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "recipe"
         raise BadInput(f"{path.name}: {where}: {first['msg']}") from None
-    if recipe.format is not None and recipe.format not in SERVED:
-        raise BadInput(f"{path.name}: format {recipe.format!r} (one of: {', '.join(SERVED)})")
+    if recipe.template is not None:
+        check_template(recipe.format or "", recipe.template, f"{path.name}: template")
+    elif recipe.format is not None and recipe.format not in SERVED:
+        raise BadInput(f"{path.name}: format {recipe.format!r} (one of: {', '.join(SERVED)}, "
+                       "or a template's name with its template)")  # fmt: skip
     return recipe
 
 

@@ -29,8 +29,9 @@ def build_model(
     fmt: str = typer.Option(
         None,
         "--format",
-        help="The prompt format to fine-tune in: chat or plain (default: "
-        "the base's default, chat); serve it that way: `init --format`.",
+        help="The prompt format to fine-tune in: chat, plain, or a Jinja template file "
+        "(NAME.jinja, as `init --format` takes it; default: the base's default, chat); serve "
+        "it that way: `init --format`.",
     ),
     json_: bool = common.JsonOpt,
 ) -> None:
@@ -47,15 +48,20 @@ def build_model(
     """
     from forgetctl.core.data import check_control_corpus
     from forgetctl.core.errors import BadInput
-    from forgetctl.core.formats import check_served
+    from forgetctl.core.formats import check_served, is_template_file, load_template
     from forgetctl.demo.deployed import build_deployed_model, control_rows
     from forgetctl.demo.tofu import load_authors, parse_authors, select_authors
     from forgetctl.lm.weights import require_model_dir
 
     base = base or common.home().models / DEFAULT_MODEL
     selection = parse_authors(authors)
-    options = {k: v for k, v in {"epochs": epochs, "learning_rate": learning_rate,
-                                 "fmt": fmt and check_served([fmt])[0]}.items() if v}  # fmt: skip
+    template = None
+    if fmt and is_template_file(fmt):
+        fmt, template = load_template(fmt)
+    elif fmt:
+        check_served([fmt])
+    options = {k: v for k, v in {"epochs": epochs, "learning_rate": learning_rate, "fmt": fmt,
+                                 "template": template}.items() if v}  # fmt: skip
     with live(quiet=json_) as progress:
         out_dir, manifest = build_deployed_model(
             require_model_dir(base), data, selection, out, progress=progress, **options
@@ -66,7 +72,8 @@ def build_model(
     # How it was trained, for `init --recipe`: consolidation trains it again without the
     # forgotten authors.
     recipe = {k: manifest["key"][k] for k in ("epochs", "learning_rate", "batch_size", "seed")}
-    (out_dir / RECIPE).write_text(json.dumps({**recipe, "format": manifest.get("format")}) + "\n")
+    recipe |= {"format": manifest.get("format"), "template": manifest.get("template")}
+    (out_dir / RECIPE).write_text(json.dumps(recipe) + "\n")
     # Not part of the model's cache key: an existing model gets its controls without training.
     controls = control_rows(every, ids)
     written: Path | None = out_dir / CONTROLS

@@ -78,22 +78,27 @@ def load_template(path: str | Path) -> tuple[str, str]:
     name = path.name.lower()
     for suffix in TEMPLATE_SUFFIXES:
         name = name.removesuffix(suffix)
+    text = read_text(path, MAX_TEMPLATE_BYTES)
+    check_template(name, text, str(path))
+    return name, text
+
+
+def check_template(name: str, text: str, where: str) -> None:
+    """BadInput (naming ``where``) unless ``text`` is a usable template for format ``name``."""
     if not _TEMPLATE_NAME.fullmatch(name) or name in FORMATS:
-        raise BadInput(f"{path}: a template's file name is its format's name: lowercase "
+        raise BadInput(f"{where}: a template's file name is its format's name: lowercase "
                        "letters, digits, - and _ (at most 32), not a built-in one")  # fmt: skip
     from jinja2 import TemplateError, TemplateSyntaxError  # 0.16 s: not at every start
 
-    text = read_text(path, MAX_TEMPLATE_BYTES)
     try:
         rendered = render_template(text, _PROBE)
     except TemplateSyntaxError as exc:
-        raise BadInput(f"{path}: not a Jinja template: line {exc.lineno}: {exc.message}") from None
+        raise BadInput(f"{where}: not a Jinja template: line {exc.lineno}: {exc.message}") from None
     except TemplateError as exc:
-        raise BadInput(f"{path}: the template cannot render a question ({exc}); it is given "
+        raise BadInput(f"{where}: the template cannot render a question ({exc}); it is given "
                        "`question` only") from None  # fmt: skip
     if rendered.count(_PROBE) != 1:
-        raise BadInput(f"{path}: the template must put {{{{ question }}}} in the prompt once")
-    return name, text
+        raise BadInput(f"{where}: the template must put {{{{ question }}}} in the prompt once")
 
 
 def render_template(text: str, question: str) -> str:

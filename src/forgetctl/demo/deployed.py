@@ -22,6 +22,7 @@ from forgetctl.core.files import atomic_dir
 from forgetctl.core.hashing import sha256_file, weights_sha256
 from forgetctl.core.progress import Progress, silent
 from forgetctl.demo.tofu import author_ids, load_authors, pairs_of, select_authors
+from forgetctl.lm.prompts import use_templates
 from forgetctl.lm.train import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
@@ -56,11 +57,13 @@ def build_deployed_model(
     seed: int = 0,
     progress: Progress = silent,
     fmt: str | None = None,
+    template: str | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Fine-tune the base model on some authors' records; write it to ``out_dir``.
 
     ``authors`` is a count (the first N authors of the file) or a list of author ids;
-    ``fmt`` the prompt format of the fine-tune (None: the model's default).
+    ``fmt`` the prompt format of the fine-tune (None: the model's default), whose Jinja
+    ``template`` is given when it is a user's own (:func:`forgetctl.core.formats.load_template`).
     Returns (out_dir, manifest). The manifest (``forgetctl-deployed.json``) holds the base
     and data hashes, the author ids and names, the training settings and figures; when
     ``out_dir`` already has a manifest with the same inputs, nothing is trained. A directory
@@ -75,6 +78,7 @@ def build_deployed_model(
         "batch_size": batch_size,
         "seed": seed,
         **({"format": fmt} if fmt else {}),  # the default keeps the cache key it had
+        **({"template": template} if template else {}),
     }
     key = _deployed_key(base_dir, sha256_file(data_file), ids, settings)
     manifest_path = out_dir / DEPLOYED_MANIFEST
@@ -83,6 +87,8 @@ def build_deployed_model(
         if old.get("key") == key:
             return out_dir, old
     model, tokenizer = load_model(base_dir)
+    if template:
+        use_templates(tokenizer, {fmt: template})
     stats = finetune(
         model,
         tokenizer,
@@ -101,6 +107,7 @@ def build_deployed_model(
         "authors": [{"author_id": i, "author": names[i]} for i in ids],
         "records": len(selected),
         "format": fmt,
+        "template": template,
         "training": stats,
     }
     # A directory built from other inputs is removed first; the new one is written to a
