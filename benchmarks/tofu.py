@@ -1,15 +1,26 @@
 """TOFU benchmark: sequential deletion requests through forgetctl, against baselines.
 
     python benchmarks/tofu.py [--authors 20] [--forget 4] [--controls IDS] [--data FILE]
+                              [--format plain|chat] [--seed S]
+
+Each run writes ``results/runs/tofu-<commit>-<authors>-s<seed>.json`` (with its commit,
+command and machine; ``tofu.json`` and ``tofu.md`` are the latest), and
+``benchmarks/summarize.py`` makes the tables, mean and spread over seeds, from those files.
 
 1. The deployed model: the default model (SmolLM2-135M) fully fine-tuned on K TOFU authors.
 2. forgetctl: M GDPR requests (the first M authors), one after the other on one ledger,
    each driven by `forgetctl run`'s loop through plan, apply, verify (full precision, int4,
    relearning) and promote, with the policy's retries. After each request production is
    measured.
-3. Baselines on the same deployed model and authors: no-op; plain gradient ascent on the
-   M authors' records in full precision with no gate; retraining from scratch (the base
-   fine-tuned on the K-M retained authors only, timed: that is the cost to beat).
+3. Baselines on the same deployed model and authors: no-op; gradient difference with what
+   forgetctl had (its planned forget items and retain training items in every served
+   format, the same LoRA, the same step budget), at the best of three learning rates, no
+   gate; retraining from scratch (the base fine-tuned on the K-M retained authors only:
+   the cost to beat). Every model is timed the same way, loading and saving included, and
+   forgetctl's requests with their planning.
+4. The kept-knowledge rows (other authors, world facts, real authors) are held out: no
+   row trained on them (forgetctl's retain term trains on the other side of the same hash
+   split, ``core.items.trains_retain``).
 
 Measured per model: forget recall (ROUGE-L recall of the answer) on the original questions,
 on TOFU's paraphrased questions (never used by planning) and on the planned indirect
@@ -35,6 +46,7 @@ import platform
 import random
 import resource
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -49,16 +61,18 @@ from forgetctl.app.runner import Runner
 from forgetctl.app.workspace import Workspace
 from forgetctl.core.data import load_builtin
 from forgetctl.core.formats import HELD_OUT, SERVED
-from forgetctl.core.items import PromptItem, in_format
+from forgetctl.core.items import PromptItem, in_each_format, in_format, trains_retain
 from forgetctl.core.policy import MethodConfig, VerifyConfig
+from forgetctl.core.text import squash
 from forgetctl.demo.deployed import build_deployed_model, deployed_manifest
 from forgetctl.demo.tofu import author_ids, load_authors, pairs_of, select_authors
 from forgetctl.lm.evaluate import TruthItem, evaluate, truth_ratio_forget, truth_ratios
 from forgetctl.lm.prompts import formats_of, item_format
 from forgetctl.lm.pull import pull_default
-from forgetctl.lm.train import finetune, finetune_steps
-from forgetctl.lm.weights import load_model
+from forgetctl.lm.train import finetune
+from forgetctl.lm.weights import load_model, write_model_files
 from forgetctl.store.ledger import open_ledger
+from forgetctl.unlearn.train import unlearn
 from forgetctl.verify.checks import ForgetSet, run_checks
 
 ROOT = Path(__file__).resolve().parent
@@ -71,7 +85,13 @@ def peak_rss_mb() -> float:
 
 
 def items(rows, field: str, kind: str) -> list[PromptItem]:
-    return [PromptItem(prompt=r[field], target=r["answer"], kind=kind) for r in rows]
+    return [PromptItem(prompt=squash(r[field]), target=squash(str(r["answer"])), kind=kind)
+            for r in rows]  # fmt: skip
+
+
+def held_out(its: list[PromptItem]) -> list[PromptItem]:
+    """The items no retain term trains on (the plan splits its retain side by this rule)."""
+    return [i for i in its if not trains_retain(i)]
 
 
 class Suite:
@@ -80,10 +100,13 @@ class Suite:
     def __init__(self, rows, forget_ids, retain_ids, cap: int, seed: int = 0):
         rng = random.Random(seed)
         self.forget_rows = {a: [r for r in rows if r["author_id"] == a] for a in forget_ids}
-        others = [r for r in rows if r["author_id"] in retain_ids]
-        self.others = items(rng.sample(others, min(cap, len(others))), "question", "neighbor")
-        self.world = items(load_builtin("world_facts")[:cap], "question", "general")
-        self.real = items(load_builtin("real_authors")[:cap], "question", "general")
+        # The kept-knowledge rows are held out: items on the side of the hash that forgetctl's
+        # retain term never trains on (``core.items.trains_retain``), so no row trained on them.
+        others = held_out(items([r for r in rows if r["author_id"] in retain_ids], "question",
+                                "neighbor"))  # fmt: skip
+        self.others = rng.sample(others, min(cap, len(others)))
+        self.world = held_out(items(load_builtin("world_facts"), "question", "general"))[:cap]
+        self.real = held_out(items(load_builtin("real_authors"), "question", "general"))[:cap]
 
     def measure(self, model, tokenizer, forgotten: list[int], indirect=()) -> dict:
         def recall(its):
@@ -179,17 +202,21 @@ def run_forgetctl(
     log,
     policies_dir=None,
     controls: Path | None = None,
+    seed: int = 0,
 ) -> list[dict]:
     """One request per author, each driven to its end by `forgetctl run`'s loop (plan,
     apply, verify, promote, with the policy's retries), production measured after each.
     ``policies_dir``: policy files that replace the packaged ones; ``controls``: the control
-    corpus the gate compares the forgotten authors with (else the built-in one)."""
+    corpus the gate compares the forgotten authors with (else the built-in one); ``seed``:
+    every policy's method seed."""
     home = Home(work / "home")
     if home.root.exists():
         shutil.rmtree(home.root)
     home.create_dirs()
     for src in Path(policies_dir).glob("*.toml") if policies_dir else ():
         shutil.copy2(src, home.policies_dir / src.name)
+    for policy in home.policies_dir.glob("*.toml"):
+        policy.write_text(with_method_seed(policy.read_text(), seed))
     ws = Workspace.open(home, create=True)
     versions.register_base(ws.ledger, deployed)
     (home.root / "retain-corpus.jsonl").write_bytes(corpus.read_bytes())
@@ -217,6 +244,23 @@ def run_forgetctl(
         log(f"request {n}/{len(forget_ids)} author {author}: {outcome.end} "
             f"{outcome.steps} {outcome.seconds} s {metrics}")  # fmt: skip
     return per_request
+
+
+def with_method_seed(policy: str, seed: int) -> str:
+    """A policy file's text with ``[method] seed`` set (a TOML table's keys may come in any
+    order, so the key goes right under the table's header)."""
+    lines = [line for line in policy.splitlines() if not line.startswith("seed =")]
+    if "[method]" not in lines:
+        lines += ["", "[method]"]
+    lines.insert(lines.index("[method]") + 1, f"seed = {seed}")
+    return "\n".join(lines) + "\n"
+
+
+def planning_seconds(home: Home) -> float:
+    """Seconds the plan step took, over every request of a home (from its events)."""
+    events = open_ledger(home.ledger_path).events()
+    return sum(e["data"].get("figures", {}).get("timings_s", {}).get("total", 0.0) for e in events
+               if e["kind"] == "request.status" and e["data"].get("to") == "planned")  # fmt: skip
 
 
 def from_home(home: Home) -> list[dict]:
@@ -269,19 +313,54 @@ def request_table(version_rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+KEEP_SHARE = 0.9
+"""The baseline's best setting keeps at least this share of the deployed model's recall on
+the other authors (else the sweep's best is the one that kept most)."""
+BASELINE_LEARNING_RATES = (1e-5, 1e-4, 1e-3)
+
+
+def baseline_sweep(deployed, forget, retain, steps, suite, forget_ids, keep, seed, log):
+    """Gradient difference (ascent on the forget items, NLL on the retain items) at each
+    learning rate, the same LoRA on the same layers as forgetctl's adapter and the same
+    step budget: (row name, model, tokenizer, seconds) of the best setting, and the sweep.
+    The best forgets most (recall on the forgotten authors' questions) among the settings
+    that keep ``keep`` recall on the other authors."""
+    rows = [r for a in forget_ids for r in suite.forget_rows[a]]
+    questions = items(rows, "question", "record")
+    best, sweep = None, []
+    for lr in BASELINE_LEARNING_RATES:
+        t = time.perf_counter()
+        model, tokenizer = load_model(deployed)
+        method = MethodConfig(objective="grad_diff", retain_term="nll", learning_rate=lr,
+                              max_steps=steps, seed=seed)  # fmt: skip
+        model = unlearn(model, tokenizer, forget, retain, method).model
+        wall = time.perf_counter() - t
+        forgot = evaluate(model, tokenizer, questions, with_prob=False).mean("recall")
+        kept = evaluate(model, tokenizer, suite.others, with_prob=False).mean("recall")
+        sweep.append({"learning_rate": lr, "forget_original": forgot, "other_authors": kept,
+                      "wall_s": round(wall, 1)})  # fmt: skip
+        log(f"baseline lr {lr}: forget {forgot:.3f}, other authors {kept:.3f}, {wall:.0f} s")
+        rank = (kept >= keep, -forgot if kept >= keep else kept)
+        if best is None or rank > best[0]:
+            best = (rank, lr, model, tokenizer, wall)
+    _, lr, model, tokenizer, wall = best
+    return f"gradient difference (best lr: {lr:g})", model, tokenizer, wall, sweep
+
+
 def cost_ratio(results: dict, per_request_s: float, records_per_author: int = 20) -> dict:
-    """Retraining cost against forgetctl's per-request cost, measured and extrapolated to
-    K=40: retraining time is linear in the retained records (fixed epochs and batch)."""
+    """Retraining cost (loading, training and saving, as forgetctl's requests are timed)
+    against forgetctl's per-request cost, measured and extrapolated to K=40: retraining
+    time is linear in the retained records (fixed epochs and batch)."""
     stats = results.get("retrain_training")
     if not stats or not per_request_s:
         return {}
-    per_record = stats["seconds"] / stats["pairs"]
+    per_record = stats["wall_s"] / stats["pairs"]
     k40 = per_record * (40 - results["config"]["forget"]) * records_per_author
     return {
-        "retrain_s": round(stats["seconds"], 1),
+        "retrain_s": stats["wall_s"],
         "retrain_records": stats["pairs"],
         "forgetctl_per_request_s": round(per_request_s, 1),
-        "ratio_measured": round(stats["seconds"] / per_request_s, 2),
+        "ratio_measured": round(stats["wall_s"] / per_request_s, 2),
         "retrain_s_k40_extrapolated": round(k40, 1),
         "ratio_k40": round(k40 / per_request_s, 2),
     }
@@ -326,6 +405,11 @@ def main() -> None:
     parser.add_argument("--work", default=str(ROOT / ".work"))
     parser.add_argument("--out", default=str(ROOT / "results"))
     parser.add_argument("--skip-retrain", action="store_true")
+    parser.add_argument(
+        "--seed", type=int, default=0,
+        help="seeds the evaluation samples, forgetctl's method, the baseline and the "
+        "retraining (the deployed model stays seed 0); run 0, 1 and 2 for the spread",
+    )  # fmt: skip
     parser.add_argument(
         "--forget-ids", help="author ids to forget (default: the first M), e.g. 1,3"
     )
@@ -387,13 +471,17 @@ def main() -> None:
     args.authors, args.forget = len(ids), len(forget_ids)
     corpus = work / "corpus.jsonl"
     corpus.write_text("".join(json.dumps(r) + "\n" for r in selected))
-    suite = Suite(selected, forget_ids, retain_ids, args.eval_cap)
+    suite = Suite(selected, forget_ids, retain_ids, args.eval_cap, seed=args.seed)
     # TOFU's and MUSE's metrics on every row; the control authors are PrivLeak's holdout.
     field_sets = field.tofu_sets(rows, forget_ids, retain_ids, control_ids, args.eval_cap)
     cfg = VerifyConfig()
     forget_rows = [r for a in forget_ids for r in suite.forget_rows[a]]
     forgotten = forget_set(forget_rows, control_rows)
-    results: dict = {"config": vars(args) | {"control_ids": control_ids,
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, check=False, cwd=ROOT).stdout.strip()  # fmt: skip
+    results: dict = {"commit": commit, "command": " ".join(sys.argv),
+                     "measured": time.strftime("%Y-%m-%d %H:%M"),
+                     "config": vars(args) | {"control_ids": control_ids,
                                               "machine": platform.processor() or platform.machine(),
                                               "threads": torch.get_num_threads()},
                      "deployed_training": manifest["training"], "models": {}}  # fmt: skip
@@ -413,11 +501,14 @@ def main() -> None:
 
     if args.home:
         per_request = from_home(home)
-        # apply and verify of every version the run built (planning is not recorded per step)
-        total = sum(r["training"].get("wall_s", 0.0) + verify_seconds(r) for r in per_request)
+        # plan, apply and verify of every request and version the run built, as the default
+        # mode times them (promotion is instant)
+        total = planning_seconds(home) + sum(
+            r["training"].get("wall_s", 0.0) + verify_seconds(r) for r in per_request
+        )
     else:
         per_request = run_forgetctl(work, deployed, corpus, suite, forget_ids, log,
-                                    args.policies, controls)  # fmt: skip
+                                    args.policies, controls, args.seed)  # fmt: skip
         home = Home(work / "home")
         # plan, apply, verify and promote of every request, retries included
         total = sum(r["seconds"] for r in per_request)
@@ -434,26 +525,32 @@ def main() -> None:
     indirect = [i for rid in handled for i in load_plan(ws, rid).forget if i.kind == "indirect"]
     record("forgetctl", model, tokenizer, total, indirect)
 
-    # The naive baseline: full-model gradient ascent on the records, no retain term, no gate,
-    # as many steps as the default policy trains its adapter.
-    model, tokenizer = load_model(deployed)
-    t = time.perf_counter()
-    ascent = [(q, a, manifest.get("format")) for q, a in pairs_of(forget_rows)]
-    finetune_steps(model, tokenizer, ascent, MethodConfig().max_steps, learning_rate=1e-5,
-                   ascent=True)  # fmt: skip
-    record("gradient ascent (no gate)", model, tokenizer, time.perf_counter() - t, indirect)
+    # The baseline gets what forgetctl got: the requests' planned prompt sets (the forget
+    # items, the retain side's training half) in every served format, forgetctl's step
+    # budget for that many requests, and a learning-rate sweep, reported at its best.
+    plans = [load_plan(ws, rid) for rid in handled]
+    formats = [item_format(tokenizer, f) for f in versions.serving_formats(ws.ledger, tokenizer)]
+    keep = KEEP_SHARE * results["models"]["no-op (deployed)"]["other_authors"]
+    name, model, tokenizer, wall, results["baseline_sweep"] = baseline_sweep(
+        deployed, in_each_format([i for p in plans for i in p.forget], formats),
+        in_each_format([i for p in plans for i in p.split_retain()[0]], formats),
+        MethodConfig().max_steps * max(1, len(handled)), suite, forget_ids, keep, args.seed, log,
+    )  # fmt: skip
+    record(name, model, tokenizer, wall, indirect)
 
     if not args.skip_retrain:
+        # Timed as forgetctl's requests are: loading, training and saving the model.
+        t = time.perf_counter()
         model, tokenizer = load_model(base)
         retained = [r for r in selected if r["author_id"] in retain_ids]
-        t = time.perf_counter()
         epochs = manifest["training"]["epochs"]
         lr = manifest["training"]["learning_rate"]
         pairs = [(q, a, manifest.get("format")) for q, a in pairs_of(retained)]
         stats = finetune(model, tokenizer, pairs, epochs=epochs, learning_rate=lr,
-                         batch_size=manifest["training"]["batch_size"])  # fmt: skip
+                         batch_size=manifest["training"]["batch_size"], seed=args.seed)  # fmt: skip
+        write_model_files(model, tokenizer, work / f"retrained-s{args.seed}", {})
         wall = time.perf_counter() - t
-        results["retrain_training"] = stats
+        results["retrain_training"] = stats | {"wall_s": round(wall, 1)}
         record("retrain from scratch", model, tokenizer, wall, indirect)
 
     field_rows = {name: row["field"] for name, row in results["models"].items()}
@@ -463,7 +560,11 @@ def main() -> None:
     results["peak_rss_mb"] = round(peak_rss_mb())
     # Per request, retries included: a request that needed two candidates cost both.
     results["cost"] = cost_ratio(results, total / max(1, len(handled)))
-    (out / "tofu.json").write_text(json.dumps(results, indent=1, default=str))
+    # Every run keeps its own file; tofu.json and tofu.md are the latest run's.
+    run_name = f"tofu-{commit}-{'-'.join(map(str, forget_ids))}-s{args.seed}"
+    for path in (out / "tofu.json", out / "runs" / f"{run_name}.json"):
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(results, indent=1, default=str))
     md = [table(results), "", request_table(version_rows), "", f"cost: {results['cost']}"]
     if "field" in results:
         md += ["", "In the field's metrics (benchmarks/field.py):", "",

@@ -102,3 +102,30 @@ def test_benchmark_drives_requests_through_the_run_loop(tiny_lm_dir, tmp_path):
     assert robust["int4_recovery"] == int4["recovery"]["recall"]["recovery"]
     assert robust["int4_recovery"] <= cfg.max_int4_recovery  # nothing was hidden to recover
     assert int4["retain"]["n"] == len(suite.others)
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARK.parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_seed_reaches_forgetctl_s_method_through_its_policies():
+    bench = _benchmark()
+    seeded = bench.with_method_seed('max_retries = 2\n\n[method]\nseed = 0\nobjective = "npo"\n', 2)
+    assert "seed = 0" not in seeded and seeded.index("[method]\nseed = 2") > 0
+    assert bench.with_method_seed("max_retries = 2\n", 1).endswith("\n[method]\nseed = 1\n")
+
+
+def test_tables_are_generated_from_the_result_files():
+    summarize = _load("summarize")
+
+    def run(seed: int, recall: float) -> dict:
+        config = {"authors": 10, "forget": 1, "forget_ids": "3", "format": "plain", "seed": seed}
+        return {"commit": "abc", "config": config,
+                "models": {"forgetctl": {"forget_original": recall, "field": {}}}}  # fmt: skip
+
+    table = summarize.tables([run(0, 0.2), run(1, 0.4)])
+    assert "### K=10, forget 3, format plain (seeds [0, 1], commits abc)" in table
+    assert "| forgetctl | 0.3 ± 0.14 (2) |" in table  # mean ± sample sd (number of runs)
