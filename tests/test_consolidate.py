@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import date, timedelta
 
 import pytest
 import tinylm
@@ -67,6 +68,28 @@ def stacked_home(registered_home, tmp_path) -> int:
     return json.loads(cli("model", "versions", "--json").stdout)[-1]["id"]
 
 
+def _when_due(home) -> None:
+    """The policy's triggers, on the stacked home (one request forgotten by an adapter, none
+    failed); leaves the policy as it found it (``consolidate_every = 1``: due)."""
+    policy = home / "policies" / "gdpr.toml"
+    kept = policy.read_text()
+    ws = Workspace.open(Home(home))
+    assert consolidation.due(ws) == ("build", None)
+    root_built = ws.ledger.versions.get(0)["created_at"][:10]
+    today = date.fromisoformat(root_built)
+    rest = kept.replace("consolidate_every = 1\n", "")
+    for settings, days, expected in [
+        ("consolidate_every = 2\n", 0, None),  # one request waits, two are asked for
+        ("consolidate_every_days = 30\n", 29, None),
+        ("consolidate_every_days = 30\n", 30, ("build", None)),  # the root is 30 days old
+        ("consolidate_failed = true\n", 400, None),  # no request failed
+    ]:
+        policy.write_text(settings + rest)
+        due = consolidation.due(Workspace.open(Home(home)), today + timedelta(days=days))
+        assert due == expected, (settings, days)
+    policy.write_text(kept)
+
+
 def test_consolidation_trains_without_the_subject_and_replaces_the_stack(
     forgetctl_home, stacked_home
 ):
@@ -75,6 +98,7 @@ def test_consolidation_trains_without_the_subject_and_replaces_the_stack(
     own = len(tinylm.facts_for(SUBJECT))
     assert (planned["requests"], planned["dropped"], planned["production"]) == ([1], own, stack)
     assert planned["rows"] == len(tinylm.TINY_FACTS) + len(tinylm.TINY_GENERAL)
+    _when_due(home)
     summary = json.loads(cli("run", "--json").stdout)
     vid = summary["consolidation"]["version"]
     ws = Workspace.open(Home(home))
@@ -138,10 +162,11 @@ def test_a_killed_consolidation_resumes(forgetctl_home, stacked_home):
 
 def test_a_failed_request_is_forgotten_by_consolidation(registered_home, tmp_path):
     """On the tiny model the gate rejects NPO's adapter (retries 0: the request fails);
-    the same run consolidates, and the consolidated model that never saw the subject
-    passes every check: the request ends promoted, trained without."""
+    the same run consolidates (the policy's ``consolidate_failed``), and the consolidated
+    model that never saw the subject passes every check: the request ends promoted, trained
+    without."""
     policy = registered_home / "policies" / "gdpr.toml"
-    policy.write_text("consolidate_every = 1\n" + policy.read_text())
+    policy.write_text("consolidate_failed = true\n" + policy.read_text())
     cli("request", "add", "--subject", SUBJECT, "--regulation", "gdpr", "--ref", "F-1",
         "--records", records_for(SUBJECT, tmp_path))  # fmt: skip
     summary = json.loads(cli("run", "--json").stdout)  # exit 0: nothing ended failed

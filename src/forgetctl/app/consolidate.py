@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
+from datetime import date, datetime
 
 from forgetctl.app import versions
 from forgetctl.app.requests import payload
@@ -115,11 +116,14 @@ def plan_consolidation(ws: Workspace) -> Plan:
                 training["path"], pretrained, kept)  # fmt: skip
 
 
-def due(ws: Workspace) -> tuple[str, int | None] | None:
+def due(ws: Workspace, today: date | None = None) -> tuple[str, int | None] | None:
     """Whether `run` should consolidate now, and how: ("build", None) to train one, ("resume",
     version) to carry on with a consolidated candidate of production's; None when it is not
-    due (no policy asks, too few requests are waiting, or one was rejected for this
-    production: it is tried again once production moves)."""
+    due (no policy of a waiting request asks, or one was rejected for this production: it
+    is tried again once production moves). The policy of a waiting request asks once
+    ``consolidate_every`` requests wait, once ``consolidate_every_days`` have passed since
+    production's root model was built, or, with ``consolidate_failed``, as soon as one of
+    its requests failed."""
     ledger = ws.ledger
     try:
         production = ledger.aliases.get("production")
@@ -129,11 +133,18 @@ def due(ws: Workspace) -> tuple[str, int | None] | None:
         if v["kind"] == "consolidated" and v["parent"] == production:
             return ("resume", v["id"]) if v["status"] in JUDGED_STATUSES - {"rejected"} else None
     root = ledger.versions.weights_chain(production)[0]
-    waiting = [r for r in covered_requests(ws, production) if r not in root["requests"]]
-    every = [ws.policies[p].consolidate_every for p in
-             {ledger.requests.get(r)["policy"] for r in waiting} if p in ws.policies]  # fmt: skip
-    every = [n for n in every if n > 0]
-    return ("build", None) if every and len(waiting) >= min(every) else None
+    age = ((today or date.today()) - datetime.fromisoformat(root["created_at"]).date()).days
+    waiting = [ledger.requests.get(r) for r in covered_requests(ws, production)
+               if r not in root["requests"]]  # fmt: skip
+    for row in waiting:
+        policy = ws.policies.get(row["policy"])
+        if policy and (
+            0 < policy.consolidate_every <= len(waiting)
+            or 0 < policy.consolidate_every_days <= age
+            or (policy.consolidate_failed and row["status"] == "failed")
+        ):
+            return "build", None
+    return None
 
 
 def consolidate(ws: Workspace, plan: Plan | None = None, progress: Progress = silent) -> int:

@@ -239,9 +239,17 @@ class Policy(_Strict):
     max_retries: int = Field(2, ge=0)
     consolidate_every: int = Field(0, ge=0)
     """`forgetctl run` consolidates (trains the model again without every forgotten subject,
-    gates and promotes it) once this many of the policy's requests are forgotten by adapters
-    only; 0: never by itself (`forgetctl consolidate` by hand). Needs `init --base
-    --training-data --recipe`."""
+    gates and promotes it) once this many requests, one of them the policy's, are forgotten
+    by adapters only or failed; 0: never by this count (`forgetctl consolidate` by hand).
+    Needs `init --base --training-data --recipe`."""
+    consolidate_every_days: int = Field(0, ge=0)
+    """`forgetctl run` also consolidates once this many days have passed since production's
+    root model was built (the deployed model's registration or the last consolidation) and
+    one of the policy's requests waits; 0: not by age."""
+    consolidate_failed: bool = False
+    """`forgetctl run` also consolidates as soon as one of the policy's requests has failed
+    the adapter lane (the gate kept rejecting its adapters): the adapter lane cannot meet its
+    deadline, and training without the subject is the way left."""
     method: MethodConfig = MethodConfig()
     plan: PlanConfig = PlanConfig()
     verify: VerifyConfig = VerifyConfig()
