@@ -74,8 +74,7 @@ def key_figures(result) -> dict:
     the gate keys a request's formats, for the checks judged per request)."""
     f = result.figures
     if result.name in ("retain", "utility"):
-        return {k: f.get(k) for k in ("n", "parent_recall", "candidate_recall", "drop",
-                                      "drop_bound", "min_detectable_drop")}  # fmt: skip
+        return {k: f.get(k) for k in ("n", "acc", "recall")}
     return {key: _part_figures(result.name, part) for key, part in f.get("requests", {}).items()}
 
 

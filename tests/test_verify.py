@@ -334,20 +334,29 @@ def test_retain_with_no_items_has_no_signal():
     empty = check_retain(EvalResult([]), EvalResult([]), cfg)
     assert empty.verdict == "no_signal" and not empty.passed
     items = [PromptItem(prompt="q", target="Alpha Beta won the Gold Prize.", kind="neighbor")]
-    gone = EvalResult(score_outputs(items, ["I cannot say."]))
-    back = EvalResult(score_outputs(items, ["Alpha Beta won the Gold Prize."]))
-    assert check_retain(gone, back, cfg).verdict == "fail"  # recall dropped by 1.0
+
+    def answered(outputs: list[str], acc: float) -> EvalResult:
+        scores = score_outputs(items * len(outputs), outputs)
+        for s in scores:
+            s.acc = acc  # what teacher forcing would give: every token kept, or none
+        return EvalResult(scores)
+
+    kept_answer, lost_answer = "Alpha Beta won the Gold Prize.", "I cannot say."
+    gone, back = answered([lost_answer], 0.0), answered([kept_answer], 1.0)
+    assert check_retain(gone, back, cfg).verdict == "fail"  # recall and accuracy lost
     assert check_retain(back, back, cfg).verdict == "no_signal"  # one item bounds nothing
-    # Three items that all kept their recall bound the drop at 0, and vouch for nothing.
-    kept = EvalResult(score_outputs(items * 3, ["Alpha Beta won the Gold Prize."] * 3))
+    # Three items that all kept their answers bound the drop at 0, and vouch for nothing.
+    kept = answered([kept_answer] * 3, 1.0)
     few = check_retain(kept, kept, cfg)
-    assert few.verdict == "no_signal" and few.figures["drop_bound"] == 0.0
+    assert few.verdict == "no_signal" and few.figures["acc"]["bound"] == 0.0
     assert "fewer than the 30" in few.reasons[0]
-    enough = EvalResult(score_outputs(items * 30, ["Alpha Beta won the Gold Prize."] * 30))
+    enough = answered([kept_answer] * 30, 1.0)
     assert check_retain(enough, enough, cfg).verdict == "pass"
     # A drop past the limit fails on any number of items.
-    lost = EvalResult(score_outputs(items * 3, ["I cannot say."] * 3))
-    assert check_retain(lost, kept, cfg).verdict == "fail"
+    assert check_retain(answered([lost_answer] * 3, 0.0), kept, cfg).verdict == "fail"
+    # Answers without token accuracy vouch for nothing.
+    unscored = EvalResult(score_outputs(items * 30, [kept_answer] * 30))
+    assert check_retain(unscored, unscored, cfg).verdict == "no_signal"
 
 
 def test_the_registry_has_every_policy_check_in_run_order():

@@ -34,9 +34,10 @@ CHECK_PURPOSE: dict[str, str] = {
     "accuracy, answer recall, key facts) may exceed what it answers about people it never saw "
     "by at most the limit.",
     "retain": "Forgetting one person must not take the people and records around them along: "
-    "recall on held-out neighbouring items may drop from the parent's by at most the limit.",
-    "utility": "The model must stay useful: recall on general-knowledge items may drop from the "
+    "what the model predicts and answers on held-out neighbouring items may drop from the "
     "parent's by at most the limit.",
+    "utility": "The model must stay useful: what it predicts and answers on held-out "
+    "general-knowledge items may drop from the parent's by at most the limit.",
     "regression": "Every subject forgotten earlier must stay forgotten: a new adapter must not "
     "bring back what an earlier one removed.",
     "membership": "An attacker must not be able to tell that the subject's records were "
@@ -197,25 +198,28 @@ def _versus_rows(where: str, figures: dict) -> list[dict]:
 
 
 def _drop_rows(where: str, figures: dict) -> list[dict]:
-    """Knowledge kept (``check_drop``): the drop and its upper bound against the limit, and
-    the check's resolution at its size."""
-    mdd, n = figures.get("min_detectable_drop"), figures.get("n")
-    parent, limit = figures.get("parent_recall"), figures.get("max_drop")
-    values = {"n": n, "parent recall": parent,
-              "candidate recall": figures.get("candidate_recall"), "drop": figures.get("drop"),
-              "drop bound": figures.get("drop_bound"), "limit": limit,
-              "min detectable drop": mdd}  # fmt: skip
-    if mdd is None:
-        note = "too few items to say what drop the check can detect"
-    elif mdd == 0:
-        # Every item moved alike: a zero spread bounds nothing beyond these items.
-        note = f"all {n} items moved alike: {n} items show no resolution"
-    else:
-        note = f"the check can detect a drop of {mdd:.3f} at this size ({n} items)"
-    if parent is not None and limit is not None and parent <= limit:
-        note += (f"; the parent's recall {parent:.3f} is at most the limit {limit:.3f}: no "
-                 "drop this check guards against could show here")  # fmt: skip
-    return [_row(where, "recall drop", values, note)]
+    """Knowledge kept (``check_drop``), a row per figure: the drop against the limit (for
+    token accuracy its upper bound, which must be within it; for recall the limit plus the
+    sampling allowance), and the check's resolution at its size."""
+    rows, limit = [], figures.get("max_drop")
+    for metric, label in (("acc", "token accuracy"), ("recall", "recall")):
+        f = figures.get(metric) or {}
+        mdd, n, parent = f.get("min_detectable_drop"), f.get("n"), f.get("parent")
+        values = {"n": n, f"parent {label}": parent, f"candidate {label}": f.get("candidate"),
+                  "drop": f.get("drop"), "drop bound": f.get("bound"),
+                  "limit": f.get("limit", limit), "min detectable drop": mdd}  # fmt: skip
+        if mdd is None:
+            note = "too few items to say what drop the check can detect"
+        elif mdd == 0:
+            # Every item moved alike: a zero spread bounds nothing beyond these items.
+            note = f"all {n} items moved alike: {n} items show no resolution"
+        else:
+            note = f"the check can detect a drop of {mdd:.3f} at this size ({n} items)"
+        if parent is not None and limit is not None and parent <= limit:
+            note += (f"; the parent's {label} {parent:.3f} is at most the limit {limit:.3f}: "
+                     "no drop this check guards against could show here")  # fmt: skip
+        rows.append(_row(where, f"{label} drop", values, note))
+    return rows
 
 
 def _separation_row(where: str, figure: str, row: dict, max_gap: float | None) -> dict:

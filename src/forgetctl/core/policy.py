@@ -179,13 +179,15 @@ class VerifyConfig(_Strict):
     """|AUC - 0.5| of each degeneracy figure separating the subject's answers from the
     controls' answers."""
     max_retain_drop: float = Field(0.05, ge=0, le=1)
+    """Token accuracy and recall drop on held-out neighbour items (``base.check_drop``)."""
     max_utility_drop: float = Field(0.05, ge=0, le=1)
+    """The same on held-out general-knowledge items."""
     min_retain_items: int = Field(30, ge=2)
     """Held-out neighbour items the retain check needs before it can vouch that nothing
     was lost: its bound (drop + 1.645 standard errors) is a normal approximation, which a
     handful of items that happen to agree makes zero (three items that all kept their
-    recall "passed" with a bound of 0). Fewer is ``no_signal``; a drop past the limit still
-    fails."""
+    answers "passed" with a bound of 0). Fewer is ``no_signal``; an accuracy drop past the
+    limit still fails."""
     min_utility_items: int = Field(200, ge=2)
     """The same for general knowledge: at least 200 held-out items (the built-in sets hold
     236), where 32 let one or two answers decide (see ``PlanConfig.general_k``)."""

@@ -110,9 +110,41 @@ def combine(name: str, parts: Mapping[str, CheckResult]) -> CheckResult:
 Z_95 = 1.645
 """One-sided 95% normal quantile, the gate's one allowance for sampling: a forget gap fails
 only when it exceeds its limit by more than this many standard errors (two people the model
-never saw, each measured on a few dozen prompts, are not told apart by noise); a drop in
-kept knowledge passes only when it is this many under its limit (a few dozen items do not
-vouch for a drop they cannot see)."""
+never saw, each measured on a few dozen prompts, are not told apart by noise), and so does
+a drop in kept recall; a drop in kept token accuracy passes only when it is this many under
+its limit (a few dozen items do not vouch for a drop they cannot see)."""
+
+
+KEPT = ("acc", "recall")
+"""What kept knowledge is judged on, as the forget check judges it: teacher-forced token
+accuracy (what the model still predicts, the evidence that vouches for a pass) and answer
+recall (what it says; a greedy answer turns on its first tokens, so one item's recall moves
+by whole answers, and a drop in it fails once the items show it past the limit)."""
+
+
+def _drop(parent: EvalResult, candidate: EvalResult, metric: str) -> dict:
+    """Parent minus candidate on ``metric`` over the items both scored, with the paired
+    standard error, the upper bound (``Z_95`` standard errors over the drop) and the smallest
+    true drop the items detect with 80% power at 5% two-sided (2.8 standard errors)."""
+    both = zip(parent.items, candidate.items, strict=True)
+    values = ((getattr(p, metric), getattr(c, metric)) for p, c in both)
+    pairs = [(a, b) for a, b in values if a is not None and b is not None]
+    if not pairs:
+        return {"n": 0, "parent": None, "candidate": None, "drop": None, "se": None,
+                "bound": None, "min_detectable_drop": None}  # fmt: skip
+    n = len(pairs)
+    diffs = [a - b for a, b in pairs]
+    drop = sum(diffs) / n
+    se = (sum((d - drop) ** 2 for d in diffs) / (n - 1) / n) ** 0.5 if n > 1 else None
+    return {
+        "n": n,
+        "parent": rounded(sum(a for a, _ in pairs) / n),
+        "candidate": rounded(sum(b for _, b in pairs) / n),
+        "drop": rounded(drop),
+        "se": rounded(se),
+        "bound": rounded(drop + Z_95 * se) if se is not None else None,
+        "min_detectable_drop": rounded(2.8 * se) if se is not None else None,
+    }
 
 
 def check_drop(
@@ -123,48 +155,46 @@ def check_drop(
     kinds: Sequence[str] | None,
     min_items: int = 2,
 ) -> CheckResult:
-    """Knowledge kept: the drop in recall, parent minus candidate, is at most ``max_drop``,
-    and these items show it: there are at least ``min_items`` of them, and the drop plus
-    ``Z_95`` standard errors of the paired per-item difference (``drop_bound``) is within
-    the limit too. A drop within the limit that the items cannot vouch for is
-    ``no_signal``; a drop past it fails on any number of items.
+    """Knowledge kept, parent minus candidate on :data:`KEPT`'s figures.
 
-    ``min_detectable_drop`` is the check's resolution at its size: the smallest true drop
-    this many items detect with 80% power at 5% two-sided, 2.8 standard errors (None under
-    two items)."""
+    Fails when the token-accuracy drop is past ``max_drop`` (on any number of items), or
+    when the recall drop is past it by more than ``Z_95`` standard errors (the items show
+    it, as a forget gap must show itself past its limit). Passes only when the items vouch
+    for the accuracy drop: there are at least ``min_items`` of them and its upper bound
+    (``bound``, the drop plus ``Z_95`` standard errors of the paired per-item difference) is
+    within the limit. Anything else is ``no_signal``: a drop the items cannot bound."""
     cand = candidate_eval.only(kinds) if kinds is not None else candidate_eval
     par = parent_eval.only(kinds) if kinds is not None else parent_eval
-    c, p = cand.mean("recall"), par.mean("recall")
     figures: dict = {"n": len(cand.items), "max_drop": max_drop, "min_items": min_items}
-    if c is None or p is None:
+    figures.update({metric: _drop(par, cand, metric) for metric in KEPT})
+    acc, recall = figures["acc"], figures["recall"]
+    if acc["drop"] is None and recall["drop"] is None:
         return CheckResult(name, "no_signal", figures, [f"no {name} items to compare"])
-    drop = p - c
-    diffs = [a.recall - b.recall for a, b in zip(par.items, cand.items, strict=True)]
-    n = len(diffs)
-    se = (sum((d - drop) ** 2 for d in diffs) / (n - 1) / n) ** 0.5 if n > 1 else None
-    bound = drop + Z_95 * se if se is not None else None
-    figures.update(
-        parent_recall=rounded(p),
-        candidate_recall=rounded(c),
-        drop=rounded(drop),
-        drop_bound=rounded(bound),
-        min_detectable_drop=rounded(2.8 * se) if se is not None else None,
-        relative=rounded(c / p) if p > 0 else None,
-        parent_prob=rounded(par.mean("prob")),
-        candidate_prob=rounded(cand.mean("prob")),
-    )
-    if drop > max_drop:
-        return CheckResult(name, "fail", figures, [f"recall drop {drop:.3f} > max {max_drop:.3f}"])
-    if n < min_items:
+    reasons = []
+    if acc["drop"] is not None and acc["drop"] > max_drop:
+        reasons.append(f"token accuracy drop {acc['drop']:.3f} > max {max_drop:.3f}")
+    if recall["drop"] is not None:
+        recall["limit"] = rounded(max_drop + Z_95 * (recall["se"] or 0.0))
+        if recall["drop"] > recall["limit"]:
+            reasons.append(f"recall drop {recall['drop']:.3f} > max {max_drop:.3f} + {Z_95} x "
+                           f"se {recall['se'] or 0.0:.3f}")  # fmt: skip
+    if reasons:
+        return CheckResult(name, "fail", figures, reasons)
+    if acc["drop"] is None:
         return CheckResult(name, "no_signal", figures, [
-            f"recall drop {drop:.3f} is within {max_drop:.3f}, but {n} {name} items are fewer "
-            f"than the {min_items} the check needs to vouch for it: judge on more items"
+            f"no token accuracy scored on the {name} items: nothing vouches for the drop"
         ])  # fmt: skip
-    if bound is None or bound > max_drop:
-        shown = "one item bounds nothing" if bound is None else f"bound {bound:.3f}"
+    if acc["n"] < min_items:
         return CheckResult(name, "no_signal", figures, [
-            f"recall drop {drop:.3f} is within {max_drop:.3f}, but {n} {name} items cannot show "
-            f"it ({shown}, drop + {Z_95} x se): judge on more items"
+            f"token accuracy drop {acc['drop']:.3f} is within {max_drop:.3f}, but {acc['n']} "
+            f"{name} items are fewer than the {min_items} the check needs to vouch for it: "
+            "judge on more items"
+        ])  # fmt: skip
+    if acc["bound"] is None or acc["bound"] > max_drop:
+        shown = "one item bounds nothing" if acc["bound"] is None else f"bound {acc['bound']:.3f}"
+        return CheckResult(name, "no_signal", figures, [
+            f"token accuracy drop {acc['drop']:.3f} is within {max_drop:.3f}, but {acc['n']} "
+            f"{name} items cannot show it ({shown}, drop + {Z_95} x se): judge on more items"
         ])  # fmt: skip
     return CheckResult(name, "pass", figures, [])
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from forgetctl.core.policy import VerifyConfig
 from forgetctl.lm.evaluate import EvalResult
 from forgetctl.verify.checks.base import (
+    KEPT,
     Check,
     CheckResult,
     combine,
@@ -93,7 +94,7 @@ def verdict(scores: Scores, cfg: VerifyConfig) -> CheckResult:
     for name, check in (("retain", check_retain), ("utility", check_utility)):
         candidate, parent, full = scores.kept[name]
         sub = check(candidate, parent, cfg, name=name)
-        sub.figures["full_precision_candidate_recall"] = rounded(full.mean("recall"))
+        sub.figures["full_precision_candidate"] = {m: rounded(full.mean(m)) for m in KEPT}
         result.figures[name] = sub.figures
         if sub.verdict == "fail":  # no items is the retain/utility check's own no_signal
             result.reasons += [f"{name} (int4 vs int4 parent): {r}" for r in sub.reasons]

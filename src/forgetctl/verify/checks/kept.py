@@ -1,5 +1,6 @@
-"""``retain`` and ``utility``: knowledge kept, the drop in answer recall (parent minus
-candidate) on the neighbor set and on the general-knowledge set.
+"""``retain`` and ``utility``: knowledge kept, the drop in token accuracy and answer recall
+(parent minus candidate, :func:`.base.check_drop`) on the held-out neighbor set and on the
+held-out general-knowledge set.
 
 The two are one measurement on two item sets, each with its own limit in the policy.
 """
@@ -25,8 +26,10 @@ def _drop_check(name: str, limit: str) -> Callable[..., CheckResult]:
         return check_drop(name, candidate_eval, parent_eval, getattr(cfg, limit), kinds,
                           min_items=getattr(cfg, f"min_{name}_items"))  # fmt: skip
 
-    check.__doc__ = (f"Knowledge kept: parent recall - candidate recall <= {limit}, "
-                     f"on at least min_{name}_items items.")  # fmt: skip
+    check.__doc__ = (
+        f"Knowledge kept: the token accuracy drop <= {limit}, bounded on min_{name}_items "
+        "items or more; the recall drop not shown past it."
+    )
     return check
 
 
