@@ -152,11 +152,36 @@ def test_a_killed_consolidation_resumes(forgetctl_home, stacked_home):
     ws = Workspace.open(Home(forgetctl_home))
     production = ws.ledger.versions.get(ws.ledger.aliases.get())
     assert (production["kind"], production["parent"]) == ("consolidated", stacked_home)
-    assert not list(forgetctl_home.rglob(".tmp-*"))
+    assert not list(forgetctl_home.rglob(".tmp-*")) and not list(forgetctl_home.rglob(".*.tmp"))
+    assert not list((forgetctl_home / "models").glob(f"{consolidation.CHECKPOINT_PREFIX}*"))
     on_disk = {str(p) for p in (forgetctl_home / "models").glob("consolidated-*")}
     assert on_disk <= ws.ledger.versions.base_paths()  # no model that no version names
     made = [v for v in ws.ledger.versions.all() if v["kind"] == "consolidated"]
     assert len(made) <= 3  # at most one more per killed run; the others were carried on
+    cli("ledger", "verify")
+
+
+def test_a_crashed_consolidation_carries_on_from_its_checkpoint(forgetctl_home, stacked_home):
+    """A consolidation stopped in its second epoch leaves the first epoch's checkpoint; the
+    next one carries on from it (an event says so) and removes it once the model is
+    recorded."""
+    ws = Workspace.open(Home(forgetctl_home))
+
+    def crash_in_epoch_2(label, done=None, total=None, /, **figures):
+        if figures.get("epoch") == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        consolidation.consolidate(ws, progress=crash_in_epoch_2)
+    models = forgetctl_home / "models"
+    checkpoint = models / f"{consolidation.CHECKPOINT_PREFIX}{stacked_home}.ckpt"
+    assert checkpoint.exists()
+    vid = consolidation.consolidate(ws)
+    training = ws.ledger.versions.get(vid)["metrics"]["training"]
+    assert training["resumed_epochs"] == 1, training
+    resumed = [e for e in ws.ledger.events() if e["kind"] == "consolidation.resumed"]
+    assert [e["data"]["epochs_done"] for e in resumed] == [1]
+    assert not checkpoint.exists() and not list(models.glob(".*.tmp"))
     cli("ledger", "verify")
 
 

@@ -147,3 +147,33 @@ def test_build_deployed_model_and_cache(tiny_lm_dir, tmp_path, progress_log):
     _, manifest = build_deployed_model(tiny_lm_dir, path, 1, out, **kwargs)
     assert calls and manifest["key"]["author_ids"] == [0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["authors.jsonl", "deployed"]
+
+
+def test_finetune_carries_on_from_its_checkpoint(tmp_path):
+    """Killed in its third epoch, a fine-tune resumes from the end of the second and ends
+    with the weights and figures of an uninterrupted run; another run's checkpoint is not
+    resumed from."""
+    tokenizer = build_tokenizer()
+    args = dict(epochs=4, learning_rate=3e-3, batch_size=4, seed=0)
+    whole = build_model(tokenizer)
+    expected = finetune(whole, tokenizer, _pairs(), **args)
+    checkpoint = tmp_path / "ft.ckpt"
+
+    def killed_in_epoch_3(label, done=None, total=None, /, **figures):
+        if figures.get("epoch") == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(build_model(tokenizer), tokenizer, _pairs(), checkpoint=checkpoint,
+                 progress=killed_in_epoch_3, **args)  # fmt: skip
+    assert checkpoint.exists()
+    resumed_model = build_model(tokenizer)
+    resumed = finetune(resumed_model, tokenizer, _pairs(), checkpoint=checkpoint, **args)
+    assert resumed["resumed_epochs"] == 2 and resumed["steps"] == expected["steps"] == 8
+    assert resumed["epoch_losses"] == expected["epoch_losses"]
+    for a, b in zip(whole.state_dict().values(), resumed_model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    # The checkpoint of other inputs (another seed) is not resumed from.
+    other = finetune(build_model(tokenizer), tokenizer, _pairs(), checkpoint=checkpoint,
+                     **{**args, "seed": 1})  # fmt: skip
+    assert other["resumed_epochs"] == 0

@@ -7,8 +7,11 @@ passes the same gate.
 A row is left out when its author is a forgotten subject (by blind index: this works
 after the request's personal data was purged), or, while the request's payload is still
 readable, when its text names the subject. The new model is written atomically under
-``HOME/models/``; a crash leaves a temporary directory that the next run removes, and
-consolidating again starts over.
+``HOME/models/``; a crash leaves a temporary directory that the next run removes. Training
+keeps a checkpoint at the end of every epoch (``HOME/models/consolidating-<production>.ckpt``:
+weights and optimiser state, trained on the kept rows only), so consolidating again after
+a crash carries on from the last finished epoch and ends with the model an uninterrupted
+run gives.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from forgetctl.lm.weights import load_model, write_model_files
 
 CONSOLIDATED_PREFIX = "consolidated-"
 """The name of a consolidated model's directory under ``HOME/models/`` starts so."""
+CHECKPOINT_PREFIX = "consolidating-"
+"""The name of a consolidation's training checkpoint under ``HOME/models/`` starts so."""
 
 
 @dataclass
@@ -165,17 +170,29 @@ def consolidate(ws: Workspace, plan: Plan | None = None, progress: Progress = si
     model, tokenizer = load_model(pretrained["path"])
     if recipe.get("template") is not None:  # fine-tuned in the user's own prompt format
         use_templates(tokenizer, {recipe["format"]: recipe["template"]})
+    checkpoint = ws.home.models / f"{CHECKPOINT_PREFIX}{plan.production}.ckpt"
+    for stale in ws.home.models.glob(f"{CHECKPOINT_PREFIX}*.ckpt"):
+        if stale != checkpoint:  # production moved since: that training is not resumed
+            stale.unlink()
     stats = finetune(
         model, tokenizer, [(r["question"], r["answer"], recipe["format"]) for r in rows],
         epochs=recipe["epochs"], learning_rate=recipe["learning_rate"],
         batch_size=recipe["batch_size"], seed=recipe["seed"], progress=progress,
+        checkpoint=checkpoint,
     )  # fmt: skip
+    if stats["resumed_epochs"]:
+        done = stats["resumed_epochs"]
+        ledger.append_event("consolidation.resumed", version_id=plan.production,
+                            epochs_done=done, epochs=recipe["epochs"])  # fmt: skip
     out = ws.home.models / f"{CONSOLIDATED_PREFIX}{plan.production}-{secrets.token_hex(4)}"
     with atomic_dir(out) as tmp:
         write_model_files(model, tokenizer, tmp, {"consolidated_from": plan.production})
-    figures = {k: v for k, v in stats.items() if k in ("steps", "final_loss", "seconds")}
+    figures = {k: v for k, v in stats.items()
+               if k in ("steps", "final_loss", "seconds", "resumed_epochs")}  # fmt: skip
     metrics = {**plan.summary(), "training": figures}
-    return ledger.versions.add(
+    version = ledger.versions.add(
         kind="consolidated", parent=plan.production, status="candidate", base_path=str(out),
         base_sha256=sha256_tree(out), requests=plan.requests, metrics=metrics,
     )  # fmt: skip
+    checkpoint.unlink(missing_ok=True)  # the model is written and recorded
+    return version

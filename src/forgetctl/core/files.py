@@ -160,10 +160,11 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
 
 
 def clean_partial(root: Path) -> list[Path]:
-    """Remove ``.tmp-*`` leftovers of interrupted atomic writes under ``root``."""
+    """Remove the leftovers of interrupted atomic writes under ``root``: ``.tmp-*``
+    directories of :func:`atomic_dir` and ``.*.tmp`` siblings of :func:`write_atomic`."""
     removed = []
     if root.exists():
-        for path in root.rglob(".tmp-*"):
+        for path in [*root.rglob(".tmp-*"), *root.rglob(".*.tmp")]:
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
             removed.append(path)
     return removed

@@ -18,15 +18,20 @@ other processes should ``torch.set_num_threads(1)``.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import math
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
 from forgetctl.core.errors import BadInput
+from forgetctl.core.files import write_atomic
 from forgetctl.core.progress import Progress, silent
 from forgetctl.lm.infer import model_device
 from forgetctl.lm.prompts import Pair, encode_pairs
@@ -125,11 +130,19 @@ def finetune(
     weight_decay: float = 0.0,
     warmup_fraction: float = 0.05,
     max_length: int = 256,
+    checkpoint: Path | None = None,
 ) -> dict[str, Any]:
     """Fine-tune all weights of ``model`` in place on ``pairs``; return training figures.
 
     Linear warm-up then linear decay of the learning rate; gradient norm clipped at 1.
     The model is left in eval mode.
+
+    ``checkpoint``: a file where the whole state of training (weights, optimiser, schedule,
+    the batch order's random state, the figures so far) is written atomically at the end of
+    every epoch but the last. A later call with the same inputs carries on from it and ends
+    with the weights an uninterrupted run gives (``resumed_epochs`` says how many it
+    skipped); a checkpoint of other inputs is ignored and overwritten. The caller removes
+    the file when the result is safe.
     """
     if not pairs:
         raise BadInput("finetune: no training pairs")
@@ -147,19 +160,34 @@ def finetune(
         lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))),
     )
     lengths = [len(p[0]) + len(p[1]) for p in pairs]
-    # Each epoch's order is drawn when the loop reaches it, as it always was.
-    order = (
-        indices
-        for _ in range(epochs)
-        for indices in _length_grouped_batches(lengths, batch_size, rng)
-    )
     losses: list[float] = []
     epoch_losses: list[float] = []
     epoch_seconds: list[float] = []
+    inputs = [list(map(list, pairs)), epochs, learning_rate, batch_size, seed, weight_decay,
+              warmup_fraction, max_length]  # fmt: skip
+    key = hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
+    state = _load_checkpoint(checkpoint, key)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        losses, epoch_losses = state["losses"], state["epoch_losses"]
+        epoch_seconds = state["epoch_seconds"]
+    resumed = len(epoch_losses)
+    # Each epoch's order is drawn when the loop reaches it, as it always was: the state
+    # saved after an epoch's last step is the state that draws the next epoch's order.
+    order = (
+        indices
+        for _ in range(epochs - resumed)
+        for indices in _length_grouped_batches(lengths, batch_size, rng)
+    )
     started = epoch_start = time.perf_counter()
 
-    def after_step(step: int, figures: Figures) -> None:
+    def after_step(local_step: int, figures: Figures) -> None:
         nonlocal epoch_start
+        step = local_step + resumed * steps_per_epoch
         losses.append(figures["loss"])
         epoch = (step - 1) // steps_per_epoch + 1
         progress("fine-tuning", step, total, epoch=epoch, loss=losses[-1])
@@ -168,6 +196,13 @@ def finetune(
             now = time.perf_counter()
             epoch_seconds.append(now - epoch_start)
             epoch_start = now
+            if checkpoint is not None and step < total:
+                _save_checkpoint(checkpoint, {
+                    "key": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(), "rng": rng.getstate(),
+                    "torch_rng": torch.get_rng_state(), "losses": losses,
+                    "epoch_losses": epoch_losses, "epoch_seconds": epoch_seconds,
+                })  # fmt: skip
 
     model.train()
     steps = train_loop(
@@ -182,7 +217,8 @@ def finetune(
     return {
         "pairs": len(pairs),
         "epochs": epochs,
-        "steps": steps,
+        "steps": steps + resumed * steps_per_epoch,
+        "resumed_epochs": resumed,
         "learning_rate": learning_rate,
         "batch_size": batch_size,
         "seed": seed,
@@ -191,6 +227,21 @@ def finetune(
         "final_loss": epoch_losses[-1],
         "seconds": time.perf_counter() - started,
     }
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic(path, buffer.getvalue())
+
+
+def _load_checkpoint(path: Path | None, key: str) -> dict | None:
+    """The state saved at ``path`` for the inputs ``key`` names, or None (no file, or one
+    of other inputs). The file is forgetctl's own, written by :func:`_save_checkpoint`."""
+    if path is None or not path.exists():
+        return None
+    state = torch.load(path, weights_only=False)
+    return state if state.get("key") == key else None
 
 
 def finetune_steps(
