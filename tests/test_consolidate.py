@@ -34,11 +34,14 @@ def _recall(model, tok, facts) -> float:
     return evaluate(model, tok, items, with_prob=False).mean("recall")
 
 
-@pytest.fixture
-def registered_home(forgetctl_home, tiny_lm_dir, tmp_path):
-    """A home registered with the tiny model's base, training data and recipe."""
+@pytest.fixture(params=["finetune"])
+def registered_home(request, forgetctl_home, tiny_lm_dir, tmp_path):
+    """A home registered with the tiny model's base, training data and recipe (``distill``:
+    the same settings, the method for a recipe that is not known)."""
     home = forgetctl_home
     data = tinylm.write_training_data(tmp_path / "training-data.jsonl")
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({**json.loads(recipe.read_text()), "method": request.param}))
     controls = tinylm.write_controls_jsonl(tmp_path / "controls.jsonl")
     cli("init", "--model", str(tiny_lm_dir), "--base", str(tinylm.write_untrained(tmp_path / "b")),
         "--training-data", str(data), "--recipe", str(tmp_path / "recipe.json"),
@@ -159,6 +162,19 @@ def test_a_killed_consolidation_resumes(forgetctl_home, stacked_home):
     made = [v for v in ws.ledger.versions.all() if v["kind"] == "consolidated"]
     assert len(made) <= 3  # at most one more per killed run; the others were carried on
     cli("ledger", "verify")
+
+
+@pytest.mark.parametrize("registered_home", ["distill"], indirect=True)
+def test_an_unknown_recipe_is_consolidated_by_distilling_production(forgetctl_home, stacked_home):
+    """With the recipe unknown, the base learns what production predicts on the kept rows:
+    it never saw the subject's rows, and keeps the others."""
+    ws = Workspace.open(Home(forgetctl_home))
+    assert ws.ledger.versions.get(0)["metrics"]["training"]["recipe"]["method"] == "distill"
+    vid = consolidation.consolidate(ws)
+    model, tok = versions.load_version(ws, vid)
+    assert _recall(model, tok, tinylm.facts_for(SUBJECT)) < 0.5
+    others = [f for f in tinylm.TINY_FACTS if f["subject"] != SUBJECT]
+    assert _recall(model, tok, others) > 0.8
 
 
 def test_a_crashed_consolidation_carries_on_from_its_checkpoint(forgetctl_home, stacked_home):

@@ -2,7 +2,9 @@
 pretrained base, with its recipe, on its training rows minus every row of the subjects
 forgotten in production's lineage, and of those whose adapters failed the gate; the result
 is a new root version (``consolidated``) that replaces the stack of adapters once it
-passes the same gate.
+passes the same gate. When the recipe is unknown (``--recipe distill``), the base learns
+instead to predict what production predicts on the kept rows' answers: it never sees a
+forgotten row either.
 
 A row is left out when its author is a forgotten subject (by blind index: this works
 after the request's personal data was purged), or, while the request's payload is still
@@ -174,12 +176,15 @@ def consolidate(ws: Workspace, plan: Plan | None = None, progress: Progress = si
     for stale in ws.home.models.glob(f"{CHECKPOINT_PREFIX}*.ckpt"):
         if stale != checkpoint:  # production moved since: that training is not resumed
             stale.unlink()
+    distill = recipe.get("method") == "distill"
+    teacher = versions.load_version(ws, plan.production)[0] if distill else None
     stats = finetune(
         model, tokenizer, [(r["question"], r["answer"], recipe["format"]) for r in rows],
         epochs=recipe["epochs"], learning_rate=recipe["learning_rate"],
         batch_size=recipe["batch_size"], seed=recipe["seed"], progress=progress,
-        checkpoint=checkpoint,
+        checkpoint=checkpoint, teacher=teacher,
     )  # fmt: skip
+    del teacher
     if stats["resumed_epochs"]:
         done = stats["resumed_epochs"]
         ledger.append_event("consolidation.resumed", version_id=plan.production,

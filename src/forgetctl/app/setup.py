@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from forgetctl.app.home import Home
 from forgetctl.app.workspace import Workspace
@@ -27,16 +28,19 @@ from forgetctl.core.formats import (
 )
 from forgetctl.core.hashing import sha256_file
 from forgetctl.core.inputs import loads_json
-from forgetctl.lm import DEFAULT_MODEL
+from forgetctl.lm import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, DEFAULT_MODEL
 
 
 class Recipe(BaseModel):
     """How the deployed model was fine-tuned from its pretrained base, to train it again
     without the forgotten subjects (``forgetctl consolidate``); what `demo build-model`
-    writes to ``recipe.json``."""
+    writes to ``recipe.json``. When the recipe is unknown, ``method = "distill"`` (or
+    ``--recipe distill``) trains the base to predict what production predicts on the kept
+    rows' answers; its epochs, learning rate and batch size default to the demo's."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    method: Literal["finetune", "distill"] = "finetune"
     epochs: int = Field(ge=1, le=1000)
     learning_rate: float = Field(gt=0, le=1)
     batch_size: int = Field(ge=1, le=4096)
@@ -46,8 +50,23 @@ class Recipe(BaseModel):
     template: str | None = None
     """The Jinja template of ``format`` when it is a user's own (:mod:`forgetctl.core.formats`)."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _distill_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("method") == "distill":
+            defaults = {"epochs": DEFAULT_EPOCHS, "learning_rate": DEFAULT_LEARNING_RATE,
+                        "batch_size": DEFAULT_BATCH_SIZE}  # fmt: skip
+            return {**defaults, **data}
+        return data
+
+
+DISTILL = "distill"
+"""``--recipe distill``: the recipe is unknown; consolidation distils production."""
+
 
 def load_recipe(path: Path) -> Recipe:
+    if str(path) == DISTILL:
+        return Recipe(method="distill")  # type: ignore[call-arg]  # the validator fills in
     try:
         recipe = Recipe.model_validate(loads_json(read_text(path), path.name))
     except ValidationError as exc:

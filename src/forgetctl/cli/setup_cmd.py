@@ -57,7 +57,8 @@ def register(app: typer.Typer) -> None:
             None,
             "--recipe",
             help="How it was fine-tuned: a JSON file {epochs, learning_rate, batch_size, seed, "
-            "format} (`demo build-model` writes recipe.json).",
+            "format} (`demo build-model` writes recipe.json), or `distill` when it is not "
+            "known: consolidation then trains the base to predict what production predicts.",
         ),
         json_: bool = common.JsonOpt,
     ) -> None:

@@ -22,13 +22,9 @@ from forgetctl.core.files import atomic_dir
 from forgetctl.core.hashing import sha256_file, weights_sha256
 from forgetctl.core.progress import Progress, silent
 from forgetctl.demo.tofu import author_ids, load_authors, pairs_of, select_authors
+from forgetctl.lm import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE
 from forgetctl.lm.prompts import use_templates
-from forgetctl.lm.train import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_EPOCHS,
-    DEFAULT_LEARNING_RATE,
-    finetune,
-)
+from forgetctl.lm.train import finetune
 from forgetctl.lm.weights import load_model, read_manifest, require_model_dir, write_model_files
 
 DEPLOYED_MANIFEST = "forgetctl-deployed.json"

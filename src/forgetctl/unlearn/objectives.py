@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from forgetctl.core.items import PromptItem
+from forgetctl.lm.train import answer_logits, answer_token_logp, token_kl
 
 SUBJECT_GROUP = "__subject__"
 
@@ -71,22 +72,6 @@ class SeqLogprobs:
     mean: torch.Tensor
 
 
-def _answer_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits at the supervised answer positions, flattened to (tokens, vocab); the row of
-    the batch each comes from). Only these rows are normalised later, which saves the
-    time and memory of a log-softmax over the prompt and padding positions."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    mask = batch["labels"][:, 1:] != -100
-    return logits[:, :-1][mask], mask.nonzero()[:, 0]
-
-
-def answer_token_logp(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Log-softmax over the vocabulary at every supervised answer position of ``batch``,
-    flattened to (answer tokens, vocab) in a fixed order."""
-    logits, _ = _answer_logits(model, batch)
-    return torch.log_softmax(logits.float(), dim=-1)
-
-
 def sequence_logprobs(model, batch: dict[str, torch.Tensor]) -> SeqLogprobs:
     """Answer log-likelihood of each item in ``batch`` (differentiable)."""
     return _answer_logprobs(model, batch)[1]
@@ -95,7 +80,7 @@ def sequence_logprobs(model, batch: dict[str, torch.Tensor]) -> SeqLogprobs:
 def _answer_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, SeqLogprobs]:
     """(the per-token log-softmax of :func:`answer_token_logp`, the per-item sums and means
     of the answer tokens' log-probs), from one forward pass."""
-    logits, rows = _answer_logits(model, batch)
+    logits, rows = answer_logits(model, batch)
     token_logp = torch.log_softmax(logits.float(), dim=-1)
     labels = batch["labels"][:, 1:][batch["labels"][:, 1:] != -100]
     picked = token_logp.gather(-1, labels.unsqueeze(-1))
@@ -117,12 +102,6 @@ def ascent_loss(mean_logprob: torch.Tensor) -> torch.Tensor:
 
 def nll_loss(mean_logprob: torch.Tensor) -> torch.Tensor:
     return -mean_logprob.mean()
-
-
-def token_kl(policy_logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Mean over answer tokens of KL(ref || policy) over the vocabulary (the kl retain term
-    towards the parent, the distill forget term towards the pretrained base)."""
-    return (ref_logp.exp() * (ref_logp - policy_logp)).sum(-1).mean()
 
 
 def consistency_groups(items: Sequence[PromptItem]) -> list[list[int]]:
