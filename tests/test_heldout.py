@@ -253,27 +253,24 @@ def test_a_drop_the_items_cannot_bound_under_the_limit_has_no_signal():
 
 
 def test_kept_knowledge_is_judged_on_what_the_model_predicts_and_says():
-    """Token accuracy vouches for a pass; recall fails once the items show its drop past the
-    limit. The retrained model's case: recall on 40 neighbours moved by a few whole answers
-    while the predicted tokens stayed, which is decoding noise, not knowledge lost."""
+    """Token accuracy vouches for a pass; a drop in accuracy or in recall past the limit
+    fails. The retrained model's case: recall on 40 neighbours moved by a whole answer while
+    the predicted tokens stayed, which recall alone could not bound (no_signal before)."""
     cfg = VerifyConfig(min_retain_items=40)
     parent = _scores([1.0] * 40, "neighbor", acc=[0.99] * 40)
-    # Four greedy answers took another path (recall drop 0.075 on 40: se 0.036, so within
-    # the limit's sampling allowance), every token still predicted.
-    noisy = _scores([1.0] * 36 + [0.25] * 4, "neighbor", acc=[0.99] * 36 + [0.97] * 4)
+    # One greedy answer of 40 took another path (recall drop 0.025, bound 0.066 > 0.05),
+    # every token still predicted.
+    noisy = _scores([1.0] * 39 + [0.0], "neighbor", acc=[0.99] * 39 + [0.97])
     judged = check_utility(noisy, parent, cfg, name="retain")
     assert judged.passed, judged.reasons
-    assert judged.figures["recall"]["drop"] == 0.075
-    assert judged.figures["recall"]["limit"] > 0.075 and judged.figures["acc"]["drop"] <= 0.05
-    # The same recall drop on 1,600 items is shown past the limit: fail.
-    many = check_utility(_scores(([1.0] * 36 + [0.25] * 4) * 40, acc=[0.99] * 1600),
-                         _scores([1.0] * 1600, acc=[0.99] * 1600), cfg)  # fmt: skip
-    assert many.verdict == "fail" and "recall drop 0.075" in many.reasons[0]
+    assert judged.figures["recall"]["bound"] > 0.05 >= judged.figures["acc"]["bound"]
     # Knowledge lost behind unchanged greedy answers: the accuracy drop fails on its own.
     hidden = _scores([1.0] * 40, "neighbor", acc=[0.90] * 40)
     failed = check_utility(hidden, parent, cfg, name="retain")
     assert failed.verdict == "fail" and failed.reasons == ["token accuracy drop 0.090 > max 0.050"]
-    # Answers derailed far past the noise while the tokens stay: recall fails on its own.
-    derailed = _scores([1.0] * 20 + [0.0] * 20, "neighbor", acc=[0.99] * 40)
+    # Answers derailed while the tokens stay: a recall drop past the limit fails on its own,
+    # with no allowance for its noise (gradient ascent's utility damage on author 1: recall
+    # drop 0.084, token accuracy 0.026).
+    derailed = _scores([1.0] * 37 + [0.0] * 3, "neighbor", acc=[0.99] * 37 + [0.98] * 3)
     failed = check_utility(derailed, parent, cfg, name="retain")
-    assert failed.verdict == "fail" and failed.reasons[0].startswith("recall drop 0.500")
+    assert failed.verdict == "fail" and failed.reasons == ["recall drop 0.075 > max 0.050"]

@@ -198,16 +198,16 @@ def _versus_rows(where: str, figures: dict) -> list[dict]:
 
 
 def _drop_rows(where: str, figures: dict) -> list[dict]:
-    """Knowledge kept (``check_drop``), a row per figure: the drop against the limit (for
-    token accuracy its upper bound, which must be within it; for recall the limit plus the
-    sampling allowance), and the check's resolution at its size."""
+    """Knowledge kept (``check_drop``), a row per figure: the drop and its upper bound
+    against the limit (the token accuracy's bound must be within it too), and the check's
+    resolution at its size."""
     rows, limit = [], figures.get("max_drop")
     for metric, label in (("acc", "token accuracy"), ("recall", "recall")):
         f = figures.get(metric) or {}
         mdd, n, parent = f.get("min_detectable_drop"), f.get("n"), f.get("parent")
         values = {"n": n, f"parent {label}": parent, f"candidate {label}": f.get("candidate"),
                   "drop": f.get("drop"), "drop bound": f.get("bound"),
-                  "limit": f.get("limit", limit), "min detectable drop": mdd}  # fmt: skip
+                  "limit": limit, "min detectable drop": mdd}  # fmt: skip
         if mdd is None:
             note = "too few items to say what drop the check can detect"
         elif mdd == 0:

@@ -28,7 +28,7 @@ def _drop_check(name: str, limit: str) -> Callable[..., CheckResult]:
 
     check.__doc__ = (
         f"Knowledge kept: the token accuracy drop <= {limit}, bounded on min_{name}_items "
-        "items or more; the recall drop not shown past it."
+        "items or more; the recall drop <= it too."
     )
     return check
 
