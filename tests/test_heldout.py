@@ -274,3 +274,12 @@ def test_kept_knowledge_is_judged_on_what_the_model_predicts_and_says():
     derailed = _scores([1.0] * 37 + [0.0] * 3, "neighbor", acc=[0.99] * 37 + [0.98] * 3)
     failed = check_utility(derailed, parent, cfg, name="retain")
     assert failed.verdict == "fail" and failed.reasons == ["recall drop 0.075 > max 0.050"]
+
+
+def test_a_kept_drop_is_judged_on_its_exact_value_not_its_rounded_figure():
+    """A drop of 0.05004 rounds to the limit in the figures, and still fails."""
+    cfg = VerifyConfig(min_retain_items=2)
+    parent = _scores([1.0] * 2, "neighbor", acc=[1.0, 1.0])
+    over = _scores([1.0] * 2, "neighbor", acc=[1.0, 0.89992])
+    failed = check_utility(over, parent, cfg, name="retain")
+    assert failed.figures["acc"]["drop"] == 0.05 and failed.verdict == "fail"

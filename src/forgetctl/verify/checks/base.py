@@ -126,7 +126,8 @@ bound it (they detect drops of about 0.07 where token accuracy detects 0.01)."""
 def _drop(parent: EvalResult, candidate: EvalResult, metric: str) -> dict:
     """Parent minus candidate on ``metric`` over the items both scored, with the paired
     standard error, the upper bound (``Z_95`` standard errors over the drop) and the smallest
-    true drop the items detect with 80% power at 5% two-sided (2.8 standard errors)."""
+    true drop the items detect with 80% power at 5% two-sided (2.8 standard errors).
+    Unrounded: the verdict compares these, the figures keep them rounded."""
     both = zip(parent.items, candidate.items, strict=True)
     values = ((getattr(p, metric), getattr(c, metric)) for p, c in both)
     pairs = [(a, b) for a, b in values if a is not None and b is not None]
@@ -139,12 +140,12 @@ def _drop(parent: EvalResult, candidate: EvalResult, metric: str) -> dict:
     se = (sum((d - drop) ** 2 for d in diffs) / (n - 1) / n) ** 0.5 if n > 1 else None
     return {
         "n": n,
-        "parent": rounded(sum(a for a, _ in pairs) / n),
-        "candidate": rounded(sum(b for _, b in pairs) / n),
-        "drop": rounded(drop),
-        "se": rounded(se),
-        "bound": rounded(drop + Z_95 * se) if se is not None else None,
-        "min_detectable_drop": rounded(2.8 * se) if se is not None else None,
+        "parent": sum(a for a, _ in pairs) / n,
+        "candidate": sum(b for _, b in pairs) / n,
+        "drop": drop,
+        "se": se,
+        "bound": drop + Z_95 * se if se is not None else None,
+        "min_detectable_drop": 2.8 * se if se is not None else None,
     }
 
 
@@ -165,9 +166,10 @@ def check_drop(
     ``no_signal``: a drop the items cannot bound."""
     cand = candidate_eval.only(kinds) if kinds is not None else candidate_eval
     par = parent_eval.only(kinds) if kinds is not None else parent_eval
-    figures: dict = {"n": len(cand.items), "max_drop": max_drop, "min_items": min_items}
-    figures.update({metric: _drop(par, cand, metric) for metric in KEPT})
-    acc, recall = figures["acc"], figures["recall"]
+    acc, recall = (_drop(par, cand, metric) for metric in KEPT)
+    figures: dict = {"n": len(cand.items), "max_drop": max_drop, "min_items": min_items,
+                     **{metric: {k: v if k == "n" else rounded(v) for k, v in f.items()}
+                        for metric, f in zip(KEPT, (acc, recall), strict=True)}}  # fmt: skip
     if acc["drop"] is None and recall["drop"] is None:
         return CheckResult(name, "no_signal", figures, [f"no {name} items to compare"])
     reasons = [f"{label} drop {f['drop']:.3f} > max {max_drop:.3f}"
