@@ -190,9 +190,11 @@ def finetune(
     losses: list[float] = []
     epoch_losses: list[float] = []
     epoch_seconds: list[float] = []
-    inputs = [list(map(list, pairs)), epochs, learning_rate, batch_size, seed, weight_decay,
-              warmup_fraction, max_length, teacher is not None]  # fmt: skip
-    key = hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
+    key = None  # what a checkpoint was written for: every input that shapes the weights
+    if checkpoint is not None:
+        inputs = [list(map(list, pairs)), epochs, learning_rate, batch_size, seed,
+                  weight_decay, warmup_fraction, max_length, teacher is not None]  # fmt: skip
+        key = hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
     state = _load_checkpoint(checkpoint, key)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -262,7 +264,7 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-def _load_checkpoint(path: Path | None, key: str) -> dict | None:
+def _load_checkpoint(path: Path | None, key: str | None) -> dict | None:
     """The state saved at ``path`` for the inputs ``key`` names, or None (no file, or one
     of other inputs). The file is forgetctl's own, written by :func:`_save_checkpoint`."""
     if path is None or not path.exists():

@@ -64,13 +64,12 @@ from forgetctl.core.policy import MethodConfig
 from forgetctl.core.progress import Progress, silent
 from forgetctl.lm.infer import answer_token_accuracy, model_device
 from forgetctl.lm.prompts import encode_pairs
-from forgetctl.lm.train import Figures, train_loop
+from forgetctl.lm.train import Figures, answer_token_logp, train_loop
 from forgetctl.unlearn.attribution import layer_linear_names, rank_layers, select_layers
 from forgetctl.unlearn.objectives import (
     NEEDS_PRETRAINED,
     ForgetTerms,
     SeqLogprobs,
-    answer_token_logp,
     forget_terms,
     retain_term,
     sequence_logprobs,
