@@ -225,3 +225,13 @@ def test_a_failed_request_is_forgotten_by_consolidation(registered_home, tmp_pat
     cli("rollback", "--yes")
     assert statuses() == {"F-1": "received"}
     cli("ledger", "verify")
+
+
+def test_init_registers_an_unknown_recipe_as_distillation(forgetctl_home, tiny_lm_dir, tmp_path):
+    """`--recipe distill` (no file): the method with the demo's training settings."""
+    data = tinylm.write_training_data(tmp_path / "training-data.jsonl")
+    cli("init", "--model", str(tiny_lm_dir), "--base", str(tinylm.write_untrained(tmp_path / "b")),
+        "--training-data", str(data), "--recipe", "distill")  # fmt: skip
+    ws = Workspace.open(Home(forgetctl_home))
+    recipe = ws.ledger.versions.get(0)["metrics"]["training"]["recipe"]
+    assert (recipe["method"], recipe["epochs"], recipe["batch_size"]) == ("distill", 6, 8)

@@ -184,7 +184,7 @@ def consolidate(ws: Workspace, plan: Plan | None = None, progress: Progress = si
         batch_size=recipe["batch_size"], seed=recipe["seed"], progress=progress,
         checkpoint=checkpoint, teacher=teacher,
     )  # fmt: skip
-    del teacher
+    del teacher  # production's copy is not needed for writing the model
     if stats["resumed_epochs"]:
         done = stats["resumed_epochs"]
         ledger.append_event("consolidation.resumed", version_id=plan.production,
