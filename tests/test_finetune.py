@@ -177,3 +177,32 @@ def test_finetune_carries_on_from_its_checkpoint(tmp_path):
     other = finetune(build_model(tokenizer), tokenizer, _pairs(), checkpoint=checkpoint,
                      **{**args, "seed": 1})  # fmt: skip
     assert other["resumed_epochs"] == 0
+
+
+def test_a_distillation_checkpoint_is_resumed_only_with_its_own_teacher(tmp_path):
+    """The checkpoint's key covers the teacher's weights, not only that there is one."""
+    tokenizer = build_tokenizer()
+    args = dict(epochs=3, learning_rate=3e-3, batch_size=4, seed=0)
+    teacher = build_model(tokenizer)
+    other_teacher = build_model(tokenizer)
+    with torch.no_grad():
+        next(other_teacher.parameters()).add_(0.01)
+    checkpoint = tmp_path / "distill.ckpt"
+
+    def killed_in_epoch_2(label, done=None, total=None, /, **figures):
+        if figures.get("epoch") == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(build_model(tokenizer), tokenizer, _pairs(), checkpoint=checkpoint,
+                 teacher=teacher, progress=killed_in_epoch_2, **args)  # fmt: skip
+    assert checkpoint.exists() and not list(tmp_path.glob(".*.tmp"))
+    with_other = finetune(build_model(tokenizer), tokenizer, _pairs(), checkpoint=checkpoint,
+                          teacher=other_teacher, **args)  # fmt: skip
+    assert with_other["resumed_epochs"] == 0
+    with pytest.raises(KeyboardInterrupt):  # the other teacher's run wrote its own checkpoint
+        finetune(build_model(tokenizer), tokenizer, _pairs(), checkpoint=checkpoint,
+                 teacher=teacher, progress=killed_in_epoch_2, **args)  # fmt: skip
+    resumed = finetune(build_model(tokenizer), tokenizer, _pairs(), checkpoint=checkpoint,
+                       teacher=teacher, **args)  # fmt: skip
+    assert resumed["resumed_epochs"] == 1

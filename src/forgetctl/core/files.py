@@ -7,9 +7,10 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from forgetctl.core.errors import BadInput
 
@@ -77,8 +78,13 @@ def read_text(path: str | Path, limit: int = MAX_INPUT_BYTES) -> str:
         raise BadInput(f"{path}: not UTF-8 text (byte {exc.start})") from None
 
 
-def write_atomic(dest: str | Path, data: str | bytes, mode: int = PRIVATE_FILE) -> Path:
+def write_atomic(
+    dest: str | Path, data: str | bytes | Callable[[BinaryIO], object], mode: int = PRIVATE_FILE
+) -> Path:
     """Write ``data`` to the regular file ``dest`` through a fresh sibling and a rename.
+
+    ``data`` may be a function that writes to the open file, for content too large to hold
+    in memory twice (a training checkpoint).
 
     Only a regular file is ever replaced: a device, directory, FIFO or symlink at ``dest``
     is refused (a rename over /dev/full would replace the device node; over a symlink it
@@ -86,7 +92,8 @@ def write_atomic(dest: str | Path, data: str | bytes, mode: int = PRIVATE_FILE) 
     ``mode`` and removed on any failure, so nothing is left behind.
     """
     dest = Path(dest)
-    blob = data.encode("utf-8") if isinstance(data, str) else data
+    if isinstance(data, str):
+        data = data.encode("utf-8")
     try:
         st = os.lstat(dest)
     except FileNotFoundError:
@@ -107,7 +114,10 @@ def write_atomic(dest: str | Path, data: str | bytes, mode: int = PRIVATE_FILE) 
         raise BadInput(f"cannot write {dest}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
+            if isinstance(data, bytes):
+                fh.write(data)
+            else:
+                data(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)  # an existing umask must not widen or narrow what we meant

@@ -19,7 +19,6 @@ other processes should ``torch.set_num_threads(1)``.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import random
@@ -193,7 +192,8 @@ def finetune(
     key = None  # what a checkpoint was written for: every input that shapes the weights
     if checkpoint is not None:
         inputs = [list(map(list, pairs)), epochs, learning_rate, batch_size, seed,
-                  weight_decay, warmup_fraction, max_length, teacher is not None]  # fmt: skip
+                  weight_decay, warmup_fraction, max_length,
+                  None if teacher is None else _weights_digest(teacher)]  # fmt: skip
         key = hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
     state = _load_checkpoint(checkpoint, key)
     if state is not None:
@@ -259,9 +259,17 @@ def finetune(
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    write_atomic(path, buffer.getvalue())
+    write_atomic(path, lambda fh: torch.save(state, fh))  # streamed: no copy in memory
+
+
+def _weights_digest(model: Any) -> str:
+    """sha256 of a model's tensors in memory (a checkpoint of distillation is only resumed
+    with the same teacher)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode() + b"\0")
+        digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _load_checkpoint(path: Path | None, key: str | None) -> dict | None:
