@@ -165,3 +165,42 @@ def test_after_a_reset_the_figures_are_those_of_the_adapter_kept(tiny_lm, never_
     kept = accuracy(result.model, tokenizer, FORGET)
     assert stats["forget_accuracy_before"] - kept > 0.1, "the reset should move the forget set"
     assert stats["forget_accuracy_after"] == pytest.approx(kept, abs=1e-6)
+
+
+def _reset_to_init(max_steps: int):
+    """NPO after resetting every layer 0.8 of the way to the tiny model's initialisation (a
+    base that saw none of the data): the reset costs the neighbours a quarter of their
+    accuracy, which the guard alone would only roll back to."""
+    return TINY_METHOD.model_copy(
+        update={"reset_strength": 0.8, "top_k_layers": 4, "lora_rank": 64, "lora_alpha": 64.0,
+                "learning_rate": 5e-3, "max_steps": max_steps, "eval_every": 5}
+    )  # fmt: skip
+
+
+def test_a_damaging_reset_is_repaired_before_the_guard_judges(tiny_lm):
+    model, tokenizer = tiny_lm
+    init = tinylm.build_model(tokenizer)
+    method = _reset_to_init(max_steps=60)
+    result = unlearn(model, tokenizer, FORGET, RETAIN, method, pretrained=init)
+    stats = result.stats
+    reset_point = stats["evals"][0]
+    assert stats["retain_accuracy_before"] - reset_point["retain_accuracy"] > 0.1
+    assert stats["repaired_at_step"] is not None and stats["guard_trips"] == 0
+    assert stats["stop_reason"] == "target_accuracy", stats["stop_reason"]
+    assert stats["final_state_step"] >= stats["repaired_at_step"]
+    kept_retain = accuracy(result.model, tokenizer, RETAIN)
+    assert kept_retain >= stats["retain_accuracy_before"] - method.max_retain_accuracy_drop
+    assert accuracy(result.model, tokenizer, FORGET) <= method.target_accuracy
+
+
+def test_a_repair_cut_short_keeps_where_it_got_and_says_so(tiny_lm):
+    model, tokenizer = tiny_lm
+    init = tinylm.build_model(tokenizer)
+    result = unlearn(model, tokenizer, FORGET, RETAIN, _reset_to_init(max_steps=5),
+                     pretrained=init)  # fmt: skip
+    stats = result.stats
+    assert stats["stop_reason"] == "repair_incomplete" and stats["repaired_at_step"] is None
+    assert stats["final_state_step"] == 5
+    kept_retain = accuracy(result.model, tokenizer, RETAIN)
+    assert kept_retain == pytest.approx(stats["retain_accuracy_after"], abs=1e-6)
+    assert kept_retain > stats["evals"][0]["retain_accuracy"]  # not rolled back to the reset

@@ -37,7 +37,7 @@ its forget accuracy on the probe sample is the level to stop at (plus
 ``MethodConfig.target_margin``, when that is above ``target_accuracy``), the ``distill``
 objective trains towards its predictions, and ``reset_strength`` starts the adapter part of
 the way back to its weights (:func:`reset_toward`: the reset, then the training repairs
-what the retain side needs).
+what the retain side needs; the guard judges nothing until the repair is done).
 
 :func:`save_adapter` writes the adapter atomically and returns its sha256.
 """
@@ -352,6 +352,12 @@ class _RetainGuard:
     It keeps a snapshot (LoRA weights and optimiser state) of the last evaluated state within
     the guard; a drop beyond ``max_retain_accuracy_drop`` rolls back to it, halves the
     learning rate and doubles the retain weight, and the ``GUARD_TRIPS``-th trip stops.
+
+    A start outside the guard (a reset that took the retain side with it) is first
+    *repaired*: the guard neither rolls back nor stops at the target until the retain
+    accuracy is back within ``max_retain_accuracy_drop`` of the parent's; rolling back to
+    the reset would only undo the repair. A budget spent before that ends as
+    ``repair_incomplete``, with the adapter as far as the repair got.
     """
 
     def __init__(
@@ -376,6 +382,8 @@ class _RetainGuard:
         self.latest = {"forget_accuracy": before["forget_accuracy"]}
         at_target = before["forget_accuracy"] <= target
         self.stop_reason = "target_accuracy" if at_target else "max_steps"
+        self.repairing = False
+        self.repaired_at: int | None = None
 
     def start_moved(self) -> None:
         """Score the starting point when a reset moved it away from the parent: the guard
@@ -384,6 +392,9 @@ class _RetainGuard:
         self.evals.append({"step": 0, **scores, "lr": self.lr})
         self.good_eval = {"step": 0, **scores}
         self.latest = {k: v for k, v in scores.items() if v is not None}
+        self.repairing = self._dropped(scores["retain_accuracy"])
+        if self.repairing:
+            self.stop_reason = "max_steps"  # the reset's forgetting does not count unrepaired
 
     def __call__(self, step: int, figures: Figures) -> bool:
         if step % self.method.eval_every and step != self.method.max_steps:
@@ -391,6 +402,10 @@ class _RetainGuard:
         scores = self.probe(self.model)
         self.evals.append({"step": step, **scores, "lr": self.lr})
         self.latest = {k: v for k, v in scores.items() if v is not None}
+        if self.repairing:
+            if self._dropped(scores["retain_accuracy"]):
+                return False
+            self.repairing, self.repaired_at = False, step
         if self._dropped(scores["retain_accuracy"]):
             self._back_off()
         else:
@@ -400,8 +415,12 @@ class _RetainGuard:
         return self.stop_reason != "max_steps"
 
     def finish(self, step: int) -> None:
-        """Leave the adapter at the last evaluated state within the guard."""
-        if self.good_eval["step"] != step:
+        """Leave the adapter at the last evaluated state within the guard (after a repair
+        that did not finish: where the repair got, the last state evaluated)."""
+        if self.repairing:
+            self.stop_reason = "repair_incomplete"
+            self.good_eval = {k: v for k, v in self.evals[-1].items() if k != "lr"}
+        elif self.good_eval["step"] != step:
             self._restore(self.good)
 
     def _dropped(self, retain_accuracy: float | None) -> bool:
@@ -551,6 +570,7 @@ def _stats(
         "retain_accuracy_before": guard.before["retain_accuracy"],
         "retain_accuracy_after": guard.good_eval["retain_accuracy"],
         "guard_trips": guard.trips,
+        "repaired_at_step": guard.repaired_at,
         "final_learning_rate": guard.lr,
         "evals": guard.evals,
         "losses": history,
