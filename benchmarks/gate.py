@@ -132,7 +132,7 @@ def candidate(ws: Workspace, rid: int, name: str) -> dict:
 APPLY_FIGURES = ("wall_s", "steps", "stop_reason", "forget_accuracy_before",
                  "forget_accuracy_after", "pretrained_forget_accuracy", "target_forget_accuracy",
                  "retain_accuracy_before", "retain_accuracy_after", "reset_captured",
-                 "trainable_params", "layers", "guard_trips")  # fmt: skip
+                 "trainable_params", "layers", "guard_trips", "repaired_at_step")  # fmt: skip
 
 
 def build(name: str, ws: Workspace, rid: int, deployed: Path, retrained: str, records: list):
