@@ -149,6 +149,16 @@ def test_build_deployed_model_and_cache(tiny_lm_dir, tmp_path, progress_log):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["authors.jsonl", "deployed"]
 
 
+def _killed_in_epoch(epoch: int):
+    """A progress callback that interrupts fine-tuning once it reaches ``epoch``."""
+
+    def progress(label, done=None, total=None, /, **figures):
+        if figures.get("epoch") == epoch:
+            raise KeyboardInterrupt
+
+    return progress
+
+
 def test_finetune_carries_on_from_its_checkpoint(tmp_path):
     """Killed in its third epoch, a fine-tune resumes from the end of the second and ends
     with the weights and figures of an uninterrupted run; another run's checkpoint is not
@@ -159,13 +169,9 @@ def test_finetune_carries_on_from_its_checkpoint(tmp_path):
     expected = finetune(whole, tokenizer, _pairs(), **args)
     checkpoint = tmp_path / "ft.ckpt"
 
-    def killed_in_epoch_3(label, done=None, total=None, /, **figures):
-        if figures.get("epoch") == 3:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
         finetune(build_model(tokenizer), tokenizer, _pairs(), checkpoint=checkpoint,
-                 progress=killed_in_epoch_3, **args)  # fmt: skip
+                 progress=_killed_in_epoch(3), **args)  # fmt: skip
     assert checkpoint.exists()
     resumed_model = build_model(tokenizer)
     resumed = finetune(resumed_model, tokenizer, _pairs(), checkpoint=checkpoint, **args)
@@ -189,20 +195,16 @@ def test_a_distillation_checkpoint_is_resumed_only_with_its_own_teacher(tmp_path
         next(other_teacher.parameters()).add_(0.01)
     checkpoint = tmp_path / "distill.ckpt"
 
-    def killed_in_epoch_2(label, done=None, total=None, /, **figures):
-        if figures.get("epoch") == 2:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
         finetune(build_model(tokenizer), tokenizer, _pairs(), checkpoint=checkpoint,
-                 teacher=teacher, progress=killed_in_epoch_2, **args)  # fmt: skip
+                 teacher=teacher, progress=_killed_in_epoch(2), **args)  # fmt: skip
     assert checkpoint.exists() and not list(tmp_path.glob(".*.tmp"))
     with_other = finetune(build_model(tokenizer), tokenizer, _pairs(), checkpoint=checkpoint,
                           teacher=other_teacher, **args)  # fmt: skip
     assert with_other["resumed_epochs"] == 0
     with pytest.raises(KeyboardInterrupt):  # the other teacher's run wrote its own checkpoint
         finetune(build_model(tokenizer), tokenizer, _pairs(), checkpoint=checkpoint,
-                 teacher=teacher, progress=killed_in_epoch_2, **args)  # fmt: skip
+                 teacher=teacher, progress=_killed_in_epoch(2), **args)  # fmt: skip
     resumed = finetune(build_model(tokenizer), tokenizer, _pairs(), checkpoint=checkpoint,
                        teacher=teacher, **args)  # fmt: skip
     assert resumed["resumed_epochs"] == 1
