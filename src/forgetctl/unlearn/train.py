@@ -402,11 +402,12 @@ class _RetainGuard:
         scores = self.probe(self.model)
         self.evals.append({"step": step, **scores, "lr": self.lr})
         self.latest = {k: v for k, v in scores.items() if v is not None}
+        dropped = self._dropped(scores["retain_accuracy"])
         if self.repairing:
-            if self._dropped(scores["retain_accuracy"]):
+            if dropped:
                 return False
             self.repairing, self.repaired_at = False, step
-        if self._dropped(scores["retain_accuracy"]):
+        if dropped:
             self._back_off()
         else:
             self.good, self.good_eval = self._snapshot(), {"step": step, **scores}
